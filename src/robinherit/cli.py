@@ -1,0 +1,233 @@
+"""Command line: ``robinherit run | runs | show | config`` (and the commands of later stages).
+
+Errors a user can fix (config, data, store, non-finite loss) print one paragraph and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from robinherit.errors import RobinheritError
+
+app = typer.Typer(
+    help="robinherit: robustness inheritance and feature purification experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_STORE = Path("results/runs.db")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def user_errors(fn: F) -> F:
+    """Turn a RobinheritError into a one-paragraph message and exit code 2 (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RobinheritError as err:
+            raise fail(str(err)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """ "0,1,2" or "0-4" -> list of seeds."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                seeds.append(int(part))
+    except ValueError:
+        raise fail(f"--seeds '{text}' is not a list of integers; use e.g. --seeds 0,1,2 or --seeds 0-4") from None
+    if any(s < 0 for s in seeds):
+        raise fail(f"--seeds '{text}' has a negative seed; seeds are >= 0")
+    return seeds
+
+
+def progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+
+
+def summary_line(rec: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a record: purity and clean-head robust accuracy at each eps."""
+    pur = rec["purification"]
+    heads = rec["downstream"]
+    return {
+        "run_id": rec["run_id"],
+        "seed": rec["seed"],
+        "method": rec["config"]["pretrain"]["method"],
+        "pretrain_eps": rec["config"]["pretrain"]["eps"],
+        "top1_share_mean": pur["top1_share_mean"],
+        "frac_pure_0.5": pur["frac_pure"]["0.5"],
+        **{
+            f"{h}.{k}": v
+            for h, r in heads.items()
+            for k, v in [("clean", r["clean_acc"]), *[(f"rob@{e}", a) for e, a in r["robust_acc"].items()]]
+        },
+    }
+
+
+@app.command()
+@user_errors
+def run(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/supervised.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path: --set pretrain.eps=0.25"),
+    seeds: str | None = typer.Option(None, help="comma list or range of seeds, e.g. 0,1,2 or 0-4"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON record per seed, nothing else"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
+    force: bool = typer.Option(False, help="run again even if the store has this config and seed"),
+) -> None:
+    """Run one experiment per seed (answered from the store when it already has it)."""
+    from robinherit.config import load_config, with_updates
+    from robinherit.experiment import run_or_load
+    from robinherit.store import ResultStore
+
+    cfg = load_config(config, set_)
+    seed_list = parse_seeds(seeds) or [cfg.seed]
+    db = ResultStore(store)  # opened first: a bad store fails before any compute
+    with progress_bar(json_out) as bar:
+        for seed in seed_list:
+            c = with_updates(cfg, seed=seed)
+            task = bar.add_task(f"seed {seed}", total=c.pretrain.steps)
+
+            def on_progress(stage: str, done: int, total: int, task: Any = task, seed: int = seed) -> None:
+                bar.update(task, completed=done, total=total, description=f"seed {seed}: {stage}")
+
+            rec, cached = run_or_load(c, db, force=force, progress=on_progress)
+            bar.remove_task(task)
+            if json_out:
+                print(json.dumps(rec), flush=True)
+            else:
+                _print_record(rec, cached)
+
+
+def _print_record(rec: dict[str, Any], cached: bool) -> None:
+    pur = rec["purification"]
+    where = " (from store)" if cached else f" ({rec['timing_s']['total']:.1f} s)"
+    out.print(
+        f"[bold]run {rec['run_id']}[/] seed {rec['seed']}{where}: top-1 share mean {pur['top1_share_mean']:.3f}, "
+        f"pure@0.5 {pur['frac_pure']['0.5']:.0%}, N_eff median {pur['neff_median']:.2f}, dead {pur['dead_nodes']}"
+    )
+    table = Table("head", "clean", *[f"eps {e}" for e in next(iter(rec["downstream"].values()))["robust_acc"]])
+    for head, r in rec["downstream"].items():
+        table.add_row(head, f"{r['clean_acc']:.3f}", *[f"{a:.3f}" for a in r["robust_acc"].values()])
+    out.print(table)
+    for head, r in rec["downstream"].items():
+        for w in r.get("warnings", []):
+            out.print(f"[yellow]warning ({head}):[/] {w}")
+
+
+@app.command()
+@user_errors
+def runs(
+    store: Path = typer.Option(DEFAULT_STORE, help="results store"), json_out: bool = typer.Option(False, "--json")
+):
+    """List stored runs."""
+    from robinherit.store import ResultStore
+
+    if not store.exists():
+        raise fail(f"results store '{store}' does not exist; run an experiment first or pass --store")
+    records = ResultStore(store).runs()
+    if json_out:
+        for rec in records:
+            print(json.dumps(summary_line(rec)))
+        return
+    table = Table("run_id", "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s")
+    for rec in records:
+        cfg = rec["config"]
+        ch = rec["downstream"].get("clean_head") or next(iter(rec["downstream"].values()))
+        rob = " ".join(f"{e}:{a:.2f}" for e, a in ch["robust_acc"].items())
+        table.add_row(
+            rec["run_id"],
+            str(rec["seed"]),
+            cfg["pretrain"]["method"],
+            str(cfg["pretrain"]["eps"]),
+            f"{rec['purification']['top1_share_mean']:.3f}",
+            f"{ch['clean_acc']:.3f}",
+            rob,
+            f"{rec['timing_s']['total']:.1f}",
+        )
+    out.print(table)
+    out.print(f"{len(records)} runs in {store}")
+
+
+@app.command()
+@user_errors
+def show(
+    run_id: str = typer.Argument(..., help="run id (a unique prefix is enough)"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store"),
+) -> None:
+    """Print one stored run as JSON."""
+    from robinherit.store import ResultStore
+
+    if not store.exists():
+        raise fail(f"results store '{store}' does not exist; pass --store")
+    rec = ResultStore(store).find(run_id)
+    if rec is None:
+        raise fail(f"no run '{run_id}' in {store}; `robinherit runs --store {store}` lists the stored ids")
+    print(json.dumps(rec, indent=2))
+
+
+@app.command("config")
+@user_errors
+def config_cmd(
+    config: Path = typer.Argument(..., help="YAML config"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print the resolved config with every default filled in."""
+    from robinherit.config import load_config
+
+    cfg = load_config(config, set_)
+    resolved = cfg.resolved()
+    if json_out:
+        print(json.dumps(resolved, indent=2))
+    else:
+        print(f"# run_id (hash of the resolved config): {cfg.config_hash()}")
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted; finished runs are in the store, rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

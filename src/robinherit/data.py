@@ -1,0 +1,136 @@
+"""The sparse-coding world (after Allen-Zhu & Li 2020, "Feature purification"; Wen & Li 2021).
+
+x = M z + xi with a dictionary M in R^{d x D}, a sparse latent code z in R^D and small Gaussian noise
+xi ~ N(0, sigma^2/d I). Tasks are linear-threshold functions of z: y = 1[<w*, z> > 0] for dense sign
+vectors w*. Everything is a pure function of the seed (see ``robinherit.seeding``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from robinherit.config import DataConfig, Dictionary, Sparsity, Values
+from robinherit.seeding import generator
+
+
+def _orthogonal(d: int, g: torch.Generator) -> Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    # Sign fix makes Q Haar-distributed instead of biased by the QR convention.
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def _overcomplete(d: int, n: int, g: torch.Generator) -> Tensor:
+    cols = torch.randn(d, n, generator=g)
+    return cols / cols.norm(dim=0, keepdim=True)
+
+
+DICTIONARIES: dict[Dictionary, Callable[[int, int, torch.Generator], Tensor]] = {
+    Dictionary.orthogonal: lambda d, n, g: _orthogonal(d, g),
+    Dictionary.identity: lambda d, n, g: torch.eye(d),
+    Dictionary.overcomplete: _overcomplete,
+}
+
+
+def make_dictionary(cfg: DataConfig, g: torch.Generator) -> Tensor:
+    """(d, D) dictionary with unit-norm columns; ``coherence`` mixes a shared direction into each column."""
+    m = DICTIONARIES[cfg.dictionary](cfg.d, cfg.D, g)
+    if cfg.coherence > 0:
+        u = torch.randn(cfg.d, 1, generator=g)
+        u = u / u.norm()
+        m = math.sqrt(1 - cfg.coherence) * m + math.sqrt(cfg.coherence) * u
+        m = m / m.norm(dim=0, keepdim=True)
+    return m
+
+
+def sample_codes(cfg: DataConfig, n: int, g: torch.Generator) -> Tensor:
+    """(n, D) sparse codes."""
+    if cfg.sparsity == Sparsity.exact:
+        # k distinct coordinates per row: the k smallest of D uniform keys.
+        keys = torch.rand(n, cfg.D, generator=g)
+        idx = keys.topk(cfg.k, dim=1, largest=False).indices
+        support = torch.zeros(n, cfg.D).scatter_(1, idx, 1.0)
+    else:
+        support = (torch.rand(n, cfg.D, generator=g) < cfg.k / cfg.D).float()
+    signs = torch.randint(0, 2, (n, cfg.D), generator=g).float() * 2 - 1
+    if cfg.values == Values.sign:
+        mags = torch.ones(n, cfg.D)
+    else:
+        mags = cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.D, generator=g)
+    return support * signs * mags
+
+
+def sign_vectors(count: int, dim: int, g: torch.Generator) -> Tensor:
+    return torch.randint(0, 2, (count, dim), generator=g).float() * 2 - 1
+
+
+@dataclass(frozen=True)
+class World:
+    """Dictionary and tasks of one seed. ``sample`` draws fresh (x, z) from a caller's generator."""
+
+    cfg: DataConfig
+    M: Tensor  # (d, D)
+    pretrain_tasks: Tensor  # (K, D), entries +-1
+    downstream_task: Tensor  # (D,), entries +-1
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        z = sample_codes(self.cfg, n, g)  # (n, D)
+        x = self.encode(z, g)
+        return x, z
+
+    def encode(self, z: Tensor, g: torch.Generator) -> Tensor:
+        noise = torch.randn(z.shape[0], self.cfg.d, generator=g) * (self.cfg.noise / math.sqrt(self.cfg.d))
+        return z @ self.M.T + noise  # (n, d)
+
+    def pretrain_labels(self, z: Tensor) -> Tensor:
+        """(n, K) labels in {0, 1}; a tie <w*, z> = 0 counts as positive."""
+        return (z @ self.pretrain_tasks.T >= 0).float()
+
+    def downstream_labels(self, z: Tensor) -> Tensor:
+        """(n,) class indices in {0, 1}."""
+        return (z @ self.downstream_task >= 0).long()
+
+
+def make_world(cfg: DataConfig, seed: int) -> World:
+    g = generator(seed, "world")
+    m = make_dictionary(cfg, g)
+    tasks = sign_vectors(cfg.n_tasks + 1, cfg.D, g)
+    # The downstream task is a fresh vector, different from every pre-training task.
+    while any(torch.equal(tasks[-1], t) or torch.equal(tasks[-1], -t) for t in tasks[:-1]):
+        tasks[-1] = sign_vectors(1, cfg.D, g)[0]
+    return World(cfg=cfg, M=m, pretrain_tasks=tasks[:-1], downstream_task=tasks[-1])
+
+
+class Batch(NamedTuple):
+    x: Tensor  # (n, d) inputs
+    y: Tensor  # pre-training targets: (n, K) in {0, 1} here; (n,) class indices on real data
+    z: Tensor | None = None  # (n, D) latent codes, where the data has them
+
+
+class BatchStream:
+    """Pre-training batches: fresh samples every step (online) or minibatches of a fixed training set."""
+
+    def __init__(
+        self, world: World, batch_size: int, seed: int, n_train: int | None = None, device: str | torch.device = "cpu"
+    ):
+        self.world = world
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.g = generator(seed, "pretrain-batches")
+        self.fixed: tuple[Tensor, Tensor] | None = None
+        if n_train is not None:
+            self.fixed = world.sample(n_train, generator(seed, "pretrain-trainset"))
+
+    def next(self) -> Batch:
+        if self.fixed is None:
+            x, z = self.world.sample(self.batch_size, self.g)
+        else:
+            idx = torch.randint(0, self.fixed[0].shape[0], (self.batch_size,), generator=self.g)
+            x, z = self.fixed[0][idx], self.fixed[1][idx]
+        dev = self.device
+        return Batch(x.to(dev), self.world.pretrain_labels(z).to(dev), z.to(dev))

@@ -1,0 +1,132 @@
+"""One experiment, top to bottom:
+config -> data -> pre-train -> purification -> downstream heads -> evaluation -> record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from robinherit import purification
+from robinherit.config import ExperimentConfig
+from robinherit.data import BatchStream, make_world
+from robinherit.downstream import train_head
+from robinherit.evaluation import evaluate
+from robinherit.losses import class_margin, multilabel_margin
+from robinherit.models import build_model
+from robinherit.pretraining import PRETRAINERS
+from robinherit.provenance import git_commit, versions
+from robinherit.seeding import generator
+from robinherit.store import ResultStore
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> tuple[dict[str, Any], dict]:
+    """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
+    torch.manual_seed(cfg.seed)  # nothing should draw from the global stream; this pins it if something does
+    dev = torch.device(cfg.device)
+    t0 = time.perf_counter()
+
+    # data: the world (dictionary, tasks) and the pre-training stream
+    world = make_world(cfg.data, cfg.seed)
+    stream = BatchStream(world, cfg.pretrain.batch_size, cfg.seed, cfg.data.n_train, device=dev)
+
+    # pre-train
+    model = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init")).to(dev)
+    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
+    log = PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
+    model.freeze().eval()
+    t_pre = time.perf_counter()
+
+    # purification, on fresh probe inputs
+    x_probe, _ = world.sample(2048, generator(cfg.seed, "probe"))
+    with torch.no_grad():
+        feats = model.features(x_probe.to(dev))
+    purity = purification.measure(model.weight(), world.M, feats, s=cfg.data.k)
+
+    # downstream heads on a new task, encoder frozen
+    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
+    y_tr = world.downstream_labels(z_tr)
+    heads = {
+        kind: train_head(
+            model,
+            cfg.model.width,
+            2,
+            x_tr.to(dev),
+            y_tr.to(dev),
+            kind,
+            cfg.downstream,
+            norm=cfg.eval.norm,
+            g=generator(cfg.seed, f"head-{kind.value}", dev),
+        )
+        for kind in cfg.downstream.heads
+    }
+    t_down = time.perf_counter()
+
+    # evaluation: the pre-training task and every head, on fresh test data
+    ecfg = cfg.eval
+    x_te, z_te = world.sample(ecfg.n_test, generator(cfg.seed, "test"))
+    x_te = x_te.to(dev)
+    common = dict(eps_grid=ecfg.eps_grid, norm=ecfg.norm, steps=ecfg.steps, restarts=ecfg.restarts)
+    pre_eval = evaluate(
+        model,
+        x_te,
+        world.pretrain_labels(z_te).to(dev),
+        multilabel_margin,
+        g=generator(cfg.seed, "eval-pretrain", dev),
+        **common,
+    )
+    y_te = world.downstream_labels(z_te).to(dev)
+    head_evals = {
+        f"{kind.value}_head": evaluate(
+            head, x_te, y_te, class_margin, g=generator(cfg.seed, f"eval-{kind.value}", dev), **common
+        ).to_dict()
+        for kind, head in heads.items()
+    }
+    t_eval = time.perf_counter()
+
+    record = {
+        "run_id": cfg.config_hash(),
+        "seed": cfg.seed,
+        "config": cfg.resolved(),
+        "pretrain": {**pre_eval.to_dict(), "loss_curve": log.losses},
+        "purification": {**purity.summary(), "per_node_top1": [round(float(v), 5) for v in purity.top1_share]},
+        "downstream": head_evals,
+        "timing_s": {
+            "pretrain": t_pre - t0,
+            "downstream": t_down - t_pre,
+            "eval": t_eval - t_down,
+            "total": t_eval - t0,
+        },
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    artifacts = {
+        "encoder": {
+            "W": model.weight().detach().cpu().numpy(),
+            "b": model.threshold().detach().cpu().numpy(),
+            "M": world.M.numpy(),
+        }
+    }
+    return record, artifacts
+
+
+def run_or_load(
+    cfg: ExperimentConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
+) -> tuple[dict[str, Any], bool]:
+    """The stored record of ``cfg`` if there is one (and not ``force``), else run and store it.
+
+    Returns ``(record, from_store)``.
+    """
+    if store is not None and not force:
+        cached = store.get(cfg.config_hash())
+        if cached is not None:
+            return cached, True
+    record, artifacts = run_experiment(cfg, progress)
+    if store is not None:
+        store.put(record, artifacts)
+    return record, False

@@ -30,6 +30,8 @@ class EvalResult:
     clean_acc: float
     robust_acc: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    # per-example correctness under attack at each eps key, (n,) bool; not part of the stored record
+    robust_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc, "warnings": self.warnings}
@@ -69,6 +71,7 @@ def evaluate(
         )
 
     robust: dict[str, float] = {}
+    masks: dict[str, Tensor] = {}
     still = correct.clone()
     non_monotone = 0
     for eps in sorted(eps_grid):
@@ -82,6 +85,7 @@ def evaluate(
             non_monotone += int((~still & ok & correct).sum() > 0)
             still &= ok
         robust[eps_key(eps)] = float(still.float().mean())
+        masks[eps_key(eps)] = still.clone()
     if non_monotone:
         warnings.append(
             "the attack at a larger eps missed examples broken at a smaller one; the smaller-eps points were "
@@ -90,4 +94,4 @@ def evaluate(
         )
     if any(v > clean_acc + 1e-9 for v in robust.values()):
         warnings.append("robust accuracy above clean accuracy: the evaluation is inconsistent")
-    return EvalResult(clean_acc, robust, warnings)
+    return EvalResult(clean_acc, robust, warnings, masks)

@@ -130,3 +130,25 @@ def run_or_load(
     if store is not None:
         store.put(record, artifacts)
     return record, False
+
+
+def run_many_or_load(
+    cfgs: list[ExperimentConfig],
+    store: ResultStore | None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_record: Callable[[dict[str, Any], bool], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Records of many configs, in order: stored ones are loaded, the rest run and stored one by one.
+
+    Each finished run is stored at once, so an interrupted call loses at most the run in flight.
+    ``on_record(record, from_store)`` is called as each one becomes available.
+    """
+    out = []
+    for cfg in cfgs:
+        rec, cached = run_or_load(cfg, store, force=force, progress=progress)
+        if on_record is not None:
+            on_record(rec, cached)
+        out.append(rec)
+    return out

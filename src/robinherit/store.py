@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS runs (
     total_s REAL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aux (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -179,6 +186,20 @@ class ResultStore:
             return None
         with np.load(io.BytesIO(row[0])) as npz:
             return {k: npz[k] for k in npz.files}
+
+    def get_aux(self, kind: str, key: str) -> dict[str, Any] | None:
+        """A derived result that is not one experiment run (e.g. a mechanism curve), by kind and key."""
+        row = self._retry(
+            lambda con: con.execute("SELECT value FROM aux WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    def put_aux(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        self._retry(
+            lambda con: con.execute(
+                "INSERT OR REPLACE INTO aux VALUES (?, ?, ?, ?)", (kind, key, json.dumps(value), time.time())
+            )
+        )
 
     def find(self, prefix: str) -> dict[str, Any] | None:
         """The run whose id starts with ``prefix`` (ids are long; users type a few characters)."""

@@ -221,6 +221,56 @@ def config_cmd(
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
 
 
+@app.command()
+@user_errors
+def reproduce(
+    quick: bool = typer.Option(False, "--quick", help="3 seeds and shorter training (the README's demo)"),
+    seeds: int = typer.Option(0, "--seeds", help="number of seeds (default: 3 quick, 5 full)", min=0),
+    out_dir: Path = typer.Option(Path("results/reproduce"), "--out", help="folder for claims.json and reports"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store: finished runs are reused, so reruns resume"),
+    set_: list[str] = typer.Option([], "--set", help="override a path in every base config, e.g. model.threshold=0"),
+    claims: str = typer.Option("1-7", help="which claims to check, e.g. 1-4 or 1,3,5"),
+) -> None:
+    """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""
+    from robinherit.report import write_report
+    from robinherit.reproduce import ALL_CLAIMS, ReproduceSettings
+    from robinherit.reproduce import reproduce as run_reproduce
+    from robinherit.reproduce import write_claims
+    from robinherit.store import ResultStore
+
+    wanted = tuple(c for c in (parse_seeds(claims) or []) if c in ALL_CLAIMS)
+    if not wanted:
+        raise fail(f"--claims '{claims}' names no claim; claims are numbered {ALL_CLAIMS[0]}-{ALL_CLAIMS[-1]}")
+    n = seeds or (3 if quick else 5)
+    settings = ReproduceSettings(seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted)
+    for fam in ("supervised", "contrastive"):
+        settings.base(fam)  # validate configs and overrides before any compute
+    db = ResultStore(store)
+    with progress_bar(False) as bar:
+        task = bar.add_task("reproduce", total=None)
+
+        def on_progress(what: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=what)
+
+        result = run_reproduce(settings, db, progress=on_progress)
+    claims_path = write_claims(result, out_dir)
+    html_path, md_path = write_report(result, db, out_dir)
+    table = Table("#", "claim", "result", "effect", "95% CI", "p", "seeds")
+    for c in result.claims:
+        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
+        table.add_row(
+            str(c["id"]),
+            c["name"],
+            mark,
+            f"{c['effect']:+.3f}",
+            f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]",
+            f"{c['p_value']:.2g}",
+            str(c["n_seeds"]),
+        )
+    out.print(table)
+    out.print(f"wrote {claims_path}, {html_path}, {md_path}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,509 @@
+"""``robinherit reproduce``: every claim of THEORY.md checked across seeds.
+
+Claims (Xing et al. 2024, arXiv 2401.15248, "Better Representations via Adversarial Training in
+Pre-Training: A Theoretical Perspective"; Allen-Zhu & Li 2020 for the mechanism):
+
+1. supervised purification   2. contrastive purification   3. robustness inheritance
+4. a clean head is enough    5. mechanism (pure nodes + shared dense mixture)   6. cost   7. real data
+
+Each claim is a paired comparison over seeds: ``effect`` is the mean per-seed difference in the claimed
+direction, ``ci95`` a t interval over seeds, ``p_value`` a one-sided paired t test. A claim passes only when
+its interval excludes zero in the claimed direction (and, where stated, a side condition holds).
+Every run goes through the results store, so an interrupted reproduce resumes and a second call only renders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from robinherit.config import (
+    ExperimentConfig,
+    HeadKind,
+    build_config,
+    deep_merge,
+    load_yaml,
+    parse_overrides,
+    with_updates,
+)
+from robinherit.data import Batch, make_world
+from robinherit.downstream import train_head
+from robinherit.evaluation import eps_key, evaluate
+from robinherit.experiment import run_many_or_load
+from robinherit.losses import class_margin, multilabel_margin
+from robinherit.models import build_model
+from robinherit.pretraining import pretrain_supervised
+from robinherit.seeding import generator
+from robinherit.store import ResultStore
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+EPS_REF = 0.25  # the budget the claims are stated at (THEORY.md's prototype)
+AT_EPS = 0.25
+GAMMAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+ALL_CLAIMS = (1, 2, 3, 4, 5, 6, 7)
+
+# Quick mode: the default configs with shorter training and smaller test sets (README's demo command).
+QUICK_OVERRIDES = (
+    "pretrain.steps=1000",
+    "downstream.steps=150",
+    "downstream.n_train=1000",
+    "eval.n_test=500",
+)
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class Claim:
+    id: int
+    name: str
+    statement: str
+    per_seed: dict[str, list[float]]
+    differences: list[float]
+    side_condition: str | None = None
+    side_ok: bool = True
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        effect, (lo, hi), p = paired_stats(self.differences)
+        passed = bool(lo > 0 and self.side_ok)
+        return {
+            "id": self.id,
+            "name": self.name,
+            "statement": self.statement,
+            "passed": passed,
+            "effect": effect,
+            "ci95": [lo, hi],
+            "p_value": p,
+            "n_seeds": len(self.differences),
+            "per_seed": {**self.per_seed, "difference": self.differences},
+            "side_condition": self.side_condition,
+            "side_condition_ok": self.side_ok,
+            "details": self.details,
+        }
+
+
+def paired_stats(diffs: Sequence[float]) -> tuple[float, tuple[float, float], float]:
+    """Mean difference, 95% t interval over seeds, one-sided p value for "difference > 0"."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.size
+    if n == 0:
+        return float("nan"), (float("nan"), float("nan")), float("nan")
+    mean = float(d.mean())
+    if n == 1:
+        return mean, (float("-inf"), float("inf")), float("nan")
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        # Identical differences on every seed: the interval collapses to the point.
+        return mean, (mean, mean), 0.0 if mean > 0 else 1.0
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
+    return mean, (mean - half, mean + half), p
+
+
+@dataclass(frozen=True)
+class ReproduceSettings:
+    seeds: tuple[int, ...]
+    quick: bool
+    overrides: tuple[str, ...] = ()  # --set paths applied to every base config (e.g. model.threshold=0)
+    claims: tuple[int, ...] = ALL_CLAIMS
+    config_dir: Path = CONFIG_DIR
+
+    def base(self, name: str) -> ExperimentConfig:
+        raw = load_yaml(self.config_dir / f"{name}.yaml")
+        over = (QUICK_OVERRIDES if self.quick else ()) + self.overrides
+        return build_config(deep_merge(raw, parse_overrides(list(over))))
+
+
+def pair_configs(base: ExperimentConfig, seeds: Sequence[int]) -> tuple[list[ExperimentConfig], list[ExperimentConfig]]:
+    """(AT configs, clean configs), one per seed."""
+    at = [with_updates(base, **{"pretrain.eps": AT_EPS, "seed": s}) for s in seeds]
+    clean = [with_updates(base, **{"pretrain.eps": 0.0, "seed": s}) for s in seeds]
+    return at, clean
+
+
+def robust_at(rec: dict[str, Any], head: str, eps: float = EPS_REF) -> float:
+    return rec["downstream"][f"{head}_head"]["robust_acc"][eps_key(eps)]
+
+
+# --------------------------------------------------------------------------------------------- claims 1-4
+
+
+def purification_claim(cid: int, name: str, at: list[dict], clean: list[dict]) -> Claim:
+    a = [r["purification"]["top1_share_mean"] for r in at]
+    c = [r["purification"]["top1_share_mean"] for r in clean]
+    return Claim(
+        cid,
+        name,
+        f"{name.capitalize()}: adversarial pre-training (eps {AT_EPS}) gives purer hidden nodes (higher mean top-1 "
+        "share of loadings on the true features) than clean pre-training.",
+        {"at_top1_share": a, "clean_top1_share": c},
+        [x - y for x, y in zip(a, c, strict=True)],
+        details={
+            "at_frac_pure_0.5": [r["purification"]["frac_pure"]["0.5"] for r in at],
+            "clean_frac_pure_0.5": [r["purification"]["frac_pure"]["0.5"] for r in clean],
+        },
+    )
+
+
+def inheritance_claim(at: list[dict], clean: list[dict]) -> Claim:
+    a = [robust_at(r, "clean") for r in at]
+    c = [robust_at(r, "clean") for r in clean]
+    return Claim(
+        3,
+        "inheritance",
+        f"Inheritance: with a frozen encoder and a cleanly trained head on a new task, robust accuracy at l2 eps "
+        f"{EPS_REF} is higher on adversarially pre-trained features than on clean ones.",
+        {"at_features_robust": a, "clean_features_robust": c},
+        [x - y for x, y in zip(a, c, strict=True)],
+        details={
+            "at_features_clean_acc": [r["downstream"]["clean_head"]["clean_acc"] for r in at],
+            "clean_features_clean_acc": [r["downstream"]["clean_head"]["clean_acc"] for r in clean],
+        },
+    )
+
+
+CLEAN_HEAD_TOLERANCE = 0.05
+
+
+def clean_head_claim(at: list[dict], clean: list[dict]) -> Claim:
+    gap_at = [robust_at(r, "adversarial") - robust_at(r, "clean") for r in at]
+    gap_clean = [robust_at(r, "adversarial") - robust_at(r, "clean") for r in clean]
+    mean_gap_at = float(np.mean(gap_at))
+    return Claim(
+        4,
+        "clean head is enough",
+        "Clean head is enough: on adversarially pre-trained features an adversarially trained head adds little "
+        f"robustness over a clean head (mean gap <= {CLEAN_HEAD_TOLERANCE}), while on clean features the gap is larger "
+        "(effect = gap on clean features - gap on AT features).",
+        {"gap_on_at_features": gap_at, "gap_on_clean_features": gap_clean},
+        [g - h for g, h in zip(gap_clean, gap_at, strict=True)],
+        side_condition=f"mean gap on AT features <= {CLEAN_HEAD_TOLERANCE} (got {mean_gap_at:.3f})",
+        side_ok=mean_gap_at <= CLEAN_HEAD_TOLERANCE,
+    )
+
+
+# ------------------------------------------------------------------------------------------- claim 5
+
+
+def mechanism_curve(cfg: ExperimentConfig, gammas: Sequence[float] = GAMMAS) -> dict[str, Any]:
+    """Pure nodes w_i = M_i (one per feature) with the config's threshold, plus gamma * v for one shared dense
+    unit direction v; a clean head on the downstream task; robust accuracy at each gamma."""
+    world = make_world(cfg.data, cfg.seed)
+    dev = torch.device(cfg.device)
+    g = generator(cfg.seed, "mechanism-v")
+    v = torch.randn(cfg.data.d, generator=g)
+    v = v / v.norm()
+    D = world.M.shape[1]
+    mcfg = cfg.model.model_copy(update={"width": D, "learn_threshold": False})
+    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
+    x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
+    y_tr, y_te = world.downstream_labels(z_tr).to(dev), world.downstream_labels(z_te).to(dev)
+    out: dict[str, Any] = {"gammas": list(gammas), "robust": [], "clean": [], "certified_gap": None}
+    for gamma in gammas:
+        net = build_model(cfg.data.d, mcfg, n_out=1, g=generator(cfg.seed, "init")).to(dev)
+        with torch.no_grad():
+            net.W.copy_((world.M.T + gamma * v).to(dev))  # (D, d): row i is M_i + gamma v
+        net.freeze().eval()
+        head = train_head(
+            net,
+            D,
+            2,
+            x_tr.to(dev),
+            y_tr,
+            HeadKind.clean,
+            cfg.downstream,
+            norm=cfg.eval.norm,
+            g=generator(cfg.seed, "head-clean", dev),
+        )
+        res = evaluate(
+            head,
+            x_te.to(dev),
+            y_te,
+            class_margin,
+            eps_grid=(EPS_REF,),
+            norm=cfg.eval.norm,
+            steps=cfg.eval.steps,
+            restarts=cfg.eval.restarts,
+            g=generator(cfg.seed, "eval-clean", dev),
+        )
+        out["robust"].append(res.robust_acc[eps_key(EPS_REF)])
+        out["clean"].append(res.clean_acc)
+    return out
+
+
+MONOTONE_SLACK = 0.02
+
+
+def mechanism_claim(curves: list[dict[str, Any]]) -> Claim:
+    rob = np.array([c["robust"] for c in curves])  # (seeds, gammas)
+    mean = rob.mean(axis=0)
+    rises = [float(mean[i + 1] - mean[i]) for i in range(len(mean) - 1)]
+    monotone = all(r <= MONOTONE_SLACK for r in rises)
+    return Claim(
+        5,
+        "mechanism",
+        f"Mechanism: pure nodes w_i = M_i with a threshold are robust; adding a shared dense direction gamma * v to "
+        f"every node lowers robust accuracy (l2 eps {EPS_REF}) monotonically in gamma (effect = robust at gamma 0 "
+        f"minus robust at gamma {curves[0]['gammas'][-1]}).",
+        {"robust_gamma_0": rob[:, 0].tolist(), "robust_gamma_max": rob[:, -1].tolist()},
+        (rob[:, 0] - rob[:, -1]).tolist(),
+        side_condition=f"mean curve non-increasing over {len(mean)} gammas (each rise <= {MONOTONE_SLACK}); "
+        f"largest rise {max(rises):.3f}",
+        side_ok=monotone,
+        details={"gammas": curves[0]["gammas"], "robust_per_seed": rob.tolist(), "robust_mean": mean.tolist()},
+    )
+
+
+# ------------------------------------------------------------------------------------------- claim 6
+
+
+class _DownstreamStream:
+    """Pre-training batches labelled with the *downstream* task: end-to-end AT trains on it directly."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.world = make_world(cfg.data, cfg.seed)
+        self.g = generator(cfg.seed, "e2e-batches")
+        self.n = cfg.pretrain.batch_size
+        self.dev = torch.device(cfg.device)
+
+    def next(self) -> Batch:
+        x, z = self.world.sample(self.n, self.g)
+        y = self.world.downstream_labels(z).float()[:, None]  # (n, 1) one binary task
+        return Batch(x.to(self.dev), y.to(self.dev), z.to(self.dev))
+
+
+def end_to_end_at(cfg: ExperimentConfig) -> dict[str, Any]:
+    """A fresh network trained adversarially on the downstream task itself: the reference that inheritance saves."""
+    world = make_world(cfg.data, cfg.seed)
+    dev = torch.device(cfg.device)
+    model = build_model(cfg.data.d, cfg.model, n_out=1, g=generator(cfg.seed, "e2e-init")).to(dev)
+    t0 = time.perf_counter()
+    pretrain_supervised(model, _DownstreamStream(cfg), cfg)
+    seconds = time.perf_counter() - t0
+    model.freeze().eval()
+    x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
+    res = evaluate(
+        model,
+        x_te.to(dev),
+        world.downstream_labels(z_te).float()[:, None].to(dev),
+        multilabel_margin,
+        eps_grid=cfg.eval.eps_grid,
+        norm=cfg.eval.norm,
+        steps=cfg.eval.steps,
+        restarts=cfg.eval.restarts,
+        g=generator(cfg.seed, "eval-e2e", dev),
+    )
+    p = cfg.pretrain
+    # Example-gradient evaluations: each step runs the attack's steps plus the training step on a batch.
+    grads = p.steps * p.batch_size * ((p.attack_steps if p.eps > 0 else 0) + 1)
+    return {"seconds": seconds, "grad_evals": grads, "clean_acc": res.clean_acc, "robust_acc": res.robust_acc}
+
+
+def clean_head_cost(cfg: ExperimentConfig, weights: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Wall time and example-gradient evaluations of a clean head on a frozen, already pre-trained encoder
+    (``weights``: the stored encoder artifact {"W", "b"} of the AT run)."""
+    world = make_world(cfg.data, cfg.seed)
+    dev = torch.device(cfg.device)
+    enc = build_model(cfg.data.d, cfg.model, n_out=1, g=generator(cfg.seed, "init")).to(dev)
+    if weights is not None:
+        with torch.no_grad():
+            enc.W.copy_(torch.as_tensor(weights["W"]))
+            enc.b.copy_(torch.as_tensor(weights["b"]))
+    enc.freeze()
+    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
+    t0 = time.perf_counter()
+    train_head(
+        enc,
+        cfg.model.width,
+        2,
+        x_tr.to(dev),
+        world.downstream_labels(z_tr).to(dev),
+        HeadKind.clean,
+        cfg.downstream,
+        norm=cfg.eval.norm,
+        g=generator(cfg.seed, "head-clean", dev),
+    )
+    seconds = time.perf_counter() - t0
+    # Features are computed once; then each head step is one pass over the training set (of the head only).
+    return {"seconds": seconds, "grad_evals": cfg.downstream.n_train * (cfg.downstream.steps + 1)}
+
+
+COST_ROBUST_TOLERANCE = 0.05
+
+
+def cost_claim(e2e: list[dict], heads: list[dict], at: list[dict]) -> Claim:
+    frac_time = [h["seconds"] / e["seconds"] for h, e in zip(heads, e2e, strict=True)]
+    inherit_rob = [robust_at(r, "clean") for r in at]
+    e2e_rob = [e["robust_acc"][eps_key(EPS_REF)] for e in e2e]
+    shortfall = float(np.mean(e2e_rob) - np.mean(inherit_rob))
+    return Claim(
+        6,
+        "cost",
+        "Cost: once a robust encoder exists, a robust downstream model through inheritance (clean head on frozen "
+        "AT features) costs a fraction of end-to-end adversarial training on the downstream task "
+        "(effect = 1 - wall-time fraction), at comparable robust accuracy.",
+        {
+            "clean_head_seconds": [h["seconds"] for h in heads],
+            "end_to_end_at_seconds": [e["seconds"] for e in e2e],
+            "inheritance_robust": inherit_rob,
+            "end_to_end_robust": e2e_rob,
+        },
+        [1.0 - f for f in frac_time],
+        side_condition=f"inheritance robust accuracy within {COST_ROBUST_TOLERANCE} of end-to-end AT "
+        f"(shortfall {shortfall:.3f})",
+        side_ok=shortfall <= COST_ROBUST_TOLERANCE,
+        details={
+            "clean_head_grad_evals": heads[0]["grad_evals"],
+            "end_to_end_grad_evals": e2e[0]["grad_evals"],
+            "time_fraction": frac_time,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def _aux(store: ResultStore, kind: str, cfg: ExperimentConfig, fn: Callable[[ExperimentConfig], dict]) -> dict:
+    key = cfg.config_hash()
+    hit = store.get_aux(kind, key)
+    if hit is None:
+        hit = fn(cfg)
+        store.put_aux(kind, key, hit)
+    return hit
+
+
+@dataclass
+class ReproduceResult:
+    claims: list[dict[str, Any]]
+    records: dict[str, dict[str, list[dict]]]  # family -> {"at": [...], "clean": [...]}
+    mechanism: list[dict[str, Any]]
+    end_to_end: list[dict[str, Any]]
+    real: dict[str, Any] | None
+    settings: dict[str, Any]
+
+
+def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progress | None = None) -> ReproduceResult:
+    """Run (or load) everything the claims need and evaluate the claims."""
+    seeds = list(settings.seeds)
+    wanted = set(settings.claims)
+    families = {"supervised": {1, 3, 4, 5, 6}, "contrastive": {2}}
+    records: dict[str, dict[str, list[dict]]] = {}
+    plan: list[tuple[str, ExperimentConfig]] = []
+    for fam, uses in families.items():
+        if wanted & uses:
+            at, clean = pair_configs(settings.base(fam), seeds)
+            plan += [(f"{fam} AT", c) for c in at] + [(f"{fam} clean", c) for c in clean]
+    total = len(plan) + (len(seeds) if 5 in wanted else 0) + (2 * len(seeds) if 6 in wanted else 0)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(what, done, total)
+
+    recs_by_label: dict[str, list[dict]] = {}
+    labels = iter([label for label, _ in plan])
+
+    def on_record(rec: dict, cached: bool) -> None:
+        label = next(labels)
+        recs_by_label.setdefault(label, []).append(rec)
+        tick(f"claims 1-4: {label} seed {rec['seed']}" + (" (stored)" if cached else ""))
+
+    if progress:
+        progress("claims 1-4: pre-training runs", 0, total)
+    run_many_or_load([c for _, c in plan], store, on_record=on_record)
+    for fam in families:
+        if f"{fam} AT" in recs_by_label:
+            records[fam] = {"at": recs_by_label[f"{fam} AT"], "clean": recs_by_label[f"{fam} clean"]}
+
+    claims: list[Claim] = []
+    sup = records.get("supervised")
+    if 1 in wanted:
+        claims.append(purification_claim(1, "supervised purification", sup["at"], sup["clean"]))
+    if 2 in wanted:
+        con = records["contrastive"]
+        claims.append(purification_claim(2, "contrastive purification", con["at"], con["clean"]))
+    if 3 in wanted:
+        claims.append(inheritance_claim(sup["at"], sup["clean"]))
+    if 4 in wanted:
+        claims.append(clean_head_claim(sup["at"], sup["clean"]))
+
+    mechanism: list[dict] = []
+    if 5 in wanted:
+        base = settings.base("supervised")
+        for s in seeds:
+            mechanism.append(_aux(store, "mechanism", with_updates(base, seed=s), mechanism_curve))
+            tick(f"claim 5: mechanism curve seed {s}")
+        claims.append(mechanism_claim(mechanism))
+
+    e2e: list[dict] = []
+    if 6 in wanted:
+        heads = []
+        for cfg in pair_configs(settings.base("supervised"), seeds)[0]:
+            e2e.append(_aux(store, "end_to_end_at", cfg, end_to_end_at))
+            tick(f"claim 6: end-to-end AT seed {cfg.seed}")
+            weights = store.artifact(cfg.config_hash(), "encoder")
+            heads.append(_aux(store, "clean_head_cost", cfg, lambda c, w=weights: clean_head_cost(c, w)))
+            tick(f"claim 6: clean-head cost seed {cfg.seed}")
+        claims.append(cost_claim(e2e, heads, sup["at"]))
+
+    real = None
+    if 7 in wanted:
+        real = real_data_claim(settings, store, progress)
+        if real is not None:
+            claims.append(real["claim"])
+
+    return ReproduceResult(
+        claims=[c.to_dict() for c in claims],
+        records=records,
+        mechanism=mechanism,
+        end_to_end=e2e,
+        real=None if real is None else {k: v for k, v in real.items() if k != "claim"},
+        settings={
+            "seeds": seeds,
+            "quick": settings.quick,
+            "overrides": list(settings.overrides),
+            "eps_ref": EPS_REF,
+            "at_eps": AT_EPS,
+        },
+    )
+
+
+def real_data_claim(settings: ReproduceSettings, store: ResultStore, progress: Progress | None) -> dict | None:
+    """Claim 7 from the real-data module; None when that module is not available."""
+    try:
+        from robinherit import realdata
+    except ImportError:
+        return None
+    out = realdata.claim7(list(settings.seeds), settings.quick, store, progress=progress)
+    a, c = out["per_seed"]["at_pretrain"], out["per_seed"]["clean_pretrain"]
+    claim = Claim(
+        7,
+        "real data",
+        out["statement"],
+        {"at_pretrain_robust": a, "clean_pretrain_robust": c},
+        [x - y for x, y in zip(a, c, strict=True)],
+        details={k: out[k] for k in ("eps", "norm", "attack") if k in out} | {"extra": out.get("extra", {})},
+    )
+    return {**out, "claim": claim}
+
+
+def write_claims(result: ReproduceResult, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "claims.json"
+    path.write_text(json.dumps({"settings": result.settings, "claims": result.claims}, indent=2))
+    return path
+
+
+__all__ = ["ALL_CLAIMS", "Claim", "ReproduceSettings", "paired_stats", "reproduce", "write_claims"]

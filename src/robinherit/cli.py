@@ -233,9 +233,8 @@ def reproduce(
 ) -> None:
     """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""
     from robinherit.report import write_report
-    from robinherit.reproduce import ALL_CLAIMS, ReproduceSettings
+    from robinherit.reproduce import ALL_CLAIMS, ReproduceSettings, write_claims
     from robinherit.reproduce import reproduce as run_reproduce
-    from robinherit.reproduce import write_claims
     from robinherit.store import ResultStore
 
     wanted = tuple(c for c in (parse_seeds(claims) or []) if c in ALL_CLAIMS)

@@ -16,14 +16,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display here or on a cluster
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from scipy import stats
 
-from robinherit.purification import loadings  # noqa: E402
-from robinherit.reproduce import EPS_REF, ReproduceResult  # noqa: E402
-from robinherit.store import ResultStore  # noqa: E402
+from robinherit.purification import loadings
+from robinherit.reproduce import EPS_REF, ReproduceResult
+from robinherit.store import ResultStore
 
 COLORS = {"AT": "#c0392b", "clean": "#2c7fb8", "e2e": "#555555"}
 

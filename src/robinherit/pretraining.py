@@ -2,6 +2,7 @@
 
 Adversarial training replaces each batch by the output of the inner maximisation (PGD-K or FGM) of
 the same per-example loss before the optimiser step. Methods are a registry: ``PRETRAINERS[method]``.
+Contrastive pre-training: SimCLR (Chen et al. 2020), adversarial as in RoCL (Kim et al. 2020).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import training_attack
-from robinherit.config import ExperimentConfig, Method, Optimizer, PretrainConfig
+from robinherit.augment import make_views
+from robinherit.config import AdversarialView, ExperimentConfig, Method, Optimizer, PretrainConfig
 from robinherit.data import Batch
 from robinherit.errors import NonFiniteLossError
-from robinherit.losses import multilabel_bce
+from robinherit.losses import info_nce, multilabel_bce
 from robinherit.seeding import generator
 
 StepCallback = Callable[[int, int], None]
@@ -89,5 +91,89 @@ def pretrain_supervised(
     return log
 
 
+def adversarial_view(
+    attack: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor],
+    embed: Callable[[Tensor], Tensor],
+    x: Tensor,
+    partner: Tensor,
+    temperature: float,
+) -> Tensor:
+    """RoCL's instance-wise attack: move view ``x`` to maximise each example's InfoNCE against ``partner``.
+
+    The partner view's embedding is held fixed (no gradient flows into it); the rest of the batch serves
+    as negatives, as in training. Returns the perturbed view, (n, d).
+    """
+    target = embed(partner).detach()
+    return attack(lambda xa: info_nce(embed(xa), target, temperature), x)
+
+
+def pretrain_contrastive(
+    model: nn.Module, stream: Stream, cfg: ExperimentConfig, on_step: StepCallback | None = None
+) -> PretrainLog:
+    """SimCLR-style contrastive pre-training of the encoder; RoCL-style adversarial when ``cfg.pretrain.eps > 0``.
+
+    Clean: InfoNCE between two augmented views of each batch, on the hidden features h(x) (or a linear
+    projection of them when ``pretrain.projector_dim > 0``; the projector is discarded afterwards, only
+    the encoder goes downstream). The model's ``head`` is not trained.
+
+    Adversarial (Kim et al. 2020, "Adversarial Self-Supervised Contrastive Learning"): an instance-wise
+    attack (PGD or FGM, ``pretrain.attack``) moves one view to maximise its contrastive loss against the
+    other, clean view, with the rest of the batch as negatives; the step is then taken on the perturbed
+    view. ``adversarial_view=both`` perturbs each view against the other clean one.
+    """
+    pcfg = cfg.pretrain
+    dev = torch.device(cfg.device)
+    views = make_views(pcfg, getattr(stream, "world", None), cfg.seed, dev)
+    width = model.cfg.width
+    projector: nn.Module = nn.Identity()
+    if pcfg.projector_dim > 0:
+        projector = nn.Linear(width, pcfg.projector_dim, bias=False)
+        with torch.no_grad():
+            g_proj = generator(cfg.seed, "projector")
+            projector.weight.copy_(torch.randn(pcfg.projector_dim, width, generator=g_proj) / math.sqrt(width))
+        projector = projector.to(dev)
+    head_params = {id(p) for p in model.head.parameters()}
+    encoder_params = [p for p in model.parameters() if id(p) not in head_params]
+    opt = make_optimizer(encoder_params + list(projector.parameters()), pcfg)
+    attack = training_attack(
+        pcfg.attack,
+        eps=pcfg.eps,
+        norm=pcfg.norm,
+        steps=pcfg.attack_steps,
+        generator=generator(cfg.seed, "pretrain-attack", cfg.device),
+    )
+
+    def embed(x: Tensor) -> Tensor:
+        return projector(model.features(x))  # (n, m) or (n, projector_dim)
+
+    def attack_against(x: Tensor, other: Tensor) -> Tensor:
+        return adversarial_view(attack, embed, x, other, pcfg.temperature)
+
+    log = PretrainLog()
+    running = 0.0
+    for step in range(pcfg.steps):
+        batch = stream.next()
+        v1, v2 = views(batch), views(batch)  # (n, d) each
+        if pcfg.eps > 0:
+            a1 = attack_against(v1, v2)
+            v2 = attack_against(v2, v1) if pcfg.adversarial_view == AdversarialView.both else v2
+            v1 = a1
+        loss = info_nce(embed(v1), embed(v2), pcfg.temperature).mean()
+        check_finite(loss, step, pcfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += float(loss.detach())
+        if (step + 1) % log.log_every == 0:
+            log.losses.append(running / log.log_every)
+            running = 0.0
+        if on_step is not None:
+            on_step(step + 1, pcfg.steps)
+    return log
+
+
 # method -> pre-training function(model, stream, cfg, on_step=...) -> PretrainLog
-PRETRAINERS: dict[Method, Callable[..., PretrainLog]] = {Method.supervised: pretrain_supervised}
+PRETRAINERS: dict[Method, Callable[..., PretrainLog]] = {
+    Method.supervised: pretrain_supervised,
+    Method.contrastive: pretrain_contrastive,
+}

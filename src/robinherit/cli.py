@@ -270,6 +270,186 @@ def reproduce(
     out.print(f"wrote {claims_path}, {html_path}, {md_path}")
 
 
+@app.command()
+@user_errors
+def sweep(
+    spec: Path = typer.Argument(..., help="sweep spec YAML, e.g. sweeps/supervised_eps_threshold.yaml"),
+    backend: str = typer.Option("local", help="local (process pool here) or ray (Ray tasks on a cluster)"),
+    workers: int | None = typer.Option(None, help="runs in flight (default: all CPUs here / 2x the cluster's)"),
+    address: str | None = typer.Option(None, help="Ray cluster address; 'auto' finds `ray start --head`"),
+    store: Path | None = typer.Option(None, help="results store (default: the spec's store, else results/runs.db)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and how many are stored; run nothing"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
+    from robinherit.store import ResultStore
+    from robinherit.sweep import Backend, load_sweep, run_sweep
+
+    try:
+        backend_kind = Backend(backend)
+    except ValueError:
+        raise fail(f"--backend '{backend}' is not one of: {', '.join(b.value for b in Backend)}") from None
+    sw = load_sweep(spec)
+    cfgs = sw.configs()  # every point validated before the store is touched or anything runs
+    db_path = store or sw.spec.store or DEFAULT_STORE
+    db = ResultStore(db_path)
+    if dry_run:
+        stored = db.run_ids()
+        for cfg in cfgs:
+            mark = "stored" if cfg.config_hash() in stored else "to run"
+            point = {p: _dig(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
+            out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False)
+        out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
+        return
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(sw.spec.name, total=len(cfgs))
+
+        def on_progress(rep: Any) -> None:
+            bar.update(task, completed=rep.skipped + rep.ran + rep.taken + len(rep.failed))
+
+        rep = run_sweep(cfgs, db, backend=backend_kind, workers=workers, address=address, on_progress=on_progress)
+    out.print(
+        f"sweep '{sw.spec.name}': {rep.total} runs; {rep.ran} ran, {rep.skipped} were already stored"
+        + (f", {rep.taken} stored meanwhile by another sweep" if rep.taken else "")
+        + f"; store {db_path}",
+        highlight=False,
+    )
+    if rep.failed:
+        for run_id, err in rep.failed:
+            console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False)
+        raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
+
+
+def _dig(tree: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        tree = tree[part]
+    return tree
+
+
+@app.command()
+@user_errors
+def plot(
+    source: Path = typer.Argument(..., help="a results store (.db) or a sweep spec (.yaml: that sweep's runs)"),
+    x: str = typer.Option(..., "--x", help="config path on the x axis, e.g. pretrain.eps"),
+    y: str = typer.Option(..., "--y", help="metric path, e.g. downstream.clean_head.robust_acc.0.25"),
+    hue: str | None = typer.Option(None, "--hue", help="config path: one line per value (heatmap: the rows)"),
+    kind: str = typer.Option("line", help="line or heatmap"),
+    interval: str = typer.Option("ci95", help="over seeds: ci95 (Student t), sd or range"),
+    where: list[str] = typer.Option([], "--where", help="keep runs with PATH=VALUE, e.g. pretrain.method=supervised"),
+    store: Path | None = typer.Option(None, help="store of a sweep spec (default: the spec's store)"),
+    out_file: Path | None = typer.Option(None, "--out", help="output stem; .png and .svg are written"),
+    title: str | None = typer.Option(None, help="figure title"),
+) -> None:
+    """Phase diagram of a metric over config paths, with mean and interval over seeds (PNG and SVG)."""
+    from robinherit.plots import Interval, Kind, filter_records
+    from robinherit.plots import plot as draw
+    from robinherit.sweep import records_of
+
+    for name, value, enum in (("--kind", kind, Kind), ("--interval", interval, Interval)):
+        if value not in {e.value for e in enum}:
+            raise fail(f"{name} '{value}' is not one of: {', '.join(e.value for e in enum)}")
+    records, _ = records_of(source, store)
+    records = filter_records(records, where)
+    stem = out_file or Path("results/figures") / "_".join(p.replace(".", "-") for p in (y, x, hue) if p)
+    files, cells = draw(records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title)
+    out.print(f"{len(records)} runs, {len(cells)} points -> {', '.join(map(str, files))}", highlight=False)
+
+
+@app.command()
+@user_errors
+def export(
+    source: Path | None = typer.Argument(None, help="store (.db) or sweep spec (.yaml); default: --store"),
+    fmt: str = typer.Option("csv", "--format", help="csv or parquet (parquet needs pyarrow)"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store"),
+    out_file: Path | None = typer.Option(None, "--out", help="output file (default: the store's name + suffix)"),
+) -> None:
+    """The store as a tidy table: one row per run, config paths and metrics as columns."""
+    from robinherit.export import Format
+    from robinherit.export import export as write
+    from robinherit.sweep import records_of
+
+    if fmt not in {f.value for f in Format}:
+        raise fail(f"--format '{fmt}' is not one of: {', '.join(f.value for f in Format)}")
+    if source is not None and source.suffix.lower() in {".yaml", ".yml"}:
+        records, db_path = records_of(source, store if store != DEFAULT_STORE else None)
+    else:
+        records, db_path = records_of(source or store)
+    target = out_file or db_path.with_suffix(f".{fmt}")
+    path = write(records, fmt, target)
+    out.print(f"{len(records)} runs -> {path}", highlight=False)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    target: str = typer.Argument(..., help="a stored run id (a unique prefix) or a YAML config (run if not stored)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path (with a config TARGET)"),
+    seeds: str | None = typer.Option(None, help="seeds of a config TARGET, e.g. 0,1,2 or 0-4"),
+    head: str = typer.Option("clean", help="downstream head to evaluate: clean or adversarial"),
+    crosscheck: bool = typer.Option(False, "--crosscheck", help="also attack with ART's PGD (the crosscheck extra)"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object per run, nothing else"),
+) -> None:
+    """Certified, PGD and (with --crosscheck) ART-PGD robust accuracy of a run's head, with self-checks.
+
+    The encoder comes from the store; the head is retrained exactly as in the run. Exit code 1 when
+    certified <= PGD <= ART-PGD + 0.01 fails at some eps.
+    """
+    from robinherit.config import HeadKind, load_config, with_updates
+    from robinherit.crosscheck import check_run
+    from robinherit.experiment import run_or_load
+    from robinherit.store import ResultStore
+
+    if head not in {h.value for h in HeadKind}:
+        raise fail(f"--head '{head}' is not one of: {', '.join(h.value for h in HeadKind)}")
+    if Path(target).suffix.lower() in {".yaml", ".yml"} or Path(target).is_file():
+        cfg = load_config(target, set_)
+        db = ResultStore(store)
+        records = [run_or_load(with_updates(cfg, seed=s), db)[0] for s in parse_seeds(seeds) or [cfg.seed]]
+    else:
+        if not store.exists():
+            raise fail(f"results store '{store}' does not exist; pass --store, or a YAML config as TARGET")
+        db = ResultStore(store)
+        rec = db.find(target)
+        if rec is None:
+            raise fail(f"'{target}' is neither a config file nor a run id in {store}; `robinherit runs` lists ids")
+        records = [rec]
+    failed = False
+    for rec in records:
+        enc = db.artifact(rec["run_id"], "encoder")
+        if enc is None:
+            raise fail(f"run {rec['run_id']} has no stored encoder weights; rerun it with `robinherit run --force`")
+        if head not in rec["config"]["downstream"]["heads"]:
+            raise fail(f"run {rec['run_id']} was configured without a {head} head; pick --head from its heads")
+        rep = check_run(rec, enc, head=head, art=crosscheck)
+        failed |= bool(rep["violations"])
+        if json_out:
+            print(json.dumps(rep), flush=True)
+            continue
+        out.print(
+            f"[bold]run {rep['run_id']}[/] seed {rep['seed']}, pretrain.eps {rep['pretrain_eps']:g}, {head} head, "
+            f"{rep['norm']}: clean {rep['clean_acc']:.3f}"
+        )
+        cols = ["eps", "certified", "IBP", "CROWN", "PGD"] + (["ART-PGD"] if crosscheck else [])
+        table = Table(*cols)
+        for k, pgd_acc in rep["robust_acc"].items():
+            row = [k, *(f"{rep[c][k]:.3f}" for c in ("certified_acc", "certified_ibp", "certified_crown"))]
+            row.append(f"{pgd_acc:.3f}")
+            if crosscheck:
+                row.append(f"{rep['art_robust_acc'][k]:.3f}")
+            table.add_row(*row)
+        out.print(table)
+        for w in rep["warnings"]:
+            out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        for v in rep["violations"]:
+            out.print(f"[red]violation:[/] {v}", highlight=False)
+        if not rep["violations"]:
+            what = "certified <= PGD <= ART-PGD + 0.01" if crosscheck else "certified <= PGD"
+            out.print(f"[green]ok:[/] {what} at every eps", highlight=False)
+    if failed:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     try:
         app()

@@ -185,6 +185,7 @@ def aggregate(
         raise PlotError("no runs to plot: the store (or the sweep's runs in it) is empty; run the sweep first")
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for rec in records:
+        metric_value(rec, y)  # a wrong metric path is the likelier mistake: report it first
         key = (_hashable(axis_value(rec, x)), _hashable(axis_value(rec, hue)) if hue else None)
         groups.setdefault(key, []).append(rec)
     ignore = {"seed", "device", _config_key(x), *([_config_key(hue)] if hue else [])}

@@ -148,6 +148,10 @@ class ResultStore:
             lambda con: con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
         )
 
+    def run_ids(self) -> set[str]:
+        """Ids of all stored runs, in one query (a sweep checks hundreds of configs at once)."""
+        return {r[0] for r in self._retry(lambda con: con.execute("SELECT run_id FROM runs").fetchall())}
+
     def put(self, record: dict[str, Any], artifacts: dict[str, dict[str, np.ndarray]] | None = None) -> None:
         """Insert or replace one run (and its artifacts) in one transaction."""
         blobs = {name: _pack(arrays) for name, arrays in (artifacts or {}).items()}

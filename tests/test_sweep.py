@@ -1,0 +1,287 @@
+"""Sweeps: spec expansion, resume after kill -9, concurrent sweeps on one store, Ray vs local, bad stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from robinherit.cli import app
+from robinherit.config import load_config
+from robinherit.errors import ConfigError
+from robinherit.store import ResultStore
+from robinherit.sweep import Backend, load_sweep, run_sweep, sweep_from_dict
+
+# A run of this config takes well under a second: the sweep machinery is under test, not the science.
+TINY = {
+    "data": {"d": 8, "k": 3},
+    "model": {"width": 8},
+    "pretrain": {"steps": 20, "batch_size": 64, "attack_steps": 2},
+    "downstream": {"heads": ["clean"], "steps": 10, "n_train": 200},
+    "eval": {"eps_grid": [0, 0.25], "steps": 3, "restarts": 1, "n_test": 100},
+}
+
+
+@pytest.fixture
+def base_yaml(tmp_path: Path) -> Path:
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def write_spec(tmp_path: Path, base: Path, name: str = "spec.yaml", **spec) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"base": str(base), **spec}))
+    return path
+
+
+GRID_24 = {"grid": {"pretrain.eps": [0, 0.25], "model.threshold": [0.0, 0.2, 0.4]}, "seeds": 4}
+
+
+# ------------------------------------------------------------------------------------------- spec expansion
+
+
+def test_grid_times_seeds_gives_every_combination_once(tmp_path, base_yaml):
+    sw = load_sweep(write_spec(tmp_path, base_yaml, **GRID_24))
+    cfgs = sw.configs()
+    assert len(cfgs) == 24
+    assert len({c.config_hash() for c in cfgs}) == 24
+    combos = {(c.pretrain.eps, c.model.threshold, c.seed) for c in cfgs}
+    assert combos == {(e, b, s) for e in (0, 0.25) for b in (0.0, 0.2, 0.4) for s in range(4)}
+    # the base config's own settings are kept
+    assert all(c.data.d == 8 and c.model.width == 8 for c in cfgs)
+
+
+def test_set_span_and_duplicate_points(tmp_path, base_yaml):
+    spec = {
+        "set": {"pretrain.lr": 0.02},
+        "grid": {"model.width": {"low": 4, "high": 16, "num": 3, "scale": "log", "integer": True}},
+        "seeds": [3, 5],
+    }
+    cfgs = load_sweep(write_spec(tmp_path, base_yaml, **spec)).configs()
+    assert sorted({c.model.width for c in cfgs}) == [4, 8, 16]
+    assert {c.seed for c in cfgs} == {3, 5} and all(c.pretrain.lr == 0.02 for c in cfgs)
+    # two grid values that validate to the same config are one run, not two
+    dup = sweep_from_dict({"grid": {"pretrain.eps": [0.25, 0.250]}}, load_config(base_yaml))
+    assert len(dup.configs()) == 1
+
+
+def test_random_draws_are_fixed_by_random_seed_and_inside_their_ranges(base_yaml):
+    base = load_config(base_yaml)
+    raw = {
+        "grid": {"pretrain.eps": [0, 0.5]},
+        "random": {
+            "model.threshold": {"low": 0.05, "high": 0.5, "scale": "log"},
+            "pretrain.augmentation": {"choices": ["noise", "mask"]},
+        },
+        "samples": 5,
+        "seeds": 2,
+    }
+    a = [c.config_hash() for c in sweep_from_dict(raw, base).configs()]
+    again = [c.config_hash() for c in sweep_from_dict(raw, base).configs()]
+    other = [c.config_hash() for c in sweep_from_dict({**raw, "random_seed": 1}, base).configs()]
+    assert a == again  # a resumed random sweep must ask for the same runs
+    assert set(a) != set(other)
+    cfgs = sweep_from_dict(raw, base).configs()
+    assert len(cfgs) == 2 * 5 * 2
+    assert all(0.05 <= c.model.threshold <= 0.5 for c in cfgs)
+    assert {c.pretrain.augmentation.value for c in cfgs} <= {"noise", "mask"}
+    assert len({c.model.threshold for c in cfgs}) == 5  # 5 draws, shared by both grid points
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"grid": {"pretrain.epz": [0, 1]}}, "unknown key 'pretrain.epz'"),
+        ({"grid": {"seed": [0, 1]}}, "'seeds' key"),
+        ({"grdi": {"pretrain.eps": [0]}}, "unknown key 'grdi'"),
+        ({"grid": {"pretrain.eps": [0, -1]}}, "pretrain.eps=-1"),
+        ({"random": {"pretrain.eps": {"low": 0, "high": 1}}}, "samples = 0"),
+        ({"grid": {"pretrain.eps": [0]}, "set": {"pretrain.eps": 0.1}}, "given twice"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path, base_yaml, spec, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_sweep(write_spec(tmp_path, base_yaml, **spec)).configs()
+
+
+def test_base_path_is_relative_to_the_spec_file(tmp_path, base_yaml):
+    sub = tmp_path / "sweeps"
+    sub.mkdir()
+    (sub / "s.yaml").write_text(yaml.safe_dump({"base": "../base.yaml", "seeds": 2}))
+    assert len(load_sweep(sub / "s.yaml").configs()) == 2
+    (sub / "t.yaml").write_text(yaml.safe_dump({"base": "base.yaml"}))
+    with pytest.raises(ConfigError, match="relative to the spec file"):
+        load_sweep(sub / "t.yaml")
+
+
+# ------------------------------------------------------------------------------------------- execution
+
+
+def sweep_cmd(spec: Path, store: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "robinherit.cli", "sweep", str(spec), "--store", str(store), "--quiet", *extra]
+
+
+def count_runs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_sweep_killed_with_sigkill_resumes_to_exactly_all_runs(tmp_path, base_yaml):
+    spec = write_spec(tmp_path, base_yaml, **GRID_24)
+    db = tmp_path / "runs.db"
+    driver = subprocess.Popen(sweep_cmd(spec, db, "--workers", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while count_runs(db) < 6 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    at_kill = count_runs(db)
+    assert driver.returncode == -signal.SIGKILL
+    assert 0 < at_kill < 24, f"the kill should land mid-sweep (stored {at_kill} of 24)"
+
+    done = subprocess.run(sweep_cmd(spec, db, "--workers", "2"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # the restart ran exactly the missing runs: nothing lost, nothing run twice
+    assert f"{24 - at_kill} ran, {at_kill} were already stored" in done.stdout
+    expected = {c.config_hash() for c in load_sweep(spec).configs()}
+    assert ResultStore(db).run_ids() == expected
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 24
+    con.close()
+
+
+def test_two_sweeps_writing_one_store_at_once_lose_nothing(tmp_path, base_yaml):
+    # overlapping grids: eps=0.25 is in both, so the union has 3 points x 2 seeds
+    a = write_spec(tmp_path, base_yaml, "a.yaml", grid={"pretrain.eps": [0, 0.25]}, seeds=2)
+    b = write_spec(tmp_path, base_yaml, "b.yaml", grid={"pretrain.eps": [0.25, 0.5]}, seeds=2)
+    db = tmp_path / "shared.db"
+    ResultStore(db)  # created up front so both drivers open an existing store
+    procs = [
+        subprocess.Popen(sweep_cmd(s, db, "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for s in (a, b)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    expected = {c.config_hash() for s in (a, b) for c in load_sweep(s).configs()}
+    assert len(expected) == 6
+    assert ResultStore(db).run_ids() == expected
+    stored = ResultStore(db).runs()
+    assert all(r["downstream"]["clean_head"]["clean_acc"] >= 0 for r in stored)
+
+
+def test_failed_run_is_reported_and_the_others_are_stored(tmp_path, base_yaml):
+    # lr = 1e38 does not fit the float32 optimiser state: torch raises in the worker. That run fails; the sweep
+    # goes on, stores the other run and reports the failed one with the worker's error.
+    sw = sweep_from_dict({"grid": {"pretrain.lr": [0.01, 1e38]}}, load_config(base_yaml))
+    db = ResultStore(tmp_path / "f.db")
+    rep = run_sweep(sw.configs(), db, workers=1)
+    assert rep.ran == 1 and len(rep.failed) == 1
+    bad = next(c for c in sw.configs() if c.pretrain.lr > 1)
+    assert rep.failed[0][0] == bad.config_hash() and "RuntimeError" in rep.failed[0][1]
+    assert db.run_ids() == {c.config_hash() for c in sw.configs()} - {bad.config_hash()}
+
+
+# ------------------------------------------------------------------------------------------- bad stores
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign"])
+def test_corrupt_or_foreign_store_is_refused_and_left_unchanged(tmp_path, base_yaml, kind):
+    spec = write_spec(tmp_path, base_yaml, seeds=2)
+    bad = tmp_path / "bad.db"
+    if kind == "garbage":
+        bad.write_bytes(b"this is not a database\x00\x01" * 100)
+    else:
+        con = sqlite3.connect(bad)
+        con.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+        con.execute("INSERT INTO invoices VALUES (1, 9.5)")
+        con.commit()
+        con.close()
+    before = bad.read_bytes()
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(bad), "--quiet"])
+    assert result.exit_code == 2
+    assert "not modified" in result.output
+    assert bad.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("bad.db")) == ["bad.db"]  # no -wal/-shm
+
+
+# ------------------------------------------------------------------------------------------- Ray backend
+
+try:
+    import ray
+except ImportError:  # the other tests of this file still run
+    ray = None
+needs_ray = pytest.mark.skipif(
+    ray is None, reason="Ray is not installed: pip install 'robinherit[ray]' to test the ray backend"
+)
+
+
+def _running_cluster() -> str | None:
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except Exception:  # no Ray, no cluster, or a Ray version without this helper
+        return None
+
+
+def comparable(record: dict) -> dict:
+    # Timings differ run to run, and the git commit moves when someone commits between the two sweeps;
+    # everything else (config, every metric, loss curve, per-node purity) must be identical.
+    return {k: v for k, v in record.items() if k not in ("timing_s", "git_commit")}
+
+
+@needs_ray
+@pytest.mark.skipif(
+    ray is None or _running_cluster() is None,
+    reason="no Ray cluster is running here; `ray start --head` enables this test",
+)
+def test_ray_backend_with_address_auto_uses_the_running_cluster(tmp_path, base_yaml):
+    spec = write_spec(tmp_path, base_yaml, seeds=2)
+    db = tmp_path / "auto.db"
+    done = subprocess.run(
+        sweep_cmd(spec, db, "--backend", "ray", "--address", "auto"), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert ResultStore(db).run_ids() == {c.config_hash() for c in load_sweep(spec).configs()}
+
+
+@needs_ray
+def test_ray_backend_stores_the_same_metrics_as_the_local_backend(tmp_path, base_yaml):
+    spec = write_spec(tmp_path, base_yaml, grid={"pretrain.eps": [0, 0.25]}, seeds=2)
+    cfgs = load_sweep(spec).configs()
+    local, remote = ResultStore(tmp_path / "local.db"), ResultStore(tmp_path / "ray.db")
+    assert run_sweep(cfgs, local, backend=Backend.local, workers=2).ran == 4
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        rep = run_sweep(cfgs, remote, backend=Backend.ray)
+    finally:
+        ray.shutdown()
+    assert rep.ran == 4 and not rep.failed
+    a = {r["run_id"]: comparable(r) for r in local.runs()}
+    b = {r["run_id"]: comparable(r) for r in remote.runs()}
+    assert a.keys() == b.keys() == {c.config_hash() for c in cfgs}
+    for run_id in a:
+        assert a[run_id] == b[run_id]
+    # and the weights too
+    for run_id in a:
+        wa, wb = local.artifact(run_id, "encoder"), remote.artifact(run_id, "encoder")
+        assert (wa["W"] == wb["W"]).all()

@@ -1,15 +1,25 @@
-"""Clean and robust accuracy over a grid of budgets, with self-checks.
+"""Clean, robust and certified accuracy over a grid of budgets, with self-checks.
 
 Robust accuracy comes from PGD on the margin loss (the attack minimises the classification margin,
 Carlini & Wagner 2017 style) with random restarts; an example counts as robust at eps only if no attack
 at any budget <= eps broke it (a point inside a smaller ball lies inside every larger one), so the
-curve is non-increasing by construction. Checks that fail become warnings in the result.
+curve is non-increasing by construction. An attack only gives an upper bound on the true robust
+accuracy; for the two-layer network with a linear head, ``robinherit.certify`` adds a lower bound
+(``certified_acc``), so each number is sandwiched: certified <= true <= attacked.
+
+Self-checks (failures become warnings in the result; the numbers behind them go to ``checks``):
+robust <= clean; certified <= robust; the attack never missed examples it broke at a smaller eps;
+perturbations within budget; zero or vanishing input gradients (gradient masking); and the flip check:
+for each example the nearest test input the model gives another label is a perturbation that flips it,
+so at the largest such distance robust accuracy must be ~0, and at every eps of the grid PGD must not
+leave robust an example that such a known point already breaks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +35,12 @@ def eps_key(eps: float) -> str:
     return f"{float(eps):g}"
 
 
+# An input gradient whose dual norm is below this is "vanishing": no gradient step can move the margin.
+VANISHING_GRAD = 1e-8
+# Share of examples that PGD may leave robust although a known point inside the ball flips them.
+FLIP_TOL = 0.02
+
+
 @dataclass
 class EvalResult:
     clean_acc: float
@@ -32,9 +48,46 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     # per-example correctness under attack at each eps key, (n,) bool; not part of the stored record
     robust_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    # lower bound of robust accuracy (None when the model has no certifier, see robinherit.certify)
+    certified_acc: dict[str, float] | None = None
+    certified_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    # the numbers behind the self-checks (gradient share, flip radius, ...)
+    checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc, "warnings": self.warnings}
+        out: dict[str, Any] = {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc}
+        if self.certified_acc is not None:
+            out["certified_acc"] = self.certified_acc
+        out["warnings"] = self.warnings
+        out["checks"] = self.checks
+        return out
+
+
+def flip_radii(
+    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, margin_fn: MarginFn, norm: Norm, chunk: int = 1024
+) -> Tensor:
+    """(n,) distance from each example to the nearest test input the model does not give the example's label.
+
+    That input is itself a perturbation of the example which the model gets wrong, so no example is robust at
+    an eps >= its radius (inf when every test input gets the example's label).
+    """
+    with torch.no_grad():
+        logits = model(x)
+    labels, which = torch.unique(y, dim=0, return_inverse=True)  # few distinct labels: one pass per label
+    p = 2.0 if Norm(norm) == Norm.l2 else float("inf")
+    flat = x.reshape(x.shape[0], -1)
+    radii = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=flat.dtype)
+    for k in range(labels.shape[0]):
+        lab = labels[k].expand(x.shape[0], *labels.shape[1:])
+        with torch.no_grad():
+            wrong = margin_fn(logits, lab) <= 0  # (n,): inputs that flip an example labelled labels[k]
+        idx = (which == k).nonzero().flatten()
+        if not bool(wrong.any()) or idx.numel() == 0:
+            continue
+        for start in range(0, idx.numel(), chunk):
+            rows = idx[start : start + chunk]
+            radii[rows] = torch.cdist(flat[rows], flat[wrong], p=p).amin(dim=1)  # (chunk,)
+    return radii
 
 
 def evaluate(
@@ -50,24 +103,43 @@ def evaluate(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
     zero_grad_warn_share: float = 0.5,
+    certify: bool = True,
+    flip_check: bool = True,
 ) -> EvalResult:
-    """Clean accuracy and robust accuracy at each eps of ``eps_grid`` (PGD-``steps``, ``restarts`` restarts)."""
+    """Clean accuracy and robust accuracy at each eps of ``eps_grid`` (PGD-``steps``, ``restarts`` restarts).
+
+    With ``certify`` and a two-layer network with a linear head (``robinherit.certify.certifier_for``), also
+    certified accuracy at each eps. ``flip_check`` runs one more attack, at the flip radius (module docstring).
+    """
     norm = Norm(norm)
     warnings: list[str] = []
+    checks: dict[str, Any] = {}
 
     def attack_loss(xa: Tensor) -> Tensor:
         return -margin_fn(model(xa), y)
+
+    def attack(eps: float) -> Tensor:
+        x_adv = pgd(attack_loss, x, eps=eps, norm=norm, steps=steps, restarts=restarts, generator=g, clip=clip)
+        dist = _flat_norm(x_adv - x, norm).flatten()
+        if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
+            warnings.append(f"perturbation outside the eps={eps:g} ball (max {float(dist.max()):.4g})")
+        with torch.no_grad():
+            return margin_fn(model(x_adv), y) > 0
 
     with torch.no_grad():
         correct = margin_fn(model(x), y) > 0
     clean_acc = float(correct.float().mean())
 
+    # gradient masking: an attack that follows the gradient cannot move examples whose gradient vanishes
     _, grad = input_grad(attack_loss, x)
-    zero_share = float((_flat_norm(grad, norm).flatten() <= 1e-12).float().mean())
+    vanishing = (_flat_norm(grad, Norm.l2).flatten() <= VANISHING_GRAD)[correct]  # only examples to break
+    zero_share = float(vanishing.float().mean()) if vanishing.numel() else 0.0
+    checks["vanishing_grad_share"] = zero_share
     if zero_share > zero_grad_warn_share:
         warnings.append(
-            f"input gradient is zero on {zero_share:.0%} of test examples: gradient-based attacks may be "
-            "blind here (gradient masking); treat robust accuracy as an upper bound"
+            f"input gradient is zero or vanishing on {zero_share:.0%} of correctly classified test examples: "
+            "gradient-based attacks are blind there (gradient masking); treat robust accuracy as a loose upper "
+            "bound and compare with certified_acc"
         )
 
     robust: dict[str, float] = {}
@@ -76,12 +148,7 @@ def evaluate(
     non_monotone = 0
     for eps in sorted(eps_grid):
         if eps > 0:
-            x_adv = pgd(attack_loss, x, eps=eps, norm=norm, steps=steps, restarts=restarts, generator=g, clip=clip)
-            dist = _flat_norm(x_adv - x, norm).flatten()
-            if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
-                warnings.append(f"perturbation outside the eps={eps} ball (max {float(dist.max()):.4g})")
-            with torch.no_grad():
-                ok = margin_fn(model(x_adv), y) > 0
+            ok = attack(eps)
             non_monotone += int((~still & ok & correct).sum() > 0)
             still &= ok
         robust[eps_key(eps)] = float(still.float().mean())
@@ -94,4 +161,116 @@ def evaluate(
         )
     if any(v > clean_acc + 1e-9 for v in robust.values()):
         warnings.append("robust accuracy above clean accuracy: the evaluation is inconsistent")
-    return EvalResult(clean_acc, robust, warnings, masks)
+
+    if flip_check:
+        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks)
+
+    certified, cert_masks = None, {}
+    if certify:
+        from robinherit.certify import certified_accuracy, certifier_for
+
+        certifier = certifier_for(model, margin_fn, norm)
+        if certifier is not None:
+            certified, cert_masks = certified_accuracy(certifier, x, y, eps_grid=tuple(eps_grid))
+            unsound = {k: int((cert_masks[k] & ~masks[k]).sum()) for k in masks}
+            if any(unsound.values()):
+                warnings.append(
+                    "the attack broke examples the bound certified ("
+                    + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
+                    + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
+                )
+    return EvalResult(clean_acc, robust, warnings, masks, certified, cert_masks, checks)
+
+
+def _flip_check(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    margin_fn: MarginFn,
+    norm: Norm,
+    correct: Tensor,
+    masks: dict[str, Tensor],
+    attack: Callable[[float], Tensor],
+    warnings: list[str],
+    checks: dict[str, Any],
+) -> None:
+    """Robust accuracy must be ~0 where a known input flips every example; PGD must find what that input shows."""
+    radii = flip_radii(model, x, y, margin_fn, norm)
+    finite = correct & torch.isfinite(radii)
+    if not bool(finite.any()):
+        checks["flip_eps"] = None
+        return
+    # Missed known flips: robust under PGD at eps although a test input within eps already flips the example.
+    missed = {k: float((m & (radii <= float(k))).float().mean()) for k, m in masks.items() if float(k) > 0}
+    checks["missed_known_flips"] = missed
+    worst = max(missed.items(), key=lambda kv: kv[1], default=None)
+    if worst is not None and worst[1] > FLIP_TOL:
+        warnings.append(
+            f"at eps {worst[0]} PGD left {worst[1]:.1%} of examples robust although another test input inside "
+            "the ball is classified differently: the attack is weak or gradients are masked; raise eval.steps "
+            "or eval.restarts and compare with certified_acc"
+        )
+    flip_eps = float(radii[finite].max()) * (1 + 1e-4)
+    ok = attack(flip_eps) & correct
+    at_flip = float(ok.float().mean())
+    checks["flip_eps"] = flip_eps
+    checks["robust_at_flip_eps"] = at_flip
+    if at_flip > FLIP_TOL:
+        warnings.append(
+            f"robust accuracy is {at_flip:.1%} at eps {flip_eps:.3g}, where a known input flips every example "
+            "(it should be ~0): the attack is weak or gradients are masked"
+        )
+
+
+# --- re-evaluating a stored run ----------------------------------------------------------------------------
+
+
+@dataclass
+class StoredRun:
+    """A stored run's downstream model and test set, rebuilt exactly as ``run_experiment`` made them."""
+
+    cfg: Any  # ExperimentConfig
+    model: Any  # LinearHead on the stored encoder
+    x: Tensor  # (n_test, d)
+    y: Tensor  # (n_test,) downstream class labels
+    eval_generator: torch.Generator  # the stream the run's own evaluation of this head used
+
+
+def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clean") -> StoredRun:
+    """Encoder weights from the store (``ResultStore.artifact(run_id, "encoder")``) plus a retrained ``head``.
+
+    Every stage is a pure function of the seed, so the world, the downstream data, the head and the test set
+    are the ones of the original run (bit for bit on the same device and torch build).
+    """
+    from robinherit.config import HeadKind, build_config
+    from robinherit.data import make_world
+    from robinherit.downstream import train_head
+    from robinherit.models import build_model
+    from robinherit.seeding import generator
+
+    cfg = build_config(record["config"])
+    kind = HeadKind(head)
+    dev = torch.device(cfg.device)
+    world = make_world(cfg.data, cfg.seed)
+    enc = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init"))
+    with torch.no_grad():
+        # The stored W is the effective (row-normalised) weight; normalising it again is the identity.
+        enc.W.copy_(torch.as_tensor(encoder["W"]))
+        enc.b.copy_(torch.as_tensor(encoder["b"]))
+    enc = enc.to(dev).freeze().eval()
+    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
+    model = train_head(
+        enc,
+        cfg.model.width,
+        2,
+        x_tr.to(dev),
+        world.downstream_labels(z_tr).to(dev),
+        kind,
+        cfg.downstream,
+        norm=cfg.eval.norm,
+        g=generator(cfg.seed, f"head-{kind.value}", dev),
+    )
+    x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
+    return StoredRun(
+        cfg, model, x_te.to(dev), world.downstream_labels(z_te).to(dev), generator(cfg.seed, f"eval-{kind.value}", dev)
+    )

@@ -78,7 +78,8 @@ class HeadKind(str, Enum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # inf/nan are never meaningful settings (an infinite lr or budget only fails later, mid-run).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from robinherit.config import DataConfig, Dictionary, Sparsity, Values
+from robinherit.errors import DataError
 from robinherit.seeding import generator
 
 
@@ -100,7 +101,13 @@ def make_world(cfg: DataConfig, seed: int) -> World:
     g = generator(seed, "world")
     m = make_dictionary(cfg, g)
     tasks = sign_vectors(cfg.n_tasks + 1, cfg.D, g)
-    # The downstream task is a fresh vector, different from every pre-training task.
+    # The downstream task is a fresh vector, different from every pre-training task (and its negation).
+    # There are 2^(D-1) sign vectors up to sign; when the pre-training tasks use them all, no draw can succeed.
+    if cfg.D <= 62 and cfg.n_tasks >= 2 ** (cfg.D - 1):
+        raise DataError(
+            f"data.n_features={cfg.D} allows only {2 ** (cfg.D - 1)} distinct +-1 tasks up to sign, too few for "
+            f"{cfg.n_tasks} pre-training task(s) and a different downstream task; raise data.n_features (or data.d)"
+        )
     while any(torch.equal(tasks[-1], t) or torch.equal(tasks[-1], -t) for t in tasks[:-1]):
         tasks[-1] = sign_vectors(1, cfg.D, g)[0]
     return World(cfg=cfg, M=m, pretrain_tasks=tasks[:-1], downstream_task=tasks[-1])

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs that run in a second or two on a 2-core CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from robinherit.config import ExperimentConfig, build_config
+
+# d=32 keeps ||theta|| = sqrt(32) > 4, so a linear classifier's margin on half the samples (1/sqrt(32) ~ 0.18)
+# is below eps = 0.25: the regime where only purified, thresholded nodes can be robust.
+TINY: dict[str, Any] = {
+    "data": {"d": 32, "k": 3, "noise": 0.05},
+    "model": {"width": 64, "threshold": 0.3},
+    "pretrain": {"eps": 0.25, "steps": 300, "batch_size": 128, "attack_steps": 3},
+    "downstream": {"heads": ["clean"], "steps": 150, "n_train": 500},
+    "eval": {"eps_grid": [0, 0.25], "steps": 10, "restarts": 1, "n_test": 300},
+    "seed": 0,
+}
+
+# Smaller still: for tests of plumbing (CLI, store) where the numbers do not matter.
+MICRO: dict[str, Any] = {
+    "data": {"d": 8, "k": 1},
+    "model": {"width": 8},
+    "pretrain": {"eps": 0.25, "steps": 5, "batch_size": 16, "attack_steps": 2},
+    "downstream": {"heads": ["clean", "adversarial"], "steps": 3, "n_train": 32, "attack_steps": 2},
+    "eval": {"eps_grid": [0, 0.25], "steps": 2, "restarts": 1, "n_test": 32},
+    "seed": 0,
+}
+
+
+@pytest.fixture
+def tiny_cfg() -> ExperimentConfig:
+    return build_config(TINY)
+
+
+@pytest.fixture
+def micro_cfg() -> ExperimentConfig:
+    return build_config(MICRO)
+
+
+@pytest.fixture
+def micro_yaml(tmp_path: Path) -> Path:
+    """A YAML file holding the MICRO config, for CLI tests."""
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    return path

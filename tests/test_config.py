@@ -1,0 +1,151 @@
+"""Config: loading, --set parsing, derived sizes, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from robinherit.config import (
+    DataConfig,
+    ExperimentConfig,
+    Norm,
+    load_config,
+    parse_overrides,
+    with_updates,
+)
+from robinherit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SUPERVISED = REPO / "configs" / "supervised.yaml"
+
+
+def test_shipped_config_loads_with_its_values():
+    cfg = load_config(SUPERVISED)
+    assert cfg.data.d == 64 and cfg.data.D == 64
+    assert cfg.pretrain.eps == 0.25 and cfg.pretrain.norm is Norm.l2
+    assert cfg.model.threshold == 0.3
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.dd=3"])
+    msg = str(err.value)
+    assert "data.dd" in msg
+    for key in DataConfig.model_fields:  # every valid key of the section is named
+        assert key in msg
+
+
+def test_unknown_top_level_key_lists_sections():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["pretrian.eps=0.1"])
+    msg = str(err.value)
+    assert "pretrian" in msg
+    for key in ("data", "model", "pretrain", "downstream", "eval", "seed"):
+        assert key in msg
+
+
+@pytest.mark.parametrize("override", ["pretrain.eps=-0.1", "downstream.eps=-1", "eval.eps_grid=[0,-0.5]"])
+def test_negative_eps_is_rejected(override: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(err.value)
+
+
+def test_k_larger_than_n_features_is_rejected():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.d=8", "data.k=9"])
+    msg = str(err.value)
+    assert "data.k=9" in msg and "n_features" in msg
+
+
+def test_enum_value_not_allowed_lists_allowed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["pretrain.norm=l3"])
+    msg = str(err.value)
+    assert "pretrain.norm" in msg and "l3" in msg and "l2" in msg and "linf" in msg
+
+
+@pytest.mark.parametrize("override", ["pretrain.lr=.inf", "data.noise=.nan", "eval.eps_grid=[0,.inf]"])
+def test_non_finite_numbers_are_rejected(override: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(err.value)
+
+
+def test_even_k_with_sign_values_is_rejected_but_uniform_values_allowed():
+    with pytest.raises(ConfigError, match="odd"):
+        load_config(None, ["data.k=2"])
+    assert load_config(None, ["data.k=2", "data.values=uniform"]).data.k == 2
+
+
+def test_dictionary_sizes_must_agree():
+    with pytest.raises(ConfigError, match="overcomplete"):
+        load_config(None, ["data.n_features=128"])
+    with pytest.raises(ConfigError, match=r"n_features > data\.d"):
+        load_config(None, ["data.dictionary=overcomplete"])
+    assert load_config(None, ["data.dictionary=overcomplete", "data.n_features=128"]).data.D == 128
+
+
+def test_set_values_are_parsed_as_yaml():
+    sets = ["pretrain.eps=0.25", "eval.eps_grid=[0, 0.2]", "pretrain.norm=linf", "model.learn_threshold=true"]
+    tree = parse_overrides(sets)
+    assert tree == {
+        "pretrain": {"eps": 0.25, "norm": "linf"},
+        "eval": {"eps_grid": [0, 0.2]},
+        "model": {"learn_threshold": True},
+    }
+    cfg = load_config(SUPERVISED, ["pretrain.eps=0", "eval.eps_grid=[0,0.2]", "pretrain.norm=linf", "pretrain.lr=1e-3"])
+    assert cfg.pretrain.eps == 0.0
+    assert cfg.eval.eps_grid == (0.0, 0.2)
+    assert cfg.pretrain.norm is Norm.linf
+    assert cfg.pretrain.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; the float field coerces it
+
+
+def test_set_without_equals_and_through_a_value_are_errors():
+    with pytest.raises(ConfigError, match="path=value"):
+        parse_overrides(["pretrain.eps"])
+    with pytest.raises(ConfigError, match="not a section"):
+        parse_overrides(["seed=1", "seed.x=2"])
+
+
+def test_set_d_alone_gives_a_consistent_config():
+    cfg = load_config(SUPERVISED, ["data.d=96"])
+    assert cfg.data.d == 96 and cfg.data.D == 96
+    assert cfg.resolved()["data"]["n_features"] == 96
+
+
+def test_config_is_frozen():
+    cfg = ExperimentConfig()
+    with pytest.raises(ValidationError):
+        cfg.seed = 3  # type: ignore[misc]
+
+
+def test_with_updates_validates_again():
+    cfg = ExperimentConfig()
+    assert with_updates(cfg, **{"pretrain.eps": 0}).pretrain.eps == 0.0
+    with pytest.raises(ConfigError):
+        with_updates(cfg, **{"pretrain.eps": -1})
+
+
+def test_hash_identifies_the_resolved_config():
+    a = ExperimentConfig()
+    assert a.config_hash() == ExperimentConfig().config_hash()
+    assert a.config_hash() == load_config(None, ["data.n_features=64"]).config_hash()  # same resolved config
+    assert a.config_hash() == load_config(None, ["device=cuda"]).config_hash()  # device does not change results
+    assert a.config_hash() != with_updates(a, seed=1).config_hash()
+    assert a.config_hash() != with_updates(a, **{"pretrain.eps": 0}).config_hash()
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)

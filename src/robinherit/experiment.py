@@ -145,10 +145,53 @@ def run_many_or_load(
     Each finished run is stored at once, so an interrupted call loses at most the run in flight.
     ``on_record(record, from_store)`` is called as each one becomes available.
     """
-    out = []
-    for cfg in cfgs:
-        rec, cached = run_or_load(cfg, store, force=force, progress=progress)
-        if on_record is not None:
-            on_record(rec, cached)
-        out.append(rec)
-    return out
+    # Configs that share shapes are pre-trained as one stack (robinherit.batched: same results as one by one,
+    # much faster); others, and stacks of one, take the plain path. on_record still sees input order.
+    from robinherit import batched
+    from robinherit.errors import NonFiniteLossError
+
+    out: list[dict[str, Any] | None] = [None] * len(cfgs)
+    from_store = [False] * len(cfgs)
+    ids = [cfg.config_hash() for cfg in cfgs]
+    first: dict[str, int] = {}  # run_id -> index of its first occurrence; repeats are copies of it
+    emitted = 0
+
+    def finish(i: int, rec: dict[str, Any], cached: bool) -> None:
+        nonlocal emitted
+        for j in [i] + [j for j, rid in enumerate(ids) if j != i and first[rid] == i]:
+            out[j], from_store[j] = rec, cached or (j != i and store is not None)
+        while emitted < len(cfgs) and out[emitted] is not None:
+            if on_record is not None:
+                on_record(out[emitted], from_store[emitted])
+            emitted += 1
+
+    todo = []
+    for i, rid in enumerate(ids):
+        first.setdefault(rid, i)
+    for i, rid in enumerate(ids):
+        if first[rid] != i:
+            continue
+        stored = None if store is None or force else store.get(rid)
+        if stored is not None:
+            finish(i, stored, True)
+        else:
+            todo.append(i)
+    for group in batched.group_configs([cfgs[i] for i in todo]):
+        idx = [todo[j] for j in group]
+        stack = [cfgs[i] for i in idx]
+        done = 0
+        if len(idx) > 1:
+            try:
+                for rec, artifacts in batched.iter_experiments(stack, progress):
+                    if store is not None:
+                        store.put(rec, artifacts)
+                    finish(idx[done], rec, False)
+                    done += 1
+            except NonFiniteLossError:
+                pass  # rerun one by one: the runs before the failing one are stored and its error raised as usual
+        for i in idx[done:]:
+            rec, artifacts = run_experiment(cfgs[i], progress)
+            if store is not None:
+                store.put(rec, artifacts)
+            finish(i, rec, False)
+    return out  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from robinherit.augment import make_views
 from robinherit.config import AdversarialView, ExperimentConfig, Method, Optimizer, PretrainConfig
 from robinherit.data import Batch
 from robinherit.errors import NonFiniteLossError
+from robinherit.fused import attack_loss
 from robinherit.losses import info_nce, multilabel_bce
 from robinherit.seeding import generator
 
@@ -76,7 +77,7 @@ def pretrain_supervised(
         batch = stream.next()
         x = batch.x
         if pcfg.eps > 0:
-            x = attack(lambda xa: loss_fn(model(xa), batch.y), x)  # noqa: B023 - used at once
+            x = attack(attack_loss(model, loss_fn, batch.y), x)  # closed-form input gradient (robinherit.fused)
         loss = loss_fn(model(x), batch.y).mean()
         check_finite(loss, step, pcfg)
         opt.zero_grad(set_to_none=True)

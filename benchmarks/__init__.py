@@ -1,0 +1,1 @@
+"""Benchmarks of robinherit's hot paths (not part of the package; run with ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,183 @@
+"""Adversarial pre-training throughput: a plain reference vs the toolkit's single-model and batched paths.
+
+In one process, for the default config (d=64, m=128, batch 256, l2 PGD-5) and a large one (d=m=512), times
+
+  (a) reference  ``benchmarks.reference``: nn.Module + autograd PGD, written the obvious way;
+  (b) single     ``pretraining.pretrain_supervised`` (what ``run_experiment`` uses; closed-form attack gradients);
+  (c) batched    ``batched.pretrain_stacked`` with S models in one stack (S = 1, 8, 32);
+
+and prints samples/s (total over the S models), the ratio to (a), achieved GFLOP/s and the share of the
+machine's matmul peak, measured here with one large fp32 matmul. Each path is timed ``--repeats`` times,
+interleaved, and the best time kept (other load on the machine only ever slows a run down).
+
+    python -m benchmarks.train_step            # table
+    python -m benchmarks.train_step --json     # one JSON object
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.reference import ReferenceNet
+from benchmarks.reference import train as reference_train
+from robinherit.batched import StackedTwoLayer, pretrain_stacked
+from robinherit.config import ExperimentConfig, with_updates
+from robinherit.data import BatchStream, make_world
+from robinherit.models import build_model
+from robinherit.pretraining import pretrain_supervised
+from robinherit.seeding import generator
+
+DEFAULT = {"data.d": 64, "model.width": 128, "pretrain.batch_size": 256, "pretrain.attack_steps": 5}
+LARGE = {"data.d": 512, "model.width": 512, "pretrain.batch_size": 256, "pretrain.attack_steps": 5}
+
+
+def flops_per_sample(cfg: ExperimentConfig) -> float:
+    """Matmul FLOPs of one adversarial training step, per example: each PGD step a forward (x W^T) and an
+    input gradient (g W), the final loss evaluation of the best point, and the training step's forward and
+    weight gradient; head terms (m x K) included. Elementwise work is not counted."""
+    d, m, k, a = cfg.data.d, cfg.model.width, cfg.data.n_tasks, cfg.pretrain.attack_steps
+    per_pass = 2 * d * m + 2 * m * k  # forward of one example
+    return per_pass * (2 * a + 1 + 2)
+
+
+def matmul_peak(seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of a square matmul on this machine (sizes 1024 and 2048)."""
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b  # warm-up
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            t1 = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n**3 / (time.perf_counter() - t1) / 1e9)
+            reps += 1
+    return best
+
+
+def _streams(cfg: ExperimentConfig, seeds: range) -> list[BatchStream]:
+    return [BatchStream(make_world(cfg.data, s), cfg.pretrain.batch_size, s) for s in seeds]
+
+
+def run_reference(cfg: ExperimentConfig, steps: int) -> None:
+    stream = _streams(cfg, range(1))[0]
+    model = ReferenceNet(cfg.data.d, cfg.model.width, cfg.data.n_tasks, cfg.model.threshold, generator(0, "init"))
+
+    def sample():
+        batch = stream.next()
+        return batch.x, batch.y
+
+    reference_train(model, sample, steps, cfg.pretrain.eps, cfg.pretrain.attack_steps, cfg.pretrain.lr)
+
+
+def run_single(cfg: ExperimentConfig, steps: int) -> None:
+    c = with_updates(cfg, **{"pretrain.steps": steps})
+    stream = _streams(c, range(1))[0]
+    model = build_model(c.data.d, c.model, c.data.n_tasks, generator(0, "init"))
+    pretrain_supervised(model, stream, c)
+
+
+def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
+    cfgs = [with_updates(cfg, **{"pretrain.steps": steps, "seed": s}) for s in range(size)]
+    streams = _streams(cfgs[0], range(size))
+    net = StackedTwoLayer([build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs])
+    pretrain_stacked(net, streams, cfgs)
+
+
+def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: float) -> float:
+    """Seconds per step, best of ``repeats`` timed runs of a step count chosen to last about ``target_s``."""
+    t0 = time.perf_counter()
+    run(2)  # warm-up: lazy imports, allocator, first optimiser step
+    per_step = (time.perf_counter() - t0) / 2
+    steps = int(min(500, max(3, target_s / max(per_step, 1e-6))))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(steps)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def bench_config(name: str, cfg: ExperimentConfig, sizes: tuple[int, ...], repeats: int, target_s: float) -> list[dict]:
+    paths: list[tuple[str, int, Callable[[int], None]]] = [
+        ("reference", 1, lambda n: run_reference(cfg, n)),
+        ("single", 1, lambda n: run_single(cfg, n)),
+    ] + [("batched", s, lambda n, s=s: run_batched(cfg, n, s)) for s in sizes]
+    rows = []
+    flops = flops_per_sample(cfg)
+    for path, size, run in paths:
+        sec = best_seconds_per_step(run, repeats, target_s)
+        sps = size * cfg.pretrain.batch_size / sec
+        rows.append({"config": name, "path": path, "S": size, "samples_per_s": sps, "gflops": sps * flops / 1e9})
+    ref = rows[0]["samples_per_s"]
+    for r in rows:
+        r["ratio"] = r["samples_per_s"] / ref
+    return rows
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return sha + ("-dirty" if dirty.strip() else "") if sha else "unknown"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per path; the best is kept")
+    parser.add_argument("--seconds", type=float, default=1.0, help="about how long one timed run lasts")
+    parser.add_argument("--skip-large", action="store_true", help="only the default config")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    peak = matmul_peak()
+    base = ExperimentConfig()
+    rows = bench_config("default", with_updates(base, **DEFAULT), (1, 8, 32), args.repeats, args.seconds)
+    if not args.skip_large:
+        rows += bench_config("large", with_updates(base, **LARGE), (1, 8), args.repeats, args.seconds)
+
+    def pick(config: str, path: str, size: int = 1) -> dict:
+        return next(r for r in rows if r["config"] == config and r["path"] == path and r["S"] == size)
+
+    large = [r for r in rows if r["config"] == "large"]
+    result = {
+        "reference_samples_per_s": pick("default", "reference")["samples_per_s"],
+        "single_samples_per_s": pick("default", "single")["samples_per_s"],
+        "batched_samples_per_s": {str(s): pick("default", "batched", s)["samples_per_s"] for s in (8, 32)},
+        "matmul_peak_gflops": peak,
+        # the best path on the large config (its rows are in "rows")
+        "large_config_gflops": max((r["gflops"] for r in large), default=None),
+        "commit": commit(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"commit {result['commit']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s")
+    print(f"{'config':8} {'path':10} {'S':>3} {'samples/s':>12} {'x ref':>7} {'GFLOP/s':>8} {'% peak':>7}")
+    for r in rows:
+        print(
+            f"{r['config']:8} {r['path']:10} {r['S']:>3} {r['samples_per_s']:>12.0f} {r['ratio']:>7.2f} "
+            f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

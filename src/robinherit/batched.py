@@ -1,0 +1,363 @@
+"""S independent runs as one batched computation: supervised (adversarial) pre-training of stacked models.
+
+At the default sizes one two-layer step is far too small to keep a CPU busy: time goes to Python and
+autograd overhead. Stacking S models that share shapes (weights (S, m, d), inputs (S, n, d)) turns S
+small matmuls into one batched matmul, with the overhead paid once per step instead of S times.
+
+Every model keeps its own run: its own named random streams (``seeding.generator(seed, name)``), so its
+own init, data batches and attack random starts; Adam and SGD act elementwise, so one optimiser over the
+stacked tensors is S independent optimisers. A model's result equals the one ``run_experiment`` gives for
+its config (to float rounding: a batched matmul sums in another order). Adversarial training is
+Madry et al. (2018), with PGD/FGM run per model on the stack using closed-form input gradients
+(``robinherit.fused``). Only pre-training is batched (it is the dominant cost); purification, downstream
+heads and evaluation run per model, exactly as in ``run_experiment``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robinherit import purification
+from robinherit.attacks import random_start
+from robinherit.config import AttackKind, ExperimentConfig, Method, ModelConfig, Norm
+from robinherit.data import BatchStream, World, make_world
+from robinherit.downstream import train_head
+from robinherit.evaluation import evaluate
+from robinherit.fused import TwoLayerLoss
+from robinherit.losses import class_margin, multilabel_bce, multilabel_margin
+from robinherit.models import ACTIVATIONS, TwoLayerNet, build_model
+from robinherit.pretraining import PretrainLog, check_finite, make_optimizer
+from robinherit.provenance import git_commit, versions
+from robinherit.seeding import generator
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# Methods whose pre-training has a batched implementation; others run one model at a time.
+BATCHED_METHODS = frozenset({Method.supervised})
+
+
+def batch_key(cfg: ExperimentConfig) -> str | None:
+    """Configs with the same key can be pre-trained as one stack; None where there is no batched path.
+
+    Everything that shapes pre-training must agree except the seed and the attack budget (kept per model);
+    clean and adversarial runs go to different stacks, so clean ones do not pay for an attack.
+    """
+    if cfg.pretrain.method not in BATCHED_METHODS:
+        return None
+    raw = cfg.resolved()
+    pre = dict(raw["pretrain"], eps=None, adversarial=cfg.pretrain.eps > 0)
+    return json.dumps([raw["data"], raw["model"], pre, raw["device"]], sort_keys=True)
+
+
+def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped into stacks of at most ``max_size`` (order kept); unsupported ones alone."""
+    groups: dict[str, list[list[int]]] = {}
+    out: list[list[int]] = []
+    for i, cfg in enumerate(cfgs):
+        key = batch_key(cfg)
+        if key is None:
+            out.append([i])
+            continue
+        stacks = groups.setdefault(key, [])
+        if not stacks or len(stacks[-1]) >= max_size:
+            stacks.append([])
+            out.append(stacks[-1])
+        stacks[-1].append(i)
+    return out
+
+
+class StackedTwoLayer(nn.Module):
+    """S two-layer networks with the same shapes: W (S, m, d), b (S, m), head V (S, K, m), c (S, K)."""
+
+    def __init__(self, models: Sequence[TwoLayerNet]):
+        super().__init__()
+        self.cfg: ModelConfig = models[0].cfg
+        self.W = nn.Parameter(torch.stack([m.W.detach() for m in models]))
+        self.b = nn.Parameter(torch.stack([m.b.detach() for m in models]), requires_grad=self.cfg.learn_threshold)
+        self.V = nn.Parameter(torch.stack([m.head.weight.detach() for m in models]))
+        self.c = nn.Parameter(torch.stack([m.head.bias.detach() for m in models]))
+
+    def weight(self) -> Tensor:
+        """(S, m, d) effective weights, row-normalised as in ``TwoLayerNet.weight``."""
+        if self.cfg.normalize_rows:
+            return self.W / self.W.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        return self.W
+
+    def threshold(self) -> Tensor:
+        return self.b.clamp_min(0.0)[:, None, :]  # (S, 1, m)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(S, n, d) -> (S, n, K) logits."""
+        h = ACTIVATIONS[self.cfg.activation](x @ self.weight().transpose(1, 2), self.threshold())  # (S, n, m)
+        return torch.baddbmm(self.c[:, None, :], h, self.V.transpose(1, 2))
+
+    def attack_loss(self, loss_fn: Callable[[Tensor, Tensor], Tensor], targets: Tensor) -> TwoLayerLoss:
+        """The per-model loss (S, n) at the current weights, with closed-form input gradients."""
+        return TwoLayerLoss(
+            weight=self.weight().detach(),
+            threshold=self.threshold().detach(),
+            head_weight=self.V.detach(),
+            head_bias=self.c.detach()[:, None, :],
+            activation=self.cfg.activation,
+            loss=loss_fn,
+            targets=targets,
+        )
+
+    @torch.no_grad()
+    def unstack(self, models: Sequence[TwoLayerNet]) -> None:
+        """Copy each model's trained weights back into ``models``."""
+        for s, m in enumerate(models):
+            m.W.copy_(self.W[s])
+            m.b.copy_(self.b[s])
+            m.head.weight.copy_(self.V[s])
+            m.head.bias.copy_(self.c[s])
+
+
+def per_example(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, targets: Tensor) -> Tensor:
+    """A per-example loss of ``robinherit.losses`` on stacked (S, n, ...) inputs -> (S, n)."""
+    S, n = logits.shape[:2]
+    return loss_fn(logits.reshape(S * n, *logits.shape[2:]), targets.reshape(S * n, *targets.shape[2:])).reshape(S, n)
+
+
+# ---- attacks on a stack: the same steps as robinherit.attacks, one budget and one generator per model ----
+
+
+def _norm_last(t: Tensor, norm: Norm) -> Tensor:
+    """Per-example norm over the last dim of (S, n, d), shaped (S, n, 1)."""
+    return t.norm(dim=-1, keepdim=True) if norm == Norm.l2 else t.abs().amax(dim=-1, keepdim=True)
+
+
+def _project(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
+    """``attacks.project`` with a per-model budget ``eps`` of shape (S, 1, 1)."""
+    if norm == Norm.linf:
+        return torch.clamp(delta, -eps, eps)
+    return delta * torch.clamp(eps * (1 - 1e-6) / _norm_last(delta, Norm.l2).clamp_min(1e-12), max=1.0)
+
+
+def _ascent(grad: Tensor, norm: Norm) -> Tensor:
+    return grad.sign() if norm == Norm.linf else grad / _norm_last(grad, Norm.l2).clamp_min(1e-12)
+
+
+def stacked_pgd(
+    loss: TwoLayerLoss,
+    x: Tensor,
+    *,
+    eps: Sequence[float],
+    norm: Norm,
+    steps: int,
+    generators: Sequence[torch.Generator],
+) -> Tensor:
+    """``attacks.pgd`` (one restart, random start) on a stack: x (S, n, d), model s attacked with eps[s].
+
+    The same iterates as ``attacks.pgd`` up to rounding; the step is folded into one multiply-add per
+    element (delta + grad * (alpha / ||grad||)) because at these sizes elementwise passes cost as much
+    as the matmuls.
+    """
+    x = x.detach()
+    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]  # (S, 1, 1)
+    alpha = torch.tensor([2.5 * e / steps for e in eps], dtype=x.dtype, device=x.device)[:, None, None]
+    # Each model draws its random start from its own generator, as its single run does.
+    delta = torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
+    best_x = x.clone()
+    best_loss = torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)  # (S, n)
+    for t in range(steps + 1):
+        x_adv = x + delta
+        if t < steps:
+            value, grad = loss.value_and_grad(x_adv)
+        else:
+            value = loss(x_adv)
+        better = value > best_loss  # (S, n)
+        best_loss = torch.where(better, value, best_loss)
+        best_x = torch.where(better[..., None], x_adv, best_x)
+        if t == steps:
+            break
+        if norm == Norm.linf:
+            delta = torch.clamp(delta.add_(grad.sign_().mul_(alpha)), -eps_t, eps_t)
+        else:
+            delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            delta.mul_(torch.clamp(eps_t * (1 - 1e-6) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0))
+    return best_x
+
+
+def stacked_fgm(
+    loss: TwoLayerLoss, x: Tensor, *, eps: Sequence[float], norm: Norm, steps: int, generators: Sequence
+) -> Tensor:
+    """``attacks.fgm`` on a stack (no randomness, so ``generators`` is unused)."""
+    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]
+    _, grad = loss.value_and_grad(x.detach())
+    return x.detach() + _project(eps_t * _ascent(grad, norm), eps_t, norm)
+
+
+STACKED_ATTACKS: dict[AttackKind, Callable[..., Tensor]] = {AttackKind.pgd: stacked_pgd, AttackKind.fgm: stacked_fgm}
+
+
+def pretrain_stacked(
+    net: StackedTwoLayer,
+    streams: Sequence[BatchStream],
+    cfgs: Sequence[ExperimentConfig],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = multilabel_bce,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[PretrainLog]:
+    """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
+    pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
+    eps = [c.pretrain.eps for c in cfgs]
+    opt = make_optimizer(list(net.parameters()), pcfg)
+    gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]
+    attack = STACKED_ATTACKS[pcfg.attack]
+    logs = [PretrainLog() for _ in cfgs]
+    running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
+    for step in range(pcfg.steps):
+        batches = [s.next() for s in streams]
+        x = torch.stack([b.x for b in batches])  # (S, n, d)
+        y = torch.stack([b.y for b in batches])  # (S, n, K)
+        if pcfg.eps > 0:
+            adv_loss = net.attack_loss(loss_fn, y)
+            x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
+        loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
+        finite = torch.isfinite(loss.detach())
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            check_finite(loss[bad], step, cfgs[bad].pretrain)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
+        opt.step()
+        running += loss.detach().cpu().double()
+        if (step + 1) % logs[0].log_every == 0:
+            for s, log in enumerate(logs):
+                log.losses.append(float(running[s]) / log.log_every)
+            running.zero_()
+        if on_step is not None:
+            on_step(step + 1, pcfg.steps)
+    return logs
+
+
+def run_experiments(
+    cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
+) -> list[tuple[dict[str, Any], dict]]:
+    """``run_experiment`` for every config of one stack (equal ``batch_key``): batched pre-training, the rest
+    per model. See :func:`iter_experiments` to get each run as soon as it is finished."""
+    return list(iter_experiments(cfgs, progress))
+
+
+def iter_experiments(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None):
+    """(record, artifacts) per config, in order, each as soon as its post-pre-training stages finish."""
+    keys = {batch_key(c) for c in cfgs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("iter_experiments needs configs with one shared batch_key (see batched.group_configs)")
+    torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
+    dev = torch.device(cfgs[0].device)
+    t0 = time.perf_counter()
+    worlds = [make_world(c.data, c.seed) for c in cfgs]
+    streams = [
+        BatchStream(w, c.pretrain.batch_size, c.seed, c.data.n_train, device=dev)
+        for w, c in zip(worlds, cfgs, strict=True)
+    ]
+    models = [build_model(c.data.d, c.model, n_out=c.data.n_tasks, g=generator(c.seed, "init")) for c in cfgs]
+    net = StackedTwoLayer(models).to(dev)
+    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
+    logs = pretrain_stacked(net, streams, cfgs, on_step=on_step)
+    models = [m.to(dev) for m in models]
+    net.unstack(models)
+    per_model_pretrain = (time.perf_counter() - t0) / len(cfgs)  # the stack's time, shared evenly
+    for cfg, world, model, log in zip(cfgs, worlds, models, logs, strict=True):
+        yield finish_experiment(cfg, world, model.freeze().eval(), log, per_model_pretrain)
+
+
+def finish_experiment(
+    cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
+) -> tuple[dict[str, Any], dict]:
+    """The stages of ``run_experiment`` after pre-training, for one pre-trained model (same streams, same record).
+
+    Kept step for step equal to ``experiment.run_experiment``; tests/test_batched.py checks the records agree.
+    """
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(cfg.device)
+    t_pre = time.perf_counter()
+
+    x_probe, _ = world.sample(2048, generator(cfg.seed, "probe"))
+    with torch.no_grad():
+        feats = model.features(x_probe.to(dev))
+    purity = purification.measure(model.weight(), world.M, feats, s=cfg.data.k)
+
+    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
+    y_tr = world.downstream_labels(z_tr)
+    heads = {
+        kind: train_head(
+            model,
+            cfg.model.width,
+            2,
+            x_tr.to(dev),
+            y_tr.to(dev),
+            kind,
+            cfg.downstream,
+            norm=cfg.eval.norm,
+            g=generator(cfg.seed, f"head-{kind.value}", dev),
+        )
+        for kind in cfg.downstream.heads
+    }
+    t_down = time.perf_counter()
+
+    ecfg = cfg.eval
+    x_te, z_te = world.sample(ecfg.n_test, generator(cfg.seed, "test"))
+    x_te = x_te.to(dev)
+    common = dict(eps_grid=ecfg.eps_grid, norm=ecfg.norm, steps=ecfg.steps, restarts=ecfg.restarts)
+    pre_eval = evaluate(
+        model,
+        x_te,
+        world.pretrain_labels(z_te).to(dev),
+        multilabel_margin,
+        g=generator(cfg.seed, "eval-pretrain", dev),
+        **common,
+    )
+    y_te = world.downstream_labels(z_te).to(dev)
+    head_evals = {
+        f"{kind.value}_head": evaluate(
+            head, x_te, y_te, class_margin, g=generator(cfg.seed, f"eval-{kind.value}", dev), **common
+        ).to_dict()
+        for kind, head in heads.items()
+    }
+    t_eval = time.perf_counter()
+
+    record = {
+        "run_id": cfg.config_hash(),
+        "seed": cfg.seed,
+        "config": cfg.resolved(),
+        "pretrain": {**pre_eval.to_dict(), "loss_curve": log.losses},
+        "purification": {**purity.summary(), "per_node_top1": [round(float(v), 5) for v in purity.top1_share]},
+        "downstream": head_evals,
+        "timing_s": {
+            "pretrain": pretrain_s,
+            "downstream": t_down - t_pre,
+            "eval": t_eval - t_down,
+            "total": pretrain_s + t_eval - t_pre,
+        },
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    artifacts = {
+        "encoder": {
+            "W": model.weight().detach().cpu().numpy(),
+            "b": model.threshold().detach().cpu().numpy(),
+            "M": world.M.numpy(),
+        }
+    }
+    return record, artifacts
+
+
+__all__ = [
+    "StackedTwoLayer",
+    "batch_key",
+    "finish_experiment",
+    "group_configs",
+    "iter_experiments",
+    "pretrain_stacked",
+    "run_experiments",
+    "stacked_fgm",
+    "stacked_pgd",
+]

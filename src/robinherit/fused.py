@@ -1,0 +1,167 @@
+"""Closed-form input gradients of the two-layer model, for the inner maximisation of PGD/FGM.
+
+The network of Allen-Zhu & Li (2020) is small enough to differentiate by hand: with u = x W^T,
+h = act(u, b), logits = h V^T + c and a per-example loss L(logits, y),
+
+    dL/dx = ((dL/dlogits V) * act'(u)) W
+
+Inside an attack the weights are fixed, so the row normalisation of W needs no derivative: W here is
+the effective (already normalised) weight. This replaces an autograd graph per attack step by three
+matmuls and a few elementwise ops. The same code serves one model, x (n, d), and a stack of S models,
+x (S, n, d) with weights (S, m, d) (see ``robinherit.batched``).
+
+``attacks.input_grad`` uses ``value_and_grad`` when a loss function provides it, so a
+:class:`TwoLayerLoss` goes into ``pgd``/``fgm`` wherever a ``loss_fn(x) -> (n,)`` closure would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robinherit.config import Activation
+from robinherit.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
+from robinherit.models import LinearHead, TwoLayerNet
+
+# loss(logits, targets) -> (per-example loss (..., n), its gradient with respect to logits (..., n, K))
+LossGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _bce_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+    return loss, (torch.sigmoid(logits) - targets) / logits.shape[-1]
+
+
+def _multilabel_margin_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    signs = 2 * targets - 1
+    loss, idx = (signs * logits).min(dim=-1)  # the worst task carries the whole gradient
+    grad = torch.zeros_like(logits).scatter_(-1, idx[..., None], signs.gather(-1, idx[..., None]))
+    return loss, grad
+
+
+def _cross_entropy_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    logp = torch.log_softmax(logits, dim=-1)
+    loss = -logp.gather(-1, labels[..., None]).squeeze(-1)
+    grad = logp.exp().scatter_add_(-1, labels[..., None], -torch.ones_like(logits[..., :1]))
+    return loss, grad
+
+
+def _class_margin_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    true = logits.gather(-1, labels[..., None])
+    other, idx = logits.scatter(-1, labels[..., None], -torch.inf).max(dim=-1)
+    grad = torch.zeros_like(logits).scatter_(-1, labels[..., None], 1.0)
+    grad.scatter_add_(-1, idx[..., None], -torch.ones_like(true))
+    return true.squeeze(-1) - other, grad
+
+
+# The losses of ``robinherit.losses`` that have a closed-form gradient, keyed by the function itself.
+LOSS_GRADS: dict[Callable[[Tensor, Tensor], Tensor], LossGrad] = {
+    multilabel_bce: _bce_grad,
+    multilabel_margin: _multilabel_margin_grad,
+    cross_entropy: _cross_entropy_grad,
+    class_margin: _class_margin_grad,
+}
+
+def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
+    # u - clip(u, -b, b) is ReLU(u - b) - ReLU(-u - b) to the last bit (the same single rounding on each
+    # branch), in two passes over (n, m) instead of four.
+    return u - torch.clamp(u, -b, b)
+
+
+def _relu(u: Tensor, b: Tensor) -> Tensor:
+    return (u - b).clamp_min_(0.0)
+
+
+# Activations for the attack's forward pass. Where h != 0, act'(u) = 1, else 0 (also at the kink, as in
+# autograd), so the derivative mask is (h != 0): one comparison, no second look at u.
+FAST_ACTIVATIONS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
+    Activation.sym_relu: _sym_relu,
+    Activation.relu: _relu,
+}
+
+
+def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """h V^T + c for one model (h (n, m), V (K, m)) or a stack (h (S, n, m), V (S, K, m), c (S, 1, K))."""
+    if weight.dim() == 2:
+        return F.linear(h, weight, bias)
+    return torch.baddbmm(bias, h, weight.transpose(1, 2))
+
+
+@dataclass(frozen=True)
+class TwoLayerLoss:
+    """``sign * loss(V act(x W^T, b) + c, targets)`` per example, with its closed-form input gradient.
+
+    Shapes, one model: weight (m, d), threshold (m,), head_weight (K, m), head_bias (K,), x (n, d).
+    Stack of S models: weight (S, m, d), threshold (S, 1, m), head_weight (S, K, m), head_bias (S, 1, K),
+    x (S, n, d); losses come out as (S, n). ``sign=-1`` turns a margin into a loss to maximise.
+    """
+
+    weight: Tensor
+    threshold: Tensor
+    head_weight: Tensor
+    head_bias: Tensor
+    activation: Activation
+    loss: Callable[[Tensor, Tensor], Tensor]
+    targets: Tensor
+    sign: float = 1.0
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = FAST_ACTIVATIONS[self.activation](x @ self.weight.transpose(-1, -2), self.threshold)  # (..., n, m)
+        return h, _linear(h, self.head_weight, self.head_bias)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        _, logits = self._forward(x)
+        loss, _ = LOSS_GRADS[self.loss](logits, self.targets)
+        return self.sign * loss
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example losses (..., n) and their gradients with respect to x (..., n, d)."""
+        h, logits = self._forward(x)
+        loss, g_logits = LOSS_GRADS[self.loss](logits, self.targets)  # (..., n), (..., n, K)
+        g_u = (g_logits @ self.head_weight).masked_fill_(h == 0, 0.0)  # (..., n, m): act'(u) = 1 where h != 0
+        g_x = g_u @ self.weight  # (..., n, d)
+        if self.sign != 1.0:
+            return self.sign * loss, self.sign * g_x
+        return loss, g_x
+
+
+def fused_loss(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], targets: Tensor, sign: float = 1.0
+) -> TwoLayerLoss | None:
+    """The closed-form version of ``lambda x: sign * loss_fn(model(x), targets)``, or None where there is none.
+
+    ``model`` is a :class:`TwoLayerNet` or a :class:`LinearHead` on one; its current weights are
+    captured (detached), so build a new one after every optimiser step.
+    """
+    if loss_fn not in LOSS_GRADS:
+        return None
+    if isinstance(model, TwoLayerNet):
+        encoder, head = model, model.head
+    elif isinstance(model, LinearHead) and isinstance(model.encoder, TwoLayerNet):
+        encoder, head = model.encoder, model.linear
+    else:
+        return None
+    return TwoLayerLoss(
+        weight=encoder.weight().detach(),
+        threshold=encoder.threshold().detach(),
+        head_weight=head.weight.detach(),
+        head_bias=head.bias.detach(),
+        activation=encoder.cfg.activation,
+        loss=loss_fn,
+        targets=targets,
+        sign=sign,
+    )
+
+
+def attack_loss(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], targets: Tensor
+) -> Callable[[Tensor], Tensor]:
+    """A loss for ``pgd``/``fgm``: closed-form where ``fused_loss`` has one, else the autograd closure."""
+    fused = fused_loss(model, loss_fn, targets)
+    if fused is not None:
+        return fused
+    return lambda x: loss_fn(model(x), targets)

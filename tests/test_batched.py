@@ -1,0 +1,178 @@
+"""The batched path (robinherit.batched) against S separate runs with the same seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robinherit import batched
+from robinherit.attacks import fgm, pgd
+from robinherit.config import ExperimentConfig, Norm, with_updates
+from robinherit.data import BatchStream, make_world
+from robinherit.experiment import run_experiment, run_many_or_load
+from robinherit.fused import fused_loss
+from robinherit.losses import multilabel_bce
+from robinherit.models import build_model
+from robinherit.pretraining import pretrain_supervised
+from robinherit.seeding import generator
+from robinherit.store import ResultStore
+
+TINY = {
+    "data.d": 8,
+    "model.width": 16,
+    "pretrain.steps": 25,
+    "pretrain.batch_size": 32,
+    "downstream.steps": 10,
+    "downstream.n_train": 64,
+    "downstream.attack_steps": 2,
+    "eval.n_test": 64,
+    "eval.steps": 3,
+    "eval.restarts": 1,
+    "eval.eps_grid": [0, 0.25],
+}
+
+
+def tiny(**updates) -> ExperimentConfig:
+    return with_updates(ExperimentConfig(), **{**TINY, **updates})
+
+
+def assert_close_tree(a, b, tol=1e-4, path="record"):
+    """Numbers equal to ``tol`` (absolute), everything else exactly equal, recursively."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_close_tree(a[k], b[k], tol, f"{path}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close_tree(x, y, tol, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, abs=tol, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+def _models_and_losses(size: int, n: int = 24):
+    cfg = tiny()
+    models = [build_model(8, cfg.model, 1, generator(s, "init")) for s in range(size)]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(size, n, 8, generator=g)
+    y = torch.randint(0, 2, (size, n, 1), generator=g).float()
+    net = batched.StackedTwoLayer(models)
+    return models, net, x, y
+
+
+@pytest.mark.parametrize("norm", list(Norm))
+def test_stacked_attacks_equal_one_attack_per_model(norm):
+    models, net, x, y = _models_and_losses(3)
+    eps = [0.2, 0.3, 0.5]
+    for stacked, single in ((batched.stacked_pgd, pgd), (batched.stacked_fgm, fgm)):
+        gens = [torch.Generator().manual_seed(s) for s in range(3)]
+        out = stacked(net.attack_loss(multilabel_bce, y), x, eps=eps, norm=norm, steps=4, generators=gens)
+        for s, m in enumerate(models):
+            ref = single(
+                fused_loss(m, multilabel_bce, y[s]),
+                x[s],
+                eps=eps[s],
+                norm=norm,
+                steps=4,
+                generator=torch.Generator().manual_seed(s),
+            )
+            torch.testing.assert_close(out[s], ref, rtol=1e-5, atol=1e-5)
+            assert not torch.equal(out[s], x[s])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"pretrain.norm": "linf", "pretrain.eps": 0.05},
+        {"pretrain.attack": "fgm"},
+        {"pretrain.eps": 0.0},
+        {"pretrain.optimizer": "sgd", "model.activation": "relu", "model.learn_threshold": True, "data.n_train": 100},
+    ],
+    ids=["l2-pgd", "linf-pgd", "fgm", "clean", "sgd-relu-learned-b-fixed-set"],
+)
+def test_stacked_pretraining_equals_separate_runs(variant):
+    cfgs = [tiny(seed=s, **variant) for s in range(3)]
+    if cfgs[0].pretrain.eps > 0:  # per-model budgets inside one stack
+        cfgs[2] = with_updates(cfgs[2], **{"pretrain.eps": 2 * cfgs[2].pretrain.eps})
+    assert len(batched.group_configs(cfgs)) == 1
+
+    def parts(c):
+        world = make_world(c.data, c.seed)
+        stream = BatchStream(world, c.pretrain.batch_size, c.seed, c.data.n_train)
+        return stream, build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init"))
+
+    streams, models = zip(*(parts(c) for c in cfgs), strict=True)
+    net = batched.StackedTwoLayer(models)
+    logs = batched.pretrain_stacked(net, streams, cfgs)
+    net.unstack(models)
+    for c, m, log in zip(cfgs, models, logs, strict=True):
+        stream, ref = parts(c)
+        ref_log = pretrain_supervised(ref, stream, c)
+        for p, q in zip(m.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(log.losses, ref_log.losses, rtol=1e-5)
+    # the models really differ (each its own seed) and really trained
+    assert not torch.allclose(models[0].W, models[1].W)
+    assert not torch.allclose(models[0].W, build_model(8, cfgs[0].model, 1, generator(0, "init")).W)
+
+
+def test_batched_experiments_equal_run_experiment():
+    cfgs = [tiny(seed=0), tiny(seed=1, **{"pretrain.eps": 0.5})]
+    out = batched.run_experiments(cfgs)
+    for c, (rec, art) in zip(cfgs, out, strict=True):
+        ref, ref_art = run_experiment(c)
+        for key in ("run_id", "seed", "config", "git_commit"):
+            assert rec[key] == ref[key]
+        assert_close_tree(rec["purification"], ref["purification"])
+        assert_close_tree(rec["downstream"], ref["downstream"])
+        assert_close_tree(rec["pretrain"], ref["pretrain"])
+        np.testing.assert_allclose(art["encoder"]["W"], ref_art["encoder"]["W"], rtol=1e-4, atol=1e-5)
+        assert rec.keys() == ref.keys() and rec["timing_s"].keys() == ref["timing_s"].keys()
+
+
+def test_group_configs_batches_only_what_shares_shapes():
+    a = [tiny(seed=s) for s in range(5)]
+    cfgs = [
+        *a[:3],
+        tiny(seed=0, **{"model.width": 12}),  # another shape
+        tiny(seed=0, **{"pretrain.eps": 0.0}),  # clean: a stack of its own
+        tiny(seed=1, **{"pretrain.eps": 0.0}),
+        tiny(seed=0, **{"pretrain.method": "contrastive"}),  # no batched path: alone
+        a[3],
+        tiny(seed=9, **{"pretrain.eps": 0.4}),  # another budget: same stack, eps is per model
+        a[4],
+    ]
+    groups = batched.group_configs(cfgs, max_size=4)
+    assert sorted(i for g in groups for i in g) == list(range(len(cfgs)))
+    assert [0, 1, 2, 7] in groups and [8, 9] in groups  # max_size splits a stack, order kept
+    assert [3] in groups and [4, 5] in groups and [6] in groups
+    assert batched.batch_key(cfgs[6]) is None
+
+
+def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monkeypatch):
+    calls = []
+    real = batched.iter_experiments
+
+    def spy(stack, progress=None):
+        calls.append([c.seed for c in stack])
+        yield from real(stack, progress)
+
+    monkeypatch.setattr(batched, "iter_experiments", spy)
+    store = ResultStore(tmp_path / "runs.db")
+    cfgs = [tiny(seed=0), tiny(seed=1, **{"model.width": 12}), tiny(seed=2), tiny(seed=0)]  # last: a repeat
+    seen = []
+    recs = run_many_or_load(cfgs, store, on_record=lambda r, cached: seen.append((r["run_id"], cached)))
+    assert calls == [[0, 2]]  # the two runs that share shapes went as one stack; the odd one ran alone
+    assert [r["run_id"] for r in recs] == [c.config_hash() for c in cfgs]
+    ids = [c.config_hash() for c in cfgs]
+    assert seen == [(ids[0], False), (ids[1], False), (ids[2], False), (ids[3], True)]
+    for c in cfgs:
+        assert store.get(c.config_hash()) is not None
+    # a second call answers everything from the store and computes nothing
+    again = run_many_or_load(cfgs, store)
+    assert calls == [[0, 2]]
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in recs]

@@ -1,0 +1,126 @@
+"""reproduce: statistics, the report's structure, and that a non-purifying pre-training fails the claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from robinherit.report import write_report
+from robinherit.reproduce import ReproduceSettings, paired_stats, reproduce, write_claims
+from robinherit.store import ResultStore
+
+# A small world where the phenomenon still shows (see docs/claims.md), fast enough for CI.
+TINY = (
+    "data.d=16",
+    "model.width=32",
+    "pretrain.steps=400",
+    "pretrain.batch_size=128",
+    "downstream.steps=100",
+    "downstream.n_train=500",
+    "eval.n_test=300",
+    "eval.steps=10",
+    "eval.restarts=1",
+    "eval.eps_grid=[0,0.25,0.5,1.0]",
+)
+SEEDS = (0, 1, 2)
+
+
+def test_paired_stats_matches_t_interval():
+    d = [0.5, 0.6, 0.4, 0.55]
+    mean, (lo, hi), p = paired_stats(d)
+    ref = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+    assert mean == pytest.approx(np.mean(d))
+    assert (lo, hi) == pytest.approx(ref)
+    assert p == pytest.approx(stats.ttest_1samp(d, 0, alternative="greater").pvalue)
+    # the claimed direction matters: negative differences give a large p and an interval below zero
+    _, (lo2, hi2), p2 = paired_stats([-x for x in d])
+    assert hi2 < 0 and p2 > 0.5
+
+
+def test_paired_stats_degenerate_cases():
+    assert paired_stats([0.3, 0.3, 0.3]) == (pytest.approx(0.3), (pytest.approx(0.3), pytest.approx(0.3)), 0.0)
+    mean, (lo, hi), _ = paired_stats([0.2])
+    assert lo == -np.inf and hi == np.inf  # one seed never passes a claim
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    store = ResultStore(out / "runs.db")
+    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=TINY, claims=(1, 3, 4, 5, 6))
+    result = reproduce(settings, store)
+    write_claims(result, out)
+    write_report(result, store, out)
+    return out, result, store, settings
+
+
+def _claims(result):
+    return {c["id"]: c for c in result.claims}
+
+
+def test_claims_json_shape(good):
+    out, result, _, _ = good
+    data = json.loads((out / "claims.json").read_text())
+    assert [c["id"] for c in data["claims"]] == [1, 3, 4, 5, 6]
+    for c in data["claims"]:
+        assert set(c) >= {"id", "statement", "passed", "effect", "ci95", "p_value", "n_seeds", "per_seed"}
+        assert c["n_seeds"] == len(SEEDS)
+        lo, hi = c["ci95"]
+        assert lo <= c["effect"] <= hi
+        assert c["passed"] == (lo > 0 and c["side_condition_ok"])
+
+
+def test_purification_and_inheritance_pass_on_the_small_world(good):
+    _, result, _, _ = good
+    claims = _claims(result)
+    assert claims[1]["passed"], claims[1]
+    assert claims[3]["passed"], claims[3]
+    assert claims[5]["passed"], claims[5]
+
+
+def test_report_html_structure(good):
+    out, result, _, _ = good
+    page = (out / "report.html").read_text()
+    # the claims table comes before the first figure
+    assert page.index("<table id=\"claims\">") < page.index("<figure")
+    rows = re.findall(r"<tr class='(pass|fail)'>", page)
+    assert len(rows) == len(result.claims)
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    figures = re.findall(r"<figure", page)
+    assert len(images) == len(figures) >= 5
+    for b64 in images:
+        png = base64.b64decode(b64)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == len(figures) and all(len(c) > 40 for c in captions)
+    md = (out / "report.md").read_text()
+    assert "| # | claim | passed |" in md
+
+
+def test_second_call_only_renders(good, monkeypatch):
+    out, result, store, settings = good
+    import robinherit.experiment as experiment
+    import robinherit.reproduce as rep
+
+    def boom(*a, **k):
+        raise AssertionError("a stored run was computed again")
+
+    monkeypatch.setattr(experiment, "run_experiment", boom)
+    monkeypatch.setattr(rep, "mechanism_curve", boom)
+    monkeypatch.setattr(rep, "end_to_end_at", boom)
+    again = reproduce(settings, store)
+    assert [c["effect"] for c in again.claims] == [c["effect"] for c in result.claims]
+
+
+def test_non_purifying_pretraining_fails_the_claims(tmp_path):
+    # threshold 0 makes every unit linear: neither purification nor robustness can appear
+    store = ResultStore(tmp_path / "runs.db")
+    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=(*TINY, "model.threshold=0"), claims=(1, 3, 4))
+    claims = _claims(reproduce(settings, store))
+    assert not claims[1]["passed"], claims[1]
+    assert not claims[3]["passed"], claims[3]

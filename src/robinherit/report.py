@@ -93,11 +93,12 @@ def fig_heatmaps(records: dict[str, dict[str, list[dict]]], store: ResultStore) 
     cols = 2
     rows = (len(panels) + 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(10, 3.6 * rows), squeeze=False)
-    for ax, (title, a) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (title, a)) in enumerate(zip(axes.flat, panels, strict=False)):
         im = ax.imshow(a, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel("true feature j")
-        ax.set_ylabel("hidden node (sorted by strongest feature)")
+        if i % cols == 0:
+            ax.set_ylabel("hidden node\n(sorted by strongest feature)")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="|loading| / max |loading| of the node")
@@ -124,8 +125,17 @@ def fig_robust_curves(records: dict[str, dict[str, list[dict]]], e2e: list[dict]
     for kind, label in (("at", "AT"), ("clean", "clean")):
         for head in heads:
             x, mean, half = _curve(sup[kind], head)
-            ax.plot(x, mean, styles.get(head, ":"), color=COLORS[label], label=f"{label} pre-train + {head} head")
-            ax.fill_between(x, mean - half, mean + half, color=COLORS[label], alpha=0.15)
+            ax.errorbar(
+                x,
+                mean,
+                yerr=half,
+                fmt=styles.get(head, ":"),
+                marker="o",
+                ms=3,
+                capsize=2,
+                color=COLORS[label],
+                label=f"{label} pre-train + {head} head",
+            )
             if head == "clean":
                 ref = float(np.interp(EPS_REF, x, mean))
                 at_ref, cl_ref = (ref, cl_ref) if kind == "at" else (at_ref, ref)
@@ -134,10 +144,18 @@ def fig_robust_curves(records: dict[str, dict[str, list[dict]]], e2e: list[dict]
         vals = np.array([[e["robust_acc"][k] for k in keys] for e in e2e])
         mean, half = mean_ci(vals)
         x = np.array([float(k) for k in keys])
-        ax.plot(x, mean, ":", color=COLORS["e2e"], lw=2, label="end-to-end AT on the downstream task")
-        ax.fill_between(x, mean - half, mean + half, color=COLORS["e2e"], alpha=0.12)
+        ax.errorbar(
+            x,
+            mean,
+            yerr=half,
+            fmt=":",
+            lw=2,
+            capsize=2,
+            color=COLORS["e2e"],
+            label="end-to-end AT on the downstream task",
+        )
     ax.axvline(EPS_REF, color="#999", lw=0.8)
-    ax.set_xlabel("l2 attack budget eps (PGD, restarts)")
+    ax.set_xlabel("l2 attack budget eps (PGD with restarts); bars: 95% interval over seeds")
     ax.set_ylabel("downstream robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7.5, frameon=False)

@@ -90,9 +90,10 @@ def test_stacked_attacks_equal_one_attack_per_model(norm):
         {"pretrain.norm": "linf", "pretrain.eps": 0.05},
         {"pretrain.attack": "fgm"},
         {"pretrain.eps": 0.0},
+        {"model.learn_threshold": True, "model.normalize_rows": False},
         {"pretrain.optimizer": "sgd", "model.activation": "relu", "model.learn_threshold": True, "data.n_train": 100},
     ],
-    ids=["l2-pgd", "linf-pgd", "fgm", "clean", "sgd-relu-learned-b-fixed-set"],
+    ids=["l2-pgd", "linf-pgd", "fgm", "clean", "learned-b-unnormalised", "sgd-relu-learned-b-fixed-set"],
 )
 def test_stacked_pretraining_equals_separate_runs(variant):
     cfgs = [tiny(seed=s, **variant) for s in range(3)]
@@ -166,7 +167,7 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
     cfgs = [tiny(seed=0), tiny(seed=1, **{"model.width": 12}), tiny(seed=2), tiny(seed=0)]  # last: a repeat
     seen = []
     recs = run_many_or_load(cfgs, store, on_record=lambda r, cached: seen.append((r["run_id"], cached)))
-    assert calls == [[0, 2]]  # the two runs that share shapes went as one stack; the odd one ran alone
+    assert calls == [[0, 2], [1]]  # the two runs that share shapes went as one stack; the odd one alone
     assert [r["run_id"] for r in recs] == [c.config_hash() for c in cfgs]
     ids = [c.config_hash() for c in cfgs]
     assert seen == [(ids[0], False), (ids[1], False), (ids[2], False), (ids[3], True)]
@@ -174,5 +175,5 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
         assert store.get(c.config_hash()) is not None
     # a second call answers everything from the store and computes nothing
     again = run_many_or_load(cfgs, store)
-    assert calls == [[0, 2]]
+    assert calls == [[0, 2], [1]]
     assert [r["run_id"] for r in again] == [r["run_id"] for r in recs]

@@ -146,7 +146,7 @@ def run_many_or_load(
     ``on_record(record, from_store)`` is called as each one becomes available.
     """
     # Configs that share shapes are pre-trained as one stack (robinherit.batched: same results as one by one,
-    # much faster); others, and stacks of one, take the plain path. on_record still sees input order.
+    # much faster); configs without a batched path run the plain way. on_record still sees input order.
     from robinherit import batched
     from robinherit.errors import NonFiniteLossError
 
@@ -180,7 +180,7 @@ def run_many_or_load(
         idx = [todo[j] for j in group]
         stack = [cfgs[i] for i in idx]
         done = 0
-        if len(idx) > 1:
+        if batched.batch_key(stack[0]) is not None:  # a stack of one too: the closed-form step is faster
             try:
                 for rec, artifacts in batched.iter_experiments(stack, progress):
                     if store is not None:

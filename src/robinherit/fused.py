@@ -66,6 +66,7 @@ LOSS_GRADS: dict[Callable[[Tensor, Tensor], Tensor], LossGrad] = {
     class_margin: _class_margin_grad,
 }
 
+
 def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
     # u - clip(u, -b, b) is ReLU(u - b) - ReLU(-u - b) to the last bit (the same single rounding on each
     # branch), in two passes over (n, m) instead of four.
@@ -76,12 +77,17 @@ def _relu(u: Tensor, b: Tensor) -> Tensor:
     return (u - b).clamp_min_(0.0)
 
 
-# Activations for the attack's forward pass. Where h != 0, act'(u) = 1, else 0 (also at the kink, as in
-# autograd), so the derivative mask is (h != 0): one comparison, no second look at u.
+# Activations for the closed-form passes: h = act(u, b) in as few passes as possible.
 FAST_ACTIVATIONS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
     Activation.sym_relu: _sym_relu,
     Activation.relu: _relu,
 }
+
+
+def backprop_active(grad: Tensor, h: Tensor) -> Tensor:
+    """``grad * act'(u)`` given h = act(u, b): act'(u) is 1 where h != 0 and 0 elsewhere (at the kink too, as
+    in autograd). ReLU's own backward kernel does this in one pass; a boolean mask costs 5-20x more on CPU."""
+    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
 
 
 def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -122,7 +128,7 @@ class TwoLayerLoss:
         """Per-example losses (..., n) and their gradients with respect to x (..., n, d)."""
         h, logits = self._forward(x)
         loss, g_logits = LOSS_GRADS[self.loss](logits, self.targets)  # (..., n), (..., n, K)
-        g_u = (g_logits @ self.head_weight).masked_fill_(h == 0, 0.0)  # (..., n, m): act'(u) = 1 where h != 0
+        g_u = backprop_active(g_logits @ self.head_weight, h)  # (..., n, m)
         g_x = g_u @ self.weight  # (..., n, d)
         if self.sign != 1.0:
             return self.sign * loss, self.sign * g_x

@@ -73,12 +73,15 @@ def _check_existing(path: Path) -> None:
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            con.execute("PRAGMA quick_check").fetchone()
+            # quick_check reports most damage as rows of text rather than raising
+            check = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
         finally:
             con.close()
     except sqlite3.DatabaseError as err:
+        check = [str(err)]
+    if check != ["ok"]:
         raise StoreError(
-            f"results store '{path}' is corrupt or unreadable ({err}). It was not modified; restore it from a "
+            f"results store '{path}' is corrupt or unreadable ({check[0]}). It was not modified; restore it from a "
             "backup or pass --store with a new path"
         ) from None
     if app_id != APPLICATION_ID and tables:
@@ -111,7 +114,7 @@ class ResultStore:
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 con.executescript(_SCHEMA)
-        except sqlite3.OperationalError as err:
+        except sqlite3.DatabaseError as err:  # includes OperationalError: read-only file, no space, locked
             raise StoreError(
                 f"cannot write results store '{self.path}' ({err}); pass --store with a writable path"
             ) from None
@@ -134,7 +137,7 @@ class ResultStore:
             try:
                 with self._connect() as con:
                     return fn(con, *args)
-            except sqlite3.OperationalError as err:
+            except sqlite3.DatabaseError as err:  # damage found mid-use is a StoreError too, not a traceback
                 if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
                     raise StoreError(f"results store '{self.path}': {err}") from None
                 time.sleep(0.05)

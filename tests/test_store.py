@@ -1,0 +1,207 @@
+"""Results store: round trip, rerun from the store, --force, and refusals that leave files untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from robinherit import experiment
+from robinherit.config import ExperimentConfig, with_updates
+from robinherit.errors import NonFiniteLossError, StoreError
+from robinherit.experiment import run_or_load
+from robinherit.store import ResultStore
+
+
+def record(run_id: str = "abc123", seed: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "seed": seed,
+        "config": {"pretrain": {"method": "supervised", "eps": 0.25}, "seed": seed},
+        "purification": {"top1_share_mean": 0.8, "frac_pure": {"0.5": 0.9}},
+        "downstream": {"clean_head": {"clean_acc": 1.0, "robust_acc": {"0": 1.0, "0.25": 0.95}}},
+        "timing_s": {"total": 1.5},
+        "versions": {"torch": "x"},
+        "git_commit": "deadbeef",
+        **extra,
+    }
+
+
+def test_round_trip(tmp_path: Path):
+    db = ResultStore(tmp_path / "runs.db")
+    rec = record()
+    arrays = {"W": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.zeros(3)}
+    db.put(rec, {"encoder": arrays})
+    assert db.has("abc123") and not db.has("other")
+    assert db.get("abc123") == rec
+    assert db.get("other") is None
+    back = db.artifact("abc123", "encoder")
+    assert back is not None and set(back) == {"W", "b"}
+    np.testing.assert_array_equal(back["W"], arrays["W"])
+    assert db.artifact("abc123", "nope") is None
+    reopened = ResultStore(tmp_path / "runs.db")  # a second process opening the same file sees the run
+    assert reopened.runs() == [rec]
+    assert reopened.find("abc") == rec and reopened.find("zzz") is None
+
+
+def test_store_is_sqlite_in_wal_mode_with_our_application_id(tmp_path: Path):
+    path = tmp_path / "runs.db"
+    ResultStore(path).put(record())
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA application_id").fetchone()[0] != 0
+    finally:
+        con.close()
+
+
+def test_put_replaces_and_ambiguous_prefix_is_an_error(tmp_path: Path):
+    db = ResultStore(tmp_path / "runs.db")
+    db.put(record("abc1", extra_field=1))
+    db.put(record("abc1", extra_field=2))
+    db.put(record("abc2"))
+    assert len(db.runs()) == 2
+    assert db.get("abc1")["extra_field"] == 2
+    with pytest.raises(StoreError, match="matches 2 runs"):
+        db.find("abc")
+
+
+class FakeRuns:
+    """Stands in for ``run_experiment`` (the store logic is what is tested): counts calls, fails on request."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+
+    def __call__(self, cfg: ExperimentConfig, progress=None):
+        self.calls += 1
+        if self.fail:
+            raise NonFiniteLossError("pre-training loss became nan at step 3")
+        return record(cfg.config_hash(), cfg.seed, call=self.calls), {"encoder": {"W": np.ones((2, 2))}}
+
+
+@pytest.fixture
+def fake_runs(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
+    fake = FakeRuns()
+    monkeypatch.setattr(experiment, "run_experiment", fake)
+    return fake
+
+
+def test_rerun_is_answered_from_the_store_unless_forced(tmp_path: Path, fake_runs: FakeRuns, micro_cfg):
+    db = ResultStore(tmp_path / "runs.db")
+    first, cached1 = run_or_load(micro_cfg, db)
+    second, cached2 = run_or_load(micro_cfg, db)
+    assert (cached1, cached2) == (False, True)
+    assert second == first and fake_runs.calls == 1
+    third, cached3 = run_or_load(micro_cfg, db, force=True)
+    assert not cached3 and fake_runs.calls == 2 and third["call"] == 2
+    assert db.get(micro_cfg.config_hash())["call"] == 2  # the forced run replaced the stored one
+    _, cached4 = run_or_load(with_updates(micro_cfg, seed=1), db)  # another seed is another run
+    assert not cached4 and fake_runs.calls == 3
+
+
+def test_a_failing_run_loses_nothing_already_stored(tmp_path: Path, fake_runs: FakeRuns, micro_cfg):
+    db = ResultStore(tmp_path / "runs.db")
+    run_or_load(micro_cfg, db)
+    run_or_load(with_updates(micro_cfg, seed=1), db)
+    before = db.runs()
+    fake_runs.fail = True
+    with pytest.raises(NonFiniteLossError):
+        run_or_load(with_updates(micro_cfg, seed=2), db)
+    with pytest.raises(NonFiniteLossError):
+        run_or_load(micro_cfg, db, force=True)  # a failed forced rerun keeps the stored result
+    assert db.runs() == before
+    assert ResultStore(tmp_path / "runs.db").runs() == before
+
+
+def test_real_rerun_from_the_store_is_identical(tmp_path: Path, micro_cfg: ExperimentConfig):
+    db = ResultStore(tmp_path / "runs.db")
+    first, cached1 = run_or_load(micro_cfg, db)
+    second, cached2 = run_or_load(micro_cfg, db)
+    assert not cached1 and cached2
+    assert second == first
+    art = db.artifact(first["run_id"], "encoder")
+    assert art is not None and art["W"].shape == (micro_cfg.model.width, micro_cfg.data.d)
+
+
+def test_unwritable_store_paths_are_clear_errors(tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="writable path"):
+        ResultStore(blocker / "runs.db")  # a folder that cannot exist: its parent is a file
+    with pytest.raises(StoreError, match="is a directory"):
+        ResultStore(tmp_path)
+    assert blocker.read_text() == "x"
+
+
+def test_read_only_store_file_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "ro.db"
+    ResultStore(path).put(record())
+    before = path.read_bytes()
+    path.chmod(0o444)
+    try:
+        probe = path.open("ab")  # root ignores permission bits: nothing to test then
+        probe.close()
+        pytest.skip("running as a user who can write read-only files")
+    except PermissionError:
+        pass
+    try:
+        with pytest.raises(StoreError):
+            ResultStore(path).put(record("other"))
+        assert path.read_bytes() == before
+    finally:
+        path.chmod(0o644)
+
+
+def test_non_sqlite_file_is_refused_and_left_unchanged(tmp_path: Path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"my precious notes\n" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        ResultStore(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]  # no -wal/-shm left behind
+
+
+def test_foreign_sqlite_file_is_refused_and_left_unchanged(tmp_path: Path):
+    path = tmp_path / "other_app.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE accounts (id INTEGER, name TEXT)")
+    con.execute("INSERT INTO accounts VALUES (1, 'ada')")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"another application.*accounts"):
+        ResultStore(path)
+    assert path.read_bytes() == before
+
+
+def stored_file(tmp_path: Path, n: int = 40) -> Path:
+    """A real store with enough rows to span several pages, checkpointed into the main file."""
+    path = tmp_path / "runs.db"
+    db = ResultStore(path)
+    for i in range(n):
+        db.put(record(f"run{i:03d}", i, padding="x" * 2000), {"encoder": {"W": np.random.default_rng(i).random(50)}})
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("PRAGMA journal_mode=DELETE")  # fold the WAL in, so the bytes below are the whole store
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "scribble"])
+def test_corrupt_store_is_refused_and_left_unchanged(tmp_path: Path, damage: str):
+    path = stored_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 3]
+    else:  # overwrite pages after the header page: the SQLite magic still looks fine
+        data[4096 : 4096 * 6] = b"\xa5" * (4096 * 5)
+    path.write_bytes(bytes(data))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="corrupt"):
+        ResultStore(path)
+    assert path.read_bytes() == before

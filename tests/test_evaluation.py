@@ -1,0 +1,184 @@
+"""Evaluation self-checks: each warning fires on a model or attack built to trigger it, and stays quiet otherwise."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import robinherit.certify
+import robinherit.evaluation as evaluation
+from robinherit.config import ModelConfig, Norm, load_config
+from robinherit.evaluation import evaluate, flip_radii, rebuild_run
+from robinherit.experiment import run_experiment
+from robinherit.losses import class_margin
+from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.store import ResultStore
+
+D = 8
+TINY = [
+    "data.d=16",
+    "model.width=32",
+    "pretrain.steps=100",
+    "pretrain.batch_size=128",
+    "downstream.steps=100",
+    "downstream.n_train=500",
+    "eval.n_test=200",
+    "eval.steps=10",
+    "eval.restarts=1",
+    "eval.eps_grid=[0,0.25,0.5]",
+]
+
+
+class Linear2(nn.Module):
+    """Two-class linear classifier logits = (-<w, x>, <w, x>) / 2, optionally on a rounded input."""
+
+    def __init__(self, w: torch.Tensor, rounded: bool = False):
+        super().__init__()
+        self.w, self.rounded = w, rounded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rounded:
+            x = torch.round(x * 4) / 4  # piecewise constant: the input gradient is zero everywhere
+        s = x @ self.w / 2
+        return torch.stack([-s, s], dim=1)
+
+
+@pytest.fixture(scope="module")
+def linear_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(D, generator=g)
+    x = torch.randn(300, D, generator=g)
+    return w, x, (x @ w > 0).long()
+
+
+def run_eval(model, x, y, **kw):
+    args = dict(eps_grid=(0.0, 0.25, 0.5, 1.0), norm=Norm.l2, steps=10, restarts=1, g=torch.Generator().manual_seed(1))
+    return evaluate(model, x, y, class_margin, **{**args, **kw})
+
+
+def masking_warnings(res) -> list[str]:
+    return [w for w in res.warnings if "gradient masking" in w or "gradients are masked" in w]
+
+
+def test_a_plain_linear_model_passes_every_check(linear_data) -> None:
+    w, x, y = linear_data
+    res = run_eval(Linear2(w), x, y)
+    assert res.warnings == []
+    values = [res.clean_acc, *res.robust_acc.values()]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert res.checks["vanishing_grad_share"] == 0.0
+    assert res.checks["robust_at_flip_eps"] == 0.0  # PGD breaks everything where a known input does
+    assert all(v <= 0.01 for v in res.checks["missed_known_flips"].values())
+
+
+def test_masking_warnings_fire_on_a_rounded_input(linear_data) -> None:
+    w, x, y = linear_data
+    res = run_eval(Linear2(w, rounded=True), x, y)
+    assert res.clean_acc > 0.8
+    assert res.checks["vanishing_grad_share"] == 1.0
+    assert res.checks["robust_at_flip_eps"] > 0.02  # PGD is blind; random starts alone do not break everything
+    assert len(masking_warnings(res)) >= 2  # zero gradients, and robust at the flip radius
+
+
+def test_masking_warning_fires_on_a_huge_threshold() -> None:
+    enc = TwoLayerNet(D, ModelConfig(width=16, threshold=100.0), 1, torch.Generator().manual_seed(2))
+    head = LinearHead(enc, 16, 2)
+    with torch.no_grad():
+        head.linear.weight.normal_()
+        head.linear.bias.copy_(torch.tensor([0.0, 1.0]))  # every unit is dead: the output is the bias
+    x = torch.randn(200, D, generator=torch.Generator().manual_seed(3))
+    y = torch.ones(200, dtype=torch.long)
+    res = run_eval(head.eval(), x, y)
+    assert res.clean_acc == 1.0 and res.checks["vanishing_grad_share"] == 1.0
+    assert masking_warnings(res)
+    # a constant model is truly robust, and the certificate proves it: the warning says "compare", not "wrong"
+    assert res.certified_acc == res.robust_acc
+
+
+def test_flip_radii_match_brute_force(linear_data) -> None:
+    w, x, y = linear_data
+    model = Linear2(w)
+    x, y = x[:60], y[:60]
+    pred = model(x).argmax(1)
+    for norm, p in ((Norm.l2, 2), (Norm.linf, float("inf"))):
+        radii = flip_radii(model, x, y, class_margin, norm, chunk=7)
+        for i in range(len(x)):
+            others = x[pred != y[i]]
+            want = (others - x[i]).norm(p=p, dim=1).min()
+            assert float(radii[i]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_out_of_budget_perturbation_is_reported(linear_data, monkeypatch) -> None:
+    w, x, y = linear_data
+
+    def too_far(loss_fn, x, *, eps, **_):
+        return x + 2 * eps * w / w.norm()
+
+    monkeypatch.setattr(evaluation, "pgd", too_far)
+    res = run_eval(Linear2(w), x, y, flip_check=False)
+    assert any("outside the eps=0.25 ball" in m for m in res.warnings)
+
+
+def test_missed_examples_at_a_larger_eps_are_kept_broken_and_reported(linear_data, monkeypatch) -> None:
+    w, x, y = linear_data
+    unit = w / w.norm()
+
+    def only_small(loss_fn, x, *, eps, **_):  # breaks what it can at the smallest eps, nothing above it
+        if eps > 0.3:
+            return x.clone()
+        sign = torch.where(x @ w > 0, 1.0, -1.0)[:, None]
+        return x - sign * eps * unit
+
+    monkeypatch.setattr(evaluation, "pgd", only_small)
+    res = run_eval(Linear2(w), x, y, flip_check=False)
+    assert res.robust_acc["0.25"] < res.clean_acc
+    assert res.robust_acc["0.5"] == res.robust_acc["1"] == res.robust_acc["0.25"]
+    assert any("missed examples broken at a smaller one" in m for m in res.warnings)
+
+
+def test_a_certificate_the_attack_breaks_is_reported(monkeypatch) -> None:
+    enc = TwoLayerNet(D, ModelConfig(width=16), 1, torch.Generator().manual_seed(4))
+    head = LinearHead(enc, 16, 2)
+    with torch.no_grad():
+        head.linear.weight.normal_(generator=torch.Generator().manual_seed(5))
+    x = torch.randn(100, D, generator=torch.Generator().manual_seed(6))
+    y = head(x).argmax(1)
+    assert not any("certified" in m for m in run_eval(head, x, y, flip_check=False).warnings)
+    monkeypatch.setattr(robinherit.certify, "certifier_for", lambda *a, **k: lambda x, y, eps: torch.ones_like(y) > 0)
+    res = run_eval(head, x, y, flip_check=False)
+    assert any("the attack broke examples the bound certified" in m for m in res.warnings)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = load_config("configs/supervised.yaml", TINY)
+    record, artifacts = run_experiment(cfg)
+    store = ResultStore(tmp_path_factory.mktemp("eval") / "runs.db")
+    store.put(record, artifacts)
+    return record, store
+
+
+def test_records_carry_certified_accuracy_below_robust_for_every_head(tiny_run) -> None:
+    record, _ = tiny_run
+    for part in [record["pretrain"], *record["downstream"].values()]:
+        rob, cert = part["robust_acc"], part["certified_acc"]
+        assert list(cert) == list(rob) == ["0", "0.25", "0.5"]
+        assert all(cert[k] <= rob[k] <= part["clean_acc"] + 1e-12 for k in rob)
+        assert cert["0"] == part["clean_acc"]  # at eps 0 the bound is exact
+    assert set(record["downstream"]) == {"clean_head", "adversarial_head"}
+
+
+@pytest.mark.parametrize("head", ["clean", "adversarial"])
+def test_rebuilt_run_reproduces_the_record(tiny_run, head: str) -> None:
+    record, store = tiny_run
+    run = rebuild_run(record, store.artifact(record["run_id"], "encoder"), head=head)
+    e = run.cfg.eval
+    res = evaluate(run.model, run.x, run.y, class_margin, eps_grid=e.eps_grid, norm=e.norm, steps=e.steps,
+                   restarts=e.restarts, g=run.eval_generator)  # fmt: skip
+    stored = record["downstream"][f"{head}_head"]
+    assert res.clean_acc == stored["clean_acc"]
+    assert res.robust_acc == stored["robust_acc"]
+    assert res.certified_acc == stored["certified_acc"]

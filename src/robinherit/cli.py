@@ -298,7 +298,7 @@ def sweep(
         for cfg in cfgs:
             mark = "stored" if cfg.config_hash() in stored else "to run"
             point = {p: _dig(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
-            out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False)
+            out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
         out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
         return
     with progress_bar(quiet) as bar:
@@ -313,10 +313,11 @@ def sweep(
         + (f", {rep.taken} stored meanwhile by another sweep" if rep.taken else "")
         + f"; store {db_path}",
         highlight=False,
+        soft_wrap=True,
     )
     if rep.failed:
         for run_id, err in rep.failed:
-            console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False)
+            console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
         raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
 
 
@@ -352,7 +353,9 @@ def plot(
     records = filter_records(records, where)
     stem = out_file or Path("results/figures") / "_".join(p.replace(".", "-") for p in (y, x, hue) if p)
     files, cells = draw(records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title)
-    out.print(f"{len(records)} runs, {len(cells)} points -> {', '.join(map(str, files))}", highlight=False)
+    out.print(
+        f"{len(records)} runs, {len(cells)} points -> {', '.join(map(str, files))}", highlight=False, soft_wrap=True
+    )
 
 
 @app.command()
@@ -376,7 +379,7 @@ def export(
         records, db_path = records_of(source or store)
     target = out_file or db_path.with_suffix(f".{fmt}")
     path = write(records, fmt, target)
-    out.print(f"{len(records)} runs -> {path}", highlight=False)
+    out.print(f"{len(records)} runs -> {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()

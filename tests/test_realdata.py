@@ -1,0 +1,276 @@
+"""Real-data pipeline: config, protocols, AutoAttack plumbing, learned-dictionary purity, end to end on tiny
+MNIST-format and CIFAR-format files, store and CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from robinherit import realdata
+from robinherit.cli import app
+from robinherit.config import ModelConfig, load_config, with_updates
+from robinherit.data import BatchStream, make_world
+from robinherit.datasets import ArrayDataset
+from robinherit.errors import ConfigError
+from robinherit.learned_dictionary import DictMethod, learn_dictionary
+from robinherit.models import TwoLayerNet, build_model
+from robinherit.pretraining import pretrain_supervised
+from robinherit.purification import measure
+from robinherit.realdata import (
+    AutoAttackSet,
+    Protocol,
+    ProtocolConfig,
+    Relabel,
+    attack_view,
+    autoattack_names,
+    build_real_config,
+    make_tasks,
+    run_real,
+    run_real_or_load,
+)
+from robinherit.seeding import generator
+from robinherit.store import ResultStore
+from test_datasets import make_cifar_files, make_mnist_files
+
+# A run on the tiny 8x8 MNIST-format files of test_datasets (4 classes): seconds, numbers irrelevant.
+MICRO_REAL = {
+    "data": {"name": "mnist", "n_test": 24},
+    "protocol": {"kind": "same_task"},
+    "encoder": "two_layer",
+    "model": {"width": 16, "threshold": 0.1},
+    "pretrain": {"eps": 0.5, "steps": 20, "batch_size": 16, "attack_steps": 2},
+    "downstream": {"heads": ["clean", "adversarial"], "steps": 20, "n_train": 40, "attack_steps": 2},
+    "eval": {"norm": "l2", "eps": [0.5, 2.0], "steps": 5, "restarts": 1, "apgd_steps": 5, "square_queries": 20},
+}
+
+needs_torchattacks = pytest.mark.skipif(
+    importlib.util.find_spec("torchattacks") is None,
+    reason="torchattacks not installed (pip install --no-deps torchattacks)",
+)
+
+
+def _cfg(root: Path, **updates) -> realdata.RealDataConfig:
+    raw = json.loads(json.dumps(MICRO_REAL))
+    raw["data"]["root"] = str(root)
+    cfg = build_real_config(raw)
+    return realdata.with_real_updates(cfg, **updates) if updates else cfg
+
+
+def test_config_rejects_unknown_keys_and_zero_eps() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'eval\.epsilon'"):
+        build_real_config({"eval": {"epsilon": 1}})
+    with pytest.raises(ConfigError, match="budget <= 0"):
+        build_real_config({"eval": {"eps": [0, 0.5]}})
+    with pytest.raises(ConfigError, match="allowed values"):
+        build_real_config({"data": {"name": "imagenet"}})
+
+
+def test_config_hash_depends_on_seed_not_device() -> None:
+    a = build_real_config({})
+    assert a.config_hash() == realdata.with_real_updates(a, device="cuda").config_hash()
+    assert a.config_hash() != realdata.with_real_updates(a, seed=1).config_hash()
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("digits.yaml", "mnist1d.yaml"):
+        cfg = realdata.load_real_config(root / name)
+        assert len(cfg.eval.eps) >= 2
+
+
+def _toy_dataset() -> ArrayDataset:
+    x = torch.rand(40, 4)
+    y = torch.arange(40) % 10
+    return ArrayDataset("toy", x, y, x[:20], y[:20], (1, 2, 2), 10)
+
+
+def test_protocols() -> None:
+    ds = _toy_dataset()
+    base = build_real_config({})
+    rel = make_tasks(ds, realdata.with_real_updates(base, **{"protocol.kind": "relabel", "protocol.relabel": "parity"}))
+    assert rel.n_down == 2 and torch.equal(rel.y_tr, ds.y_train % 2) and torch.equal(rel.y_pre, ds.y_train)
+    halves = realdata.with_real_updates(base, **{"protocol.kind": "relabel", "protocol.relabel": "halves"})
+    assert torch.equal(make_tasks(ds, halves).y_te, (ds.y_test >= 5).long())
+    split = make_tasks(ds, realdata.with_real_updates(base, **{"protocol.kind": "class_split"}))
+    # pre-training sees classes 0-4, the head 5-9, both relabelled to 0..4, and no input is shared
+    assert split.n_pre == 5 and split.n_down == 5
+    assert set(split.y_pre.tolist()) == set(range(5)) and set(split.y_tr.tolist()) == set(range(5))
+    pre_rows = {tuple(r.tolist()) for r in split.x_pre}
+    assert not pre_rows & {tuple(r.tolist()) for r in split.x_tr}
+    bad = realdata.with_real_updates(base, **{"protocol.kind": "class_split", "protocol.pretrain_classes": [0]})
+    with pytest.raises(ConfigError, match="pretrain_classes"):
+        make_tasks(ds, bad)
+
+
+def test_protocol_registry_covers_enum() -> None:
+    assert set(realdata.PROTOCOLS) == set(Protocol) and set(realdata.RELABELS) == set(Relabel)
+    assert ProtocolConfig().kind == Protocol.same_task
+
+
+def test_attack_view_and_names() -> None:
+    assert attack_view((1, 8, 8)) == (1, 8, 8)
+    assert attack_view((1, 1, 40)) == (1, 5, 8)
+    assert autoattack_names(AutoAttackSet.custom, 10) == ["apgd-ce", "apgd-t", "square"]
+    assert autoattack_names(AutoAttackSet.custom, 2) == ["apgd-ce", "square"]  # targeted DLR needs >= 4 logits
+    assert autoattack_names(AutoAttackSet.none, 10) == []
+
+
+@needs_torchattacks
+def test_autoattack_breaks_a_linear_model_and_stays_in_budget() -> None:
+    # A linear classifier on two well-separated classes: robust exactly when the margin exceeds eps.
+    g = torch.Generator().manual_seed(0)
+    n, d = 64, 16
+    y = torch.arange(n) % 2
+    w = torch.zeros(d)
+    w[0] = 1.0
+    x = torch.rand(n, d, generator=g) * 0.2 + 0.4
+    x[:, 0] = torch.where(y == 1, 0.5 + torch.rand(n, generator=g) * 0.4, 0.5 - torch.rand(n, generator=g) * 0.4)
+    model = torch.nn.Linear(d, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([-w, w]))
+        model.bias.copy_(torch.tensor([0.5, -0.5]))
+    cfg = build_real_config({"eval": {"norm": "linf", "eps": [0.2], "apgd_steps": 20, "square_queries": 100}})
+    masks = realdata.autoattack_correct(
+        model, x, y, eps=0.2, norm=cfg.eval.norm, n_classes=2, image_shape=(1, 4, 4), ecfg=cfg.eval, seed=0
+    )
+    margin = (x[:, 0] - 0.5).abs()
+    truth = margin > 0.2  # exactly the examples an l-inf attack of 0.2 cannot flip
+    assert torch.equal(masks["apgd-ce"], truth)
+    assert not (masks["square"] & ~truth).any()  # a black-box attack may miss some, never "fix" one
+
+
+@needs_torchattacks
+@pytest.mark.parametrize("encoder", ["two_layer", "conv"])
+def test_end_to_end_on_tiny_mnist_files(tmp_path: Path, encoder: str) -> None:
+    make_mnist_files(tmp_path, n_train=80, n_test=40)
+    cfg = _cfg(tmp_path, encoder=encoder, **{"conv.channels": [4, 8]})
+    rec, art = run_real(cfg)
+    assert rec["dataset"]["n_test"] == 24 and rec["dataset"]["downstream_classes"] == 4
+    for head in ("clean_head", "adversarial_head"):
+        r = rec["downstream"][head]
+        assert r["autoattack_not_above_pgd"] or any("AutoAttack" in w for w in r["warnings"])
+        assert set(r["robust_acc"]) == {"0", "0.5", "2"} and r["attacks"][1:] == ["apgd-ce", "apgd-t", "square"]
+        for k in ("0.5", "2"):
+            # robust accuracy is the per-example worst case: never above either attack's, never above clean
+            assert r["robust_acc"][k] <= min(r["pgd_robust_acc"][k], r["autoattack_robust_acc"][k]) + 1e-9
+            assert r["robust_acc"][k] <= r["clean_acc"]
+        assert r["robust_acc"]["2"] <= r["robust_acc"]["0.5"]
+    assert 0 < rec["purification"]["top1_share_mean"] <= 1 and rec["purification"]["atoms"] >= 1
+    assert 0 <= rec["sparsity"]["zero_share"] <= 1
+    assert "encoder" in art
+
+
+@needs_torchattacks
+def test_end_to_end_on_tiny_cifar_files_with_class_split(tmp_path: Path) -> None:
+    make_cifar_files(tmp_path, per_batch=12)
+    cfg = _cfg(
+        tmp_path,
+        encoder="conv",
+        **{
+            "data.name": "cifar10",
+            "data.n_test": None,
+            "protocol.kind": "class_split",
+            "conv.channels": [4],
+            "eval.norm": "linf",
+            "eval.eps": [0.01, 0.03],
+            "downstream.eps": 0.03,
+            "pretrain.eps": 0.03,
+        },
+    )
+    rec, _ = run_real(cfg)
+    assert rec["dataset"]["image_shape"] == [3, 32, 32] and rec["dataset"]["pretrain_classes"] == 5
+    assert rec["dataset"]["n_test"] == int((torch.tensor(_cifar_test_labels(tmp_path)) >= 5).sum())
+
+
+def _cifar_test_labels(root: Path) -> list[int]:
+    import pickle
+
+    with (root / "cifar-10-batches-py" / "test_batch").open("rb") as fh:
+        return pickle.load(fh)[b"labels"]
+
+
+def test_store_answers_second_call(tmp_path: Path) -> None:
+    make_mnist_files(tmp_path / "data")
+    cfg = _cfg(tmp_path / "data", **{"eval.autoattack": "none", "downstream.heads": ["clean"]})
+    store = ResultStore(tmp_path / "runs.db")
+    rec, cached = run_real_or_load(cfg, store)
+    assert not cached and rec["downstream"]["clean_head"]["autoattack_robust_acc"] == {}
+    again, cached = run_real_or_load(cfg, store)
+    assert cached and again["run_id"] == rec["run_id"] == cfg.config_hash()
+
+
+def test_cli_real_and_missing_file(tmp_path: Path) -> None:
+    make_mnist_files(tmp_path / "data")
+    raw = json.loads(json.dumps(MICRO_REAL))
+    raw["data"]["root"] = str(tmp_path / "data")
+    raw["eval"]["autoattack"] = "none"
+    raw["downstream"]["heads"] = ["clean"]
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    runner = CliRunner()
+    store = str(tmp_path / "runs.db")
+    res = runner.invoke(app, ["real", str(path), "--seeds", "0,1", "--json", "--store", store])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.strip().splitlines()]
+    assert [r["seed"] for r in lines] == [0, 1]
+    (tmp_path / "data" / "train-images-idx3-ubyte.gz").unlink()
+    res = runner.invoke(app, ["real", str(path), "--seeds", "2", "--store", store])
+    assert res.exit_code == 2 and "train-images-idx3-ubyte" in res.output
+
+
+def test_learned_dictionary_ranks_clean_vs_at_like_the_true_one() -> None:
+    """Synthetic world with independent sparse codes (ICA's model): the learned-dictionary top-1 share must
+    order the clean and the adversarially pre-trained encoder as the true-dictionary share does, with a margin."""
+    base = load_config(
+        None,
+        [
+            "data.d=16",
+            "data.sparsity=bernoulli",
+            "model.width=32",
+            "pretrain.steps=250",
+            "pretrain.batch_size=128",
+            "pretrain.attack_steps=3",
+        ],
+    )
+    shares = {}
+    for eps in (0.0, 0.25):
+        cfg = with_updates(base, **{"pretrain.eps": eps})
+        world = make_world(cfg.data, 0)
+        model = build_model(16, cfg.model, 1, generator(0, "init"))
+        pretrain_supervised(model, BatchStream(world, 128, 0), cfg)
+        x, _ = world.sample(3000, generator(0, "probe"))
+        m_hat = learn_dictionary(x, 16, DictMethod.ica, seed=0)
+        shares[eps] = (
+            measure(model.weight(), world.M).summary()["top1_share_mean"],
+            measure(model.weight(), m_hat).summary()["top1_share_mean"],
+        )
+    (true_clean, learned_clean), (true_at, learned_at) = shares[0.0], shares[0.25]
+    assert true_at > true_clean + 0.2  # the premise: AT purifies in this world
+    assert learned_at > learned_clean + 0.2
+    assert abs(learned_at - true_at) < 0.1 and abs(learned_clean - true_clean) < 0.1
+
+
+def test_learned_dictionary_recovers_an_orthogonal_dictionary() -> None:
+    cfg = load_config(None, ["data.d=12", "data.sparsity=bernoulli", "data.noise=0.01"])
+    world = make_world(cfg.data, 3)
+    x, _ = world.sample(3000, generator(3, "probe"))
+    m_hat = learn_dictionary(x, 12, DictMethod.ica, seed=0)
+    match = (world.M.T @ m_hat).abs().amax(dim=0)  # each learned atom vs its best true feature
+    assert float(match.min()) > 0.95
+
+
+def test_pure_weights_score_one_on_learned_dictionary() -> None:
+    cfg = load_config(None, ["data.d=12", "data.sparsity=bernoulli"])
+    world = make_world(cfg.data, 1)
+    x, _ = world.sample(3000, generator(1, "probe"))
+    m_hat = learn_dictionary(x, 12, DictMethod.ica, seed=0)
+    net = TwoLayerNet(12, ModelConfig(width=12), 1)
+    with torch.no_grad():
+        net.W.copy_(world.M.T)  # node i = feature i: pure
+    assert measure(net.weight(), m_hat).summary()["top1_share_mean"] > 0.9

@@ -453,6 +453,55 @@ def evaluate(
         raise typer.Exit(code=1)
 
 
+@app.command()
+@user_errors
+def real(
+    config: Path = typer.Argument(..., help="real-data YAML config, e.g. configs/digits.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path: --set pretrain.eps=0"),
+    seeds: str | None = typer.Option(None, help="comma list or range of seeds, e.g. 0,1,2 or 0-4"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON record per seed, nothing else"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
+    force: bool = typer.Option(False, help="run again even if the store has this config and seed"),
+) -> None:
+    """Real data (digits, MNIST-1D, MNIST, Fashion-MNIST, CIFAR-10): PGD + AutoAttack, one run per seed."""
+    from robinherit.realdata import load_real_config, run_real_or_load, with_real_updates
+    from robinherit.store import ResultStore
+
+    cfg = load_real_config(config, set_)
+    seed_list = parse_seeds(seeds) or [cfg.seed]
+    db = ResultStore(store)
+    with progress_bar(json_out) as bar:
+        for seed in seed_list:
+            c = with_real_updates(cfg, seed=seed)
+            task = bar.add_task(f"seed {seed}", total=c.pretrain.steps)
+
+            def on_progress(stage: str, done: int, total: int, task: Any = task, seed: int = seed) -> None:
+                bar.update(task, completed=done, total=total, description=f"seed {seed}: {stage}")
+
+            rec, cached = run_real_or_load(c, db, force=force, progress=on_progress)
+            bar.remove_task(task)
+            if json_out:
+                print(json.dumps(rec), flush=True)
+                continue
+            where = " (from store)" if cached else f" ({rec['timing_s']['total']:.1f} s)"
+            pur = rec["purification"]
+            out.print(
+                f"[bold]run {rec['run_id']}[/] {rec['dataset']['name']} seed {rec['seed']}{where}: learned-dictionary "
+                f"top-1 share {pur['top1_share_mean']:.3f}, zero activations {rec['sparsity']['zero_share']:.0%}"
+            )
+            table = Table("head", "clean", "eps", "PGD", "AutoAttack", "worst case")
+            for head, r in rec["downstream"].items():
+                for k in r["pgd_robust_acc"]:
+                    aa = r["autoattack_robust_acc"].get(k)
+                    aa_txt = "-" if aa is None else f"{aa:.3f}"
+                    table.add_row(head, f"{r['clean_acc']:.3f}", k, f"{r['pgd_robust_acc'][k]:.3f}", aa_txt,
+                                  f"{r['robust_acc'][k]:.3f}")  # fmt: skip
+            out.print(table)
+            for head, r in rec["downstream"].items():
+                for w in r.get("warnings", []):
+                    out.print(f"[yellow]warning ({head}):[/] {w}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()

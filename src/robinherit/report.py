@@ -299,7 +299,10 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
     rows = []
     for c in result.claims:
         status = "pass" if c["passed"] else "fail"
-        side = f"<br><small>{html.escape(c['side_condition'])}</small>" if c.get("side_condition") else ""
+        side = ""
+        if c.get("side_condition"):
+            ok = "met" if c["side_condition_ok"] else "NOT met"
+            side = f"<br><small><i>side condition ({ok}):</i> {html.escape(c['side_condition'])}</small>"
         rows.append(
             f"<tr class='{status}'><td>{c['id']}</td><td><b>{html.escape(c['name'])}</b><br>"
             f"<small>{html.escape(c['statement'])}</small>{side}</td><td class='status'>{status.upper()}</td>"

@@ -29,8 +29,8 @@ from robinherit.store import ResultStore
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"
 PRETRAIN_EPS = (0.0, 0.25)
-# weak -> strong: coordinate masking with drop probability 1 - p from 0.1 to 0.5 (Wen & Li's p = 1/2)
-DIAL = ("mask", (0.1, 0.2, 0.3, 0.4, 0.5))
+# weak -> strong: Gaussian noise from the default config's std up to one that alone purifies clean training
+DIAL = ("noise", (0.015, 0.025, 0.04, 0.06, 0.1))
 
 
 def cell(records: list[dict], eps_eval: float) -> dict[str, float]:
@@ -111,7 +111,7 @@ def table_dial(
     recs = run_grid(grid(base, rows, seeds), store)
     by = {(r["pretrain.aug_strength"], r["pretrain.eps"]): cell(rs, eps_eval) for r, rs in zip(rows, recs, strict=True)}
     out = []
-    for s in strengths:
+    for s in sorted(strengths):  # runs go in the given order (to reuse stored runs first), rows weak -> strong
         clean, adv = by[(s, 0.0)], by[(s, 0.25)]
         out.append([f"{s:g}", *fmt_cell(clean), *fmt_cell(adv)])
     r = f"rob@{eps_eval:g}"

@@ -164,3 +164,27 @@ def test_run_experiment_end_to_end(updates):
     assert head["clean_acc"] > 0.6, "a head on any trained 32-node encoder should beat chance on this task"
     assert 0.0 < record["purification"]["top1_share_mean"] <= 1.0
     assert artifacts["encoder"]["W"].shape == (32, 16)
+
+
+@pytest.mark.parametrize(("eps", "view", "calls_per_step"), [(0.25, "one", 1), (0.25, "both", 2), (0.0, "one", 0)])
+def test_pretrainer_trains_on_adversarial_views(monkeypatch, eps, view, calls_per_step):
+    import robinherit.pretraining as pretraining
+
+    made: list[torch.Tensor] = []
+
+    def marked_view(attack, embed, x, partner, temperature):
+        out = x + 7.0  # a view no augmentation or attack would make, to spot it in the training step
+        made.append(out)
+        return out
+
+    monkeypatch.setattr(pretraining, "adversarial_view", marked_view)
+    cfg = _tiny_cfg(**{"pretrain.eps": eps, "pretrain.adversarial_view": view, "pretrain.steps": 3})
+    world = make_world(cfg.data, 0)
+    model = build_model(16, cfg.model, 1, g=torch.Generator().manual_seed(0))
+    fed: list[torch.Tensor] = []
+    features = model.features
+    monkeypatch.setattr(model, "features", lambda x: (fed.append(x), features(x))[1])
+    PRETRAINERS[Method.contrastive](model, BatchStream(world, 64, 0), cfg)
+    assert len(made) == 3 * calls_per_step
+    # every adversarial view made is what the encoder is then trained on
+    assert all(any(f is v for f in fed) for v in made)

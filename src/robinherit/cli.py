@@ -15,7 +15,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from robinherit.errors import RobinheritError
 
@@ -166,7 +166,9 @@ def runs(
         for rec in records:
             print(json.dumps(summary_line(rec)))
         return
-    table = Table("run_id", "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s")
+    # run ids are what `show` takes: never wrap or cut them, let the robust column wrap instead
+    run_id_col = Column("run_id", no_wrap=True, min_width=16)
+    table = Table(run_id_col, "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s")
     for rec in records:
         cfg = rec["config"]
         ch = rec["downstream"].get("clean_head") or next(iter(rec["downstream"].values()))

@@ -147,7 +147,8 @@ class PretrainConfig(_Strict):
     attack_steps: int = Field(5, ge=1, description="PGD steps of the inner maximisation")
     steps: int = Field(2000, ge=1, description="optimiser steps")
     batch_size: int = Field(256, ge=2, description="examples per step")
-    lr: float = Field(1e-2, gt=0.0, description="learning rate")
+    # The upper bound only rejects typos: beyond ~1e37 the optimiser's float32 step overflows with a raw error.
+    lr: float = Field(1e-2, gt=0.0, le=1e6, description="learning rate")
     optimizer: Optimizer = Field(Optimizer.adam, description="adam or sgd")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
     # contrastive pre-training (method=contrastive)
@@ -176,7 +177,7 @@ class DownstreamConfig(_Strict):
     eps: float = Field(0.25, ge=0.0, description="budget of the adversarial head's training attack")
     steps: int = Field(300, ge=1, description="head optimiser steps (full batch)")
     n_train: int = Field(2000, ge=2, description="downstream training examples")
-    lr: float = Field(5e-2, gt=0.0, description="head learning rate (Adam)")
+    lr: float = Field(5e-2, gt=0.0, le=1e6, description="head learning rate (Adam)")
     attack_steps: int = Field(5, ge=1, description="PGD steps for the adversarial head")
 
 

@@ -1,0 +1,174 @@
+"""CLI smoke runs on a micro config: run/runs/show/config, and bad input -> one paragraph, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from robinherit.cli import app
+from robinherit.store import ResultStore
+
+RECORD_KEYS = {"run_id", "seed", "config", "pretrain", "purification", "downstream", "timing_s"}
+PURITY_KEYS = {"top1_share_mean", "top1_share_median", "neff_median", "frac_pure", "dead_nodes"}
+TIMING_KEYS = {"pretrain", "downstream", "eval", "total"}
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory, micro_yaml_module: Path):
+    """A store holding seeds 0 and 1 of the micro config, and the records `run --json` printed."""
+    store = tmp_path_factory.mktemp("store") / "runs.db"
+    res = invoke("run", micro_yaml_module, "--seeds", "0,1", "--json", "--store", store)
+    assert res.exit_code == 0, res.output
+    return store, [json.loads(line) for line in res.stdout.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def micro_yaml_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import MICRO  # the shared micro config, written once for this module
+
+    path = tmp_path_factory.mktemp("cfg") / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO))
+    return path
+
+
+def test_run_json_prints_one_record_per_seed_with_the_issue_keys(stored):
+    _, records = stored
+    assert [r["seed"] for r in records] == [0, 1]
+    assert records[0]["run_id"] != records[1]["run_id"]
+    for rec in records:
+        assert set(rec) >= RECORD_KEYS
+        assert {"clean_acc", "robust_acc"} <= set(rec["pretrain"])
+        assert set(rec["purification"]) >= PURITY_KEYS
+        assert set(rec["purification"]["frac_pure"]) == {"0.5", "0.7", "0.9"}
+        assert set(rec["downstream"]) == {"clean_head", "adversarial_head"}
+        for head in rec["downstream"].values():
+            assert set(head["robust_acc"]) == {"0", "0.25"}  # keys as in eval.eps_grid
+            assert 0.0 <= head["robust_acc"]["0.25"] <= head["clean_acc"] <= 1.0
+        assert set(rec["timing_s"]) >= TIMING_KEYS
+        assert rec["config"]["seed"] == rec["seed"]
+
+
+def test_rerun_is_answered_from_the_store(stored, micro_yaml_module: Path):
+    store, records = stored
+    res = invoke("run", micro_yaml_module, "--seeds", "0,1", "--json", "--store", store)
+    assert res.exit_code == 0
+    assert [json.loads(line) for line in res.stdout.splitlines()] == records
+    table = invoke("run", micro_yaml_module, "--seeds", "1", "--store", store)
+    assert table.exit_code == 0 and "from store" in table.stdout
+
+
+def test_runs_and_show(stored):
+    store, records = stored
+    res = invoke("runs", "--store", store)
+    assert res.exit_code == 0
+    for rec in records:
+        assert rec["run_id"] in res.stdout
+    lines = invoke("runs", "--store", store, "--json").stdout.splitlines()
+    assert {json.loads(line)["run_id"] for line in lines} == {r["run_id"] for r in records}
+    shown = invoke("show", records[1]["run_id"][:6], "--store", store)
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout) == records[1]
+
+
+def test_config_prints_the_resolved_config_with_every_default(micro_yaml_module: Path):
+    res = invoke("config", micro_yaml_module, "--set", "data.d=96")
+    assert res.exit_code == 0
+    resolved = yaml.safe_load(res.stdout)
+    assert resolved["data"]["d"] == 96 and resolved["data"]["n_features"] == 96
+    assert resolved["data"]["value_low"] == 0.5  # a default the YAML file does not mention
+    assert resolved["pretrain"]["optimizer"] == "adam"
+    assert json.loads(invoke("config", micro_yaml_module, "--json").stdout)["model"]["width"] == 8
+
+
+def assert_user_error(res, *needles: str) -> str:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    err = res.stderr.strip()
+    assert err.startswith("error:")
+    assert "\n\n" not in err and err.count("\n") <= 1  # one paragraph
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("sets", "needles"),
+    [
+        (["data.dd=1"], ["unknown key 'data.dd'", "valid keys"]),
+        (["pretrain.eps=-0.1"], ["pretrain.eps"]),
+        (["data.k=9"], ["data.k=9", "n_features"]),
+        (["pretrain.norm=l3"], ["pretrain.norm", "linf"]),
+        (["pretrain.eps"], ["path=value"]),
+    ],
+)
+def test_bad_config_is_one_paragraph_and_exit_code_2(micro_yaml_module: Path, tmp_path: Path, sets, needles):
+    args = [a for s in sets for a in ("--set", s)]
+    res = invoke("run", micro_yaml_module, *args, "--store", tmp_path / "runs.db")
+    assert_user_error(res, *needles)
+    assert not (tmp_path / "runs.db").exists()  # refused before touching anything
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_store(stored, micro_yaml_module: Path):
+    store, records = stored
+    blowup = ["pretrain.optimizer=sgd", "pretrain.lr=1000", "model.normalize_rows=false", "pretrain.steps=50"]
+    res = invoke("run", micro_yaml_module, *[a for s in blowup for a in ("--set", s)], "--store", store)
+    err = assert_user_error(res, "at step", "pretrain.lr")
+    assert "nan" in err or "inf" in err
+    assert {r["run_id"] for r in ResultStore(store).runs()} == {r["run_id"] for r in records}
+
+
+def test_bad_store_paths_are_user_errors_and_files_are_untouched(micro_yaml_module: Path, tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(invoke("run", micro_yaml_module, "--store", blocker / "runs.db"), "writable")
+    notes = tmp_path / "notes.db"
+    notes.write_bytes(b"not a database\n" * 50)
+    before = notes.read_bytes()
+    assert_user_error(invoke("run", micro_yaml_module, "--store", notes), "not an SQLite database")
+    assert_user_error(invoke("runs", "--store", notes), "not an SQLite database")
+    assert notes.read_bytes() == before
+    assert_user_error(invoke("runs", "--store", tmp_path / "none.db"), "does not exist")
+    assert_user_error(invoke("show", "abc", "--store", tmp_path / "none.db"), "does not exist")
+
+
+def test_unknown_run_id_and_bad_seeds(stored, micro_yaml_module: Path, tmp_path: Path):
+    store, _ = stored
+    assert_user_error(invoke("show", "zzzz", "--store", store), "no run 'zzzz'")
+    assert_user_error(invoke("run", micro_yaml_module, "--seeds", "a,b", "--store", tmp_path / "r.db"), "--seeds")
+    assert_user_error(invoke("run", tmp_path / "missing.yaml", "--store", tmp_path / "r.db"), "does not exist")
+
+
+def test_installed_entry_point_reports_errors_without_traceback(micro_yaml_module: Path, tmp_path: Path):
+    exe = Path(sys.executable).with_name("robinherit")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "robinherit.cli"]
+    proc = subprocess.run(
+        [*cmd, "config", str(micro_yaml_module), "--set", "model.widht=3"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unknown key 'model.widht'" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_store_file_survives_being_copied_and_reopened(stored, tmp_path: Path):
+    store, records = stored
+    copy = tmp_path / "copy.db"
+    shutil.copy(store, copy)
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(store) + suffix)
+        if side.exists():
+            shutil.copy(side, Path(str(copy) + suffix))
+    assert len(ResultStore(copy).runs()) == len(records)

@@ -200,3 +200,11 @@ def test_cli_plot_and_export_on_a_store_and_on_a_sweep_spec(tmp_path, store_path
 
     res = runner.invoke(app, ["plot", str(store_path), "--x", "pretrain.eps", "--y", "nope.metric"])
     assert res.exit_code == 2 and "nope.metric" in res.output
+
+
+def test_symlog_axis_takes_zero_and_log_axis_refuses_it(tmp_path, records):
+    kept = filter_records(records, ["model.threshold=0.3"])
+    files, _ = plot(kept, x="pretrain.eps", y="purification.top1_share_mean", xscale="symlog", out=tmp_path / "s")
+    assert files[0].exists()
+    with pytest.raises(PlotError, match="symlog"):
+        plot(kept, x="pretrain.eps", y="purification.top1_share_mean", xscale="log", out=tmp_path / "l")

@@ -338,23 +338,24 @@ def plot(
     hue: str | None = typer.Option(None, "--hue", help="config path: one line per value (heatmap: the rows)"),
     kind: str = typer.Option("line", help="line or heatmap"),
     interval: str = typer.Option("ci95", help="over seeds: ci95 (Student t), sd or range"),
+    xscale: str = typer.Option("linear", help="x axis of a line plot: linear, log, symlog or category"),
     where: list[str] = typer.Option([], "--where", help="keep runs with PATH=VALUE, e.g. pretrain.method=supervised"),
     store: Path | None = typer.Option(None, help="store of a sweep spec (default: the spec's store)"),
     out_file: Path | None = typer.Option(None, "--out", help="output stem; .png and .svg are written"),
     title: str | None = typer.Option(None, help="figure title"),
 ) -> None:
     """Phase diagram of a metric over config paths, with mean and interval over seeds (PNG and SVG)."""
-    from robinherit.plots import Interval, Kind, filter_records
+    from robinherit.plots import Interval, Kind, XScale, filter_records
     from robinherit.plots import plot as draw
     from robinherit.sweep import records_of
 
-    for name, value, enum in (("--kind", kind, Kind), ("--interval", interval, Interval)):
+    for name, value, enum in (("--kind", kind, Kind), ("--interval", interval, Interval), ("--xscale", xscale, XScale)):
         if value not in {e.value for e in enum}:
             raise fail(f"{name} '{value}' is not one of: {', '.join(e.value for e in enum)}")
     records, _ = records_of(source, store)
     records = filter_records(records, where)
     stem = out_file or Path("results/figures") / "_".join(p.replace(".", "-") for p in (y, x, hue) if p)
-    files, cells = draw(records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title)
+    files, cells = draw(records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title, xscale=xscale)
     out.print(
         f"{len(records)} runs, {len(cells)} points -> {', '.join(map(str, files))}", highlight=False, soft_wrap=True
     )

@@ -29,6 +29,13 @@ class Kind(str, Enum):
     heatmap = "heatmap"
 
 
+class XScale(str, Enum):
+    linear = "linear"
+    log = "log"  # positive x only
+    symlog = "symlog"  # log-like, with 0 allowed: for grids such as 0, 0.01, 0.03, 0.1, 0.3
+    category = "category"  # evenly spaced, labelled with the values
+
+
 class Interval(str, Enum):
     ci95 = "ci95"  # Student-t 95% interval of the mean over seeds
     sd = "sd"  # mean +- one standard deviation
@@ -254,6 +261,7 @@ def plot(
     interval: Interval | str = Interval.ci95,
     out: str | Path,
     title: str | None = None,
+    xscale: XScale | str = XScale.linear,
 ) -> tuple[list[Path], list[Cell]]:
     """Draw the diagram and save ``out`` as .png and .svg; returns the files and the plotted cells."""
     import matplotlib
@@ -261,7 +269,7 @@ def plot(
     matplotlib.use("Agg")  # files only; no display needed on a cluster node
     import matplotlib.pyplot as plt
 
-    kind, interval = Kind(kind), Interval(interval)
+    kind, interval, xscale = Kind(kind), Interval(interval), XScale(xscale)
     if kind == Kind.heatmap and hue is None:
         raise PlotError("a heatmap needs two config paths: --x for columns and --hue for rows")
     cells = aggregate(records, x=x, y=y, hue=hue, interval=interval)
@@ -269,7 +277,7 @@ def plot(
     seeds_txt = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
     fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
     if kind == Kind.line:
-        _draw_line(ax, cells, hue)
+        _draw_line(ax, cells, hue, xscale)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
@@ -290,9 +298,12 @@ def plot(
     return files, cells
 
 
-def _draw_line(ax: Any, cells: list[Cell], hue: str | None) -> None:
+def _draw_line(ax: Any, cells: list[Cell], hue: str | None, xscale: XScale) -> None:
     hues = list(dict.fromkeys(c.hue for c in cells))
     numeric = all(isinstance(c.x, int | float) and not isinstance(c.x, bool) for c in cells)
+    if xscale != XScale.category and not numeric:
+        xscale = XScale.category  # text values (an Enum such as pretrain.method) have no numeric axis
+    numeric = xscale != XScale.category
     xs_all = sorted({c.x for c in cells}, key=_sort_key)
     for h in hues:
         cs = [c for c in cells if c.hue == h]
@@ -302,6 +313,15 @@ def _draw_line(ax: Any, cells: list[Cell], hue: str | None) -> None:
         ax.fill_between(pos, [c.low for c in cs], [c.high for c in cs], color=line.get_color(), alpha=0.2)
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [_fmt(v) for v in xs_all])
+    elif xscale == XScale.log:
+        if min(xs_all) <= 0:
+            raise PlotError("--xscale log needs x > 0; use --xscale symlog when the grid includes 0")
+        ax.set_xscale("log")
+    elif xscale == XScale.symlog:
+        # linear below the smallest non-zero |x|, logarithmic above: every grid value gets its own room
+        nonzero = [abs(v) for v in xs_all if v != 0]
+        ax.set_xscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+        ax.set_xticks(xs_all, [_fmt(v) for v in xs_all])
     if hue:
         ax.legend(fontsize=8)
 

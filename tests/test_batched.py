@@ -177,3 +177,14 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
     again = run_many_or_load(cfgs, store)
     assert calls == [[0, 2], [1]]
     assert [r["run_id"] for r in again] == [r["run_id"] for r in recs]
+
+
+def test_run_any_keeps_order_and_runs_unsupported_configs_the_plain_way(monkeypatch):
+    stacks = []
+    real = batched.run_experiments
+    monkeypatch.setattr(batched, "run_experiments", lambda cfgs: stacks.append(len(cfgs)) or real(cfgs))
+    cfgs = [tiny(seed=0, **{"pretrain.method": "contrastive"}), tiny(seed=1), tiny(seed=2)]
+    out = batched.run_any(cfgs)
+    assert [rec["run_id"] for rec, _ in out] == [c.config_hash() for c in cfgs]
+    assert out[0][0]["config"]["pretrain"]["method"] == "contrastive"
+    assert stacks == [2]  # the contrastive run went alone through run_experiment

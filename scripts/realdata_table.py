@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 
+import torch
 from scipy import stats
 
 from robinherit.realdata import load_real_config, run_real_or_load, with_real_updates
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", default=None, help="comma list of evaluation budgets")
     ap.add_argument("--at-eps", type=float, default=None, help="budget of AT pre-training and the adversarial head")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: several scripts share the cores)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     overrides = list(args.overrides)
     if args.norm:
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         for w in h["warnings"]
         if "AutoAttack" in w
     }
-    ok = all(h["autoattack_not_above_pgd"] for recs in per_seed.values() for r in recs for h in r["downstream"].values())
+    ok = all(
+        h["autoattack_not_above_pgd"] for recs in per_seed.values() for r in recs for h in r["downstream"].values()
+    )
     print(f"\nAutoAttack never above PGD: {ok}" + (f" ({len(warn)} warnings)" if warn else ""))
     times = [r["timing_s"]["total"] for recs in per_seed.values() for r in recs]
     print(f"run time per run: {min(times):.0f}-{max(times):.0f} s")

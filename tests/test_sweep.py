@@ -189,14 +189,15 @@ def test_two_sweeps_writing_one_store_at_once_lose_nothing(tmp_path, base_yaml):
 
 
 def test_failed_run_is_reported_and_the_others_are_stored(tmp_path, base_yaml):
-    # lr = 1e38 does not fit the float32 optimiser state: torch raises in the worker. That run fails; the sweep
-    # goes on, stores the other run and reports the failed one with the worker's error.
-    sw = sweep_from_dict({"grid": {"pretrain.lr": [0.01, 1e38]}}, load_config(base_yaml))
+    # With D = 8 there are only 2^7 distinct +-1 tasks up to sign, so 128 pre-training tasks leave none for
+    # the downstream task: make_world raises DataError inside the worker. That run fails; the sweep goes on,
+    # stores the other run and reports the failed one with the worker's error.
+    sw = sweep_from_dict({"grid": {"data.n_tasks": [1, 128]}}, load_config(base_yaml))
     db = ResultStore(tmp_path / "f.db")
     rep = run_sweep(sw.configs(), db, workers=1)
     assert rep.ran == 1 and len(rep.failed) == 1
-    bad = next(c for c in sw.configs() if c.pretrain.lr > 1)
-    assert rep.failed[0][0] == bad.config_hash() and "RuntimeError" in rep.failed[0][1]
+    bad = next(c for c in sw.configs() if c.data.n_tasks == 128)
+    assert rep.failed[0][0] == bad.config_hash() and rep.failed[0][1].startswith("DataError")
     assert db.run_ids() == {c.config_hash() for c in sw.configs()} - {bad.config_hash()}
 
 

@@ -116,7 +116,8 @@ def pgd(
                     loss = loss_fn(x_adv)
             better = loss > best_loss
             best_loss = torch.where(better, loss, best_loss)
-            best_x[better] = x_adv[better]
+            # (n, 1, ..., 1) mask; torch.where avoids the gather/scatter of boolean indexing
+            best_x = torch.where(better.reshape(-1, *([1] * (x.dim() - 1))), x_adv, best_x)
             if t == steps:
                 break
             delta = project(x_adv + alpha * _ascent_direction(grad, norm) - x, eps, norm)

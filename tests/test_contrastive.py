@@ -188,3 +188,11 @@ def test_pretrainer_trains_on_adversarial_views(monkeypatch, eps, view, calls_pe
     assert len(made) == 3 * calls_per_step
     # every adversarial view made is what the encoder is then trained on
     assert all(any(f is v for f in fed) for v in made)
+
+
+def test_contrastive_on_a_stream_without_world():
+    cfg = _tiny_cfg(**{"pretrain.augmentation": "mask", "pretrain.aug_strength": 0.5, "pretrain.projector_dim": 4})
+    model = build_model(16, cfg.model, 1)
+    w0 = model.W.detach().clone()
+    PRETRAINERS[Method.contrastive](model, _RealDataStream(make_world(cfg.data, 0)), cfg)
+    assert not torch.equal(model.W, w0)

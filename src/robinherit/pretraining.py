@@ -125,7 +125,9 @@ def pretrain_contrastive(
     pcfg = cfg.pretrain
     dev = torch.device(cfg.device)
     views = make_views(pcfg, getattr(stream, "world", None), cfg.seed, dev)
-    width = model.cfg.width
+    first = stream.next()
+    with torch.no_grad():  # the feature size, whatever the encoder (two-layer, or a conv net on real data)
+        width = model.features(first.x[:1]).shape[1]
     projector: nn.Module = nn.Identity()
     if pcfg.projector_dim > 0:
         projector = nn.Linear(width, pcfg.projector_dim, bias=False)
@@ -153,7 +155,7 @@ def pretrain_contrastive(
     log = PretrainLog()
     running = 0.0
     for step in range(pcfg.steps):
-        batch = stream.next()
+        batch = first if step == 0 else stream.next()
         v1, v2 = views(batch), views(batch)  # (n, d) each
         if pcfg.eps > 0:
             a1 = attack_against(v1, v2)

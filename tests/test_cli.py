@@ -113,6 +113,7 @@ def assert_user_error(res, *needles: str) -> str:
         (["data.k=9"], ["data.k=9", "n_features"]),
         (["pretrain.norm=l3"], ["pretrain.norm", "linf"]),
         (["pretrain.eps"], ["path=value"]),
+        (["device=gpu"], ["device"]),
     ],
 )
 def test_bad_config_is_one_paragraph_and_exit_code_2(micro_yaml_module: Path, tmp_path: Path, sets, needles):
@@ -149,7 +150,18 @@ def test_unknown_run_id_and_bad_seeds(stored, micro_yaml_module: Path, tmp_path:
     store, _ = stored
     assert_user_error(invoke("show", "zzzz", "--store", store), "no run 'zzzz'")
     assert_user_error(invoke("run", micro_yaml_module, "--seeds", "a,b", "--store", tmp_path / "r.db"), "--seeds")
+    assert_user_error(invoke("run", micro_yaml_module, "--seeds", "3-1", "--store", tmp_path / "r.db"), "empty")
     assert_user_error(invoke("run", tmp_path / "missing.yaml", "--store", tmp_path / "r.db"), "does not exist")
+
+
+def test_cuda_without_a_gpu_is_a_user_error(micro_yaml_module: Path, tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = invoke("run", micro_yaml_module, "--set", "device=cuda", "--store", tmp_path / "r.db")
+    assert_user_error(res, "device=cuda", "device=cpu")
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_installed_entry_point_reports_errors_without_traceback(micro_yaml_module: Path, tmp_path: Path):

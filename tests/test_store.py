@@ -67,6 +67,8 @@ def test_put_replaces_and_ambiguous_prefix_is_an_error(tmp_path: Path):
     assert db.get("abc1")["extra_field"] == 2
     with pytest.raises(StoreError, match="matches 2 runs"):
         db.find("abc")
+    assert db.find("abc2")["run_id"] == "abc2"
+    assert db.find("a_c1") is None and db.find("%1") is None  # no wildcards
 
 
 class FakeRuns:

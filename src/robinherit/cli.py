@@ -60,6 +60,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
         for part in text.split(","):
             if "-" in part.strip()[1:]:
                 lo, hi = part.split("-")
+                if int(hi) < int(lo):  # "3-1" would silently select nothing (and run the config's seed instead)
+                    raise fail(f"'{text}': the range {part.strip()} is empty; write ranges low-high, e.g. 0-4")
                 seeds.extend(range(int(lo), int(hi) + 1))
             elif part.strip():
                 seeds.append(int(part))
@@ -118,6 +120,11 @@ def run(
 
     cfg = load_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail(f"device={cfg.device} but torch sees no CUDA GPU here; use --set device=cpu")
     db = ResultStore(store)  # opened first: a bad store fails before any compute
     with progress_bar(json_out) as bar:
         for seed in seed_list:

@@ -205,7 +205,7 @@ class ExperimentConfig(_Strict):
     downstream: DownstreamConfig = DownstreamConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = Field(0, ge=0, description="seed of everything: dictionary, tasks, data, init, attacks")
-    device: str = Field("cpu", description="torch device: cpu or cuda")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N")
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain JSON data with derived sizes filled in."""

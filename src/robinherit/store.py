@@ -211,7 +211,10 @@ class ResultStore:
     def find(self, prefix: str) -> dict[str, Any] | None:
         """The run whose id starts with ``prefix`` (ids are long; users type a few characters)."""
         rows = self._retry(
-            lambda con: con.execute("SELECT result FROM runs WHERE run_id LIKE ?", (prefix + "%",)).fetchall()
+            # substr, not LIKE: '%' and '_' typed by a user are characters, not wildcards
+            lambda con: con.execute(
+                "SELECT result FROM runs WHERE substr(run_id, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
         )
         if len(rows) > 1:
             raise StoreError(f"run id prefix '{prefix}' matches {len(rows)} runs; type more characters")

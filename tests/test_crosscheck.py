@@ -27,8 +27,8 @@ needs_art = pytest.mark.skipif(
 TINY = {
     "data": {"d": 16},
     "model": {"width": 32},
-    "pretrain": {"steps": 100, "batch_size": 128},
-    "downstream": {"steps": 100, "n_train": 500, "heads": ["clean"]},
+    "pretrain": {"steps": 100, "batch_size": 128, "attack_steps": 2},
+    "downstream": {"steps": 60, "n_train": 500, "heads": ["clean"]},
     "eval": {"n_test": 200, "steps": 10, "restarts": 1, "eps_grid": [0, 0.25, 0.5]},
 }
 

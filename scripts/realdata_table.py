@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eps", default=None, help="comma list of evaluation budgets")
     ap.add_argument("--at-eps", type=float, default=None, help="budget of AT pre-training and the adversarial head")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--arm", choices=["both", "clean", "at"], default="both", help="run only one pre-training arm")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: several scripts share the cores)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     store = ResultStore(args.store)
 
     arms = {"clean pre-training": 0.0, f"AT pre-training (eps {base.pretrain.eps:g})": base.pretrain.eps}
+    if args.arm != "both":  # a worker filling the store in parallel; print nothing but progress
+        arms = {k: v for k, v in arms.items() if (v == 0.0) == (args.arm == "clean")}
     rows, per_seed = [], {}
     for arm, eps in arms.items():
         recs = []
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(interval([r["sparsity"]["zero_share"] for r in recs]))
             rows.append(cells)
 
+    if args.arm != "both":
+        return 0
     eps_keys = list(per_seed[next(iter(per_seed))][0]["downstream"]["clean_head"]["pgd_robust_acc"])
     norm = base.eval.norm.value
     header = ["pre-training", "head", "clean acc"]

@@ -224,10 +224,14 @@ LOADERS: dict[DatasetName, Callable[[LoadSpec], ArrayDataset]] = {
 def load_dataset(name: DatasetName | str, spec: LoadSpec | None = None) -> ArrayDataset:
     """Load ``name`` (see ``DatasetName``); file-based sets read from ``spec.root``.
 
-    Loads are cached per process (generating MNIST-1D takes seconds; a sweep loads it once). The tensors
-    are shared between callers and must not be modified in place.
+    The generated sets (digits, MNIST-1D) are cached per process (generating MNIST-1D takes seconds; a
+    sweep makes it once); their tensors are shared between callers and must not be modified in place.
+    File-based sets are read each time, so a file that changed or went missing is noticed.
     """
-    return _load_cached(DatasetName(name), spec or LoadSpec())
+    name, spec = DatasetName(name), spec or LoadSpec()
+    if name in (DatasetName.digits, DatasetName.mnist1d):
+        return _load_cached(name, spec)
+    return LOADERS[name](spec)
 
 
 @lru_cache(maxsize=8)

@@ -340,25 +340,32 @@ def _torchattacks():
 
 
 def attack_view(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Image shape for Square's patch search. A 1-row signal (MNIST-1D, 40 values) becomes the most square
-    (1, a, b) grid: Square needs h, w >= 2, and any reshape searches the same input space."""
+    """The (c, s, s) image torchattacks attacks. Square's l2 proposal assumes square images, so a non-square
+    input (MNIST-1D: 1 x 40) is zero-padded to the smallest square (1 x 7 x 7) and the model reads back only
+    the first d values: the padding is ignored by the model, so every perturbation stays a valid one."""
     c, h, w = image_shape
-    if h > 1 and w > 1:
+    if h == w:
         return image_shape
-    n = c * h * w
-    a = max(k for k in range(1, math.isqrt(n) + 1) if n % k == 0)
-    return (1, a, n // a)
+    s = math.ceil(math.sqrt(h * w))
+    return (c, s, s)
 
 
 class _ImageInput(nn.Module):
-    """torchattacks expects (n, c, h, w) images; the models here take flat (n, d) inputs."""
+    """torchattacks expects (n, c, s, s) images; the models here take flat (n, d) inputs (the first d values)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, d: int):
         super().__init__()
         self.model = model
+        self.d = d
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x.reshape(x.shape[0], -1))
+        return self.model(x.reshape(x.shape[0], -1)[:, : self.d])
+
+
+def to_view(x: Tensor, view: tuple[int, int, int]) -> Tensor:
+    """(n, d) -> (n, *view), zero-padded at the end."""
+    pad = math.prod(view) - x.shape[1]
+    return torch.nn.functional.pad(x, (0, pad)).reshape(x.shape[0], *view)
 
 
 _TA_NORM = {Norm.linf: "Linf", Norm.l2: "L2"}
@@ -404,20 +411,20 @@ def autoattack_correct(
     seed: int,
 ) -> dict[str, Tensor]:
     """Per-attack (n,) masks of examples still classified correctly after each AutoAttack component."""
-    wrapped = _ImageInput(model)
-    x_img = x.reshape(x.shape[0], *attack_view(image_shape))
+    wrapped = _ImageInput(model, x.shape[1])
+    x_img = to_view(x, attack_view(image_shape))
     out = {}
     for name in autoattack_names(ecfg.autoattack, n_classes):
         # torchattacks reseeds torch's global generator; keep the caller's stream as it was.
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             attack = _build_attack(name, wrapped, norm, eps, n_classes, ecfg, derive_seed(seed, name) % 2**31)
-            x_adv = attack(x_img, y).detach()
-        delta = (x_adv - x_img).reshape(x.shape[0], -1)
+            x_adv = attack(x_img, y).detach().reshape(x.shape[0], -1)[:, : x.shape[1]]  # (n, d)
+        delta = x_adv - x
         size = delta.norm(dim=1) if norm == Norm.l2 else delta.abs().amax(dim=1)
         if bool((size > eps * (1 + 1e-4) + 1e-6).any()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
             raise RuntimeError(f"{name} left the eps={eps} {norm.value} ball or [0, 1]: a torchattacks bug")
         with torch.no_grad():
-            out[name] = model(x_adv.reshape(x.shape[0], -1)).argmax(dim=1) == y
+            out[name] = model(x_adv).argmax(dim=1) == y
     return out
 
 

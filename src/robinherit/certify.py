@@ -134,8 +134,9 @@ def relaxation(net: TwoLayerLinear, lo: Tensor, hi: Tensor) -> tuple[Tensor, Ten
     A line lies above a piecewise-linear function on an interval iff it lies above it at the interval's ends
     and at the kinks inside, so for any slope the tightest valid intercept is a max (min) over those points.
     Candidate slopes: the secants between every pair of those points (this includes 0, 1 and the chord).
-    Among them, per unit, the line with the least area to the function (its value at the midpoint) is kept:
-    CROWN's adaptive choice, which for a plain ReLU reduces to "chord above, slope 0 or 1 below".
+    Among them, per unit, the line with the least area to the function (its value at the midpoint) is kept,
+    after CROWN's adaptive choice: for a plain ReLU that is the chord above and, below, the best of the lines
+    of slope 0, 1 or the chord's slope through the kink.
     """
     kinks = [torch.minimum(torch.maximum(k.expand_as(lo), lo), hi) for k in KINKS[net.activation](net.b)]
     pts = torch.stack([lo, *kinks, hi], dim=-1)  # (n, m, P)

@@ -33,7 +33,9 @@ PRETRAIN_EPS = (0.0, 0.25)
 DIAL = ("noise", (0.015, 0.025, 0.04, 0.06, 0.1))
 
 
-def cell(records: list[dict], eps_eval: float) -> dict[str, float]:
+def cell(records: list[dict], eps_eval: float) -> dict[str, float] | None:
+    if not records:
+        return None
     key = eps_key(eps_eval)
     heads = [r["downstream"]["clean_head"] for r in records]
     return {
@@ -51,7 +53,9 @@ def grid(base: ExperimentConfig, rows: list[dict], seeds: list[int]) -> list[lis
     return [[with_updates(base, seed=s, **row) for s in seeds] for row in rows]
 
 
-def run_grid(cfgs: list[list[ExperimentConfig]], store: ResultStore) -> list[list[dict]]:
+def run_grid(cfgs: list[list[ExperimentConfig]], store: ResultStore, stored_only: bool = False) -> list[list[dict]]:
+    if stored_only:  # a table of what the store has; missing cells print as "-"
+        return [[r for c in row if (r := store.get(c.config_hash())) is not None] for row in cfgs]
     flat = [c for row in cfgs for c in row]
     done = iter(
         run_many_or_load(
@@ -73,15 +77,22 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def fmt_cell(c: dict[str, float]) -> list[str]:
+def fmt_cell(c: dict[str, float] | None) -> list[str]:
+    if c is None:
+        return ["-"] * 4
     return [f"{c['top1']:.2f}", f"{c['pure']:.0%}", f"{c['clean']:.2f}", f"{c['robust']:.2f}"]
 
 
-def table_acceptance(base: ExperimentConfig, seeds: list[int], store: ResultStore, eps_eval: float) -> str:
+def table_acceptance(
+    base: ExperimentConfig, seeds: list[int], store: ResultStore, eps_eval: float, stored_only: bool = False
+) -> str:
     rows = [{"pretrain.eps": e} for e in reversed(PRETRAIN_EPS)]
-    recs = run_grid(grid(base, rows, seeds), store)
+    recs = run_grid(grid(base, rows, seeds), store, stored_only)
     out = []
     for row, rs in zip(rows, recs, strict=True):
+        if not rs:
+            out.append([f"{row['pretrain.eps']:g}", *fmt_cell(None), "-", "-", "-"])
+            continue
         per_seed = " ".join(f"{r['purification']['top1_share_mean']:.2f}" for r in rs)
         per_seed_rob = " ".join(f"{r['downstream']['clean_head']['robust_acc'][eps_key(eps_eval)]:.2f}" for r in rs)
         c = cell(rs, eps_eval)
@@ -101,14 +112,20 @@ def table_acceptance(base: ExperimentConfig, seeds: list[int], store: ResultStor
 
 
 def table_dial(
-    base: ExperimentConfig, seeds: list[int], store: ResultStore, eps_eval: float, kind: str, strengths: list[float]
+    base: ExperimentConfig,
+    seeds: list[int],
+    store: ResultStore,
+    eps_eval: float,
+    kind: str,
+    strengths: list[float],
+    stored_only: bool = False,
 ) -> str:
     rows = [
         {"pretrain.augmentation": kind, "pretrain.aug_strength": s, "pretrain.eps": e}
         for s in strengths
         for e in PRETRAIN_EPS
     ]
-    recs = run_grid(grid(base, rows, seeds), store)
+    recs = run_grid(grid(base, rows, seeds), store, stored_only)
     by = {(r["pretrain.aug_strength"], r["pretrain.eps"]): cell(rs, eps_eval) for r, rs in zip(rows, recs, strict=True)}
     out = []
     for s in sorted(strengths):  # runs go in the given order (to reuse stored runs first), rows weak -> strong
@@ -128,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], help="config override, e.g. data.d=32")
     p.add_argument("--eps-eval", type=float, default=0.25, help="budget of the reported robust accuracy")
     p.add_argument("--dial-augmentation", default=DIAL[0], choices=["noise", "mask", "feature_dropout"])
+    p.add_argument("--stored-only", action="store_true", help="tabulate stored runs only, run nothing")
     p.add_argument("--strengths", default=",".join(f"{s:g}" for s in DIAL[1]), help="5 strengths, weak to strong")
     a = p.parse_args(argv)
     base = load_config(a.config, a.sets)
@@ -136,13 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     strengths = [float(s) for s in a.strengths.split(",")]
     if a.table in ("acceptance", "all"):
         print(f"### Weak augmentation, adversarial vs clean (seeds {a.seeds})\n")
-        print(table_acceptance(base, seeds, store, a.eps_eval) + "\n")
+        print(table_acceptance(base, seeds, store, a.eps_eval, a.stored_only) + "\n")
     if a.table in ("mask", "all"):
         print(f"### Strong augmentation: masking, keep 0.5 (seeds {a.seeds})\n")
-        print(table_dial(base, seeds, store, a.eps_eval, "mask", [0.5]) + "\n")
+        print(table_dial(base, seeds, store, a.eps_eval, "mask", [0.5], a.stored_only) + "\n")
     if a.table in ("dial", "all"):
         print(f"### Dial: {a.dial_augmentation} strength x pre-training eps (seeds {a.seeds})\n")
-        print(table_dial(base, seeds, store, a.eps_eval, a.dial_augmentation, strengths) + "\n")
+        print(table_dial(base, seeds, store, a.eps_eval, a.dial_augmentation, strengths, a.stored_only) + "\n")
     return 0
 
 

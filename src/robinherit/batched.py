@@ -23,17 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robinherit import purification
 from robinherit.attacks import random_start
 from robinherit.config import Activation, AttackKind, ExperimentConfig, Method, ModelConfig, Norm
-from robinherit.data import BatchStream, World, make_world
-from robinherit.downstream import train_head
-from robinherit.evaluation import evaluate
+from robinherit.data import BatchStream, make_world
 from robinherit.fused import FAST_ACTIVATIONS, LOSS_GRADS, TwoLayerLoss, backprop_active
-from robinherit.losses import class_margin, multilabel_bce, multilabel_margin
+from robinherit.losses import multilabel_bce
 from robinherit.models import ACTIVATIONS, TwoLayerNet, build_model
 from robinherit.pretraining import PretrainLog, check_finite, make_optimizer
-from robinherit.provenance import git_commit, versions
 from robinherit.seeding import generator
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -316,95 +312,15 @@ def iter_experiments(cfgs: Sequence[ExperimentConfig], progress: Progress | None
     models = [m.to(dev) for m in models]
     net.unstack(models)
     per_model_pretrain = (time.perf_counter() - t0) / len(cfgs)  # the stack's time, shared evenly
+    from robinherit.experiment import finish_experiment  # experiment imports this module lazily; keep it so
+
     for cfg, world, model, log in zip(cfgs, worlds, models, logs, strict=True):
         yield finish_experiment(cfg, world, model.freeze().eval(), log, per_model_pretrain)
-
-
-def finish_experiment(
-    cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
-) -> tuple[dict[str, Any], dict]:
-    """The stages of ``run_experiment`` after pre-training, for one pre-trained model (same streams, same record).
-
-    Kept step for step equal to ``experiment.run_experiment``; tests/test_batched.py checks the records agree.
-    """
-    torch.manual_seed(cfg.seed)
-    dev = torch.device(cfg.device)
-    t_pre = time.perf_counter()
-
-    x_probe, _ = world.sample(2048, generator(cfg.seed, "probe"))
-    with torch.no_grad():
-        feats = model.features(x_probe.to(dev))
-    purity = purification.measure(model.weight(), world.M, feats, s=cfg.data.k)
-
-    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
-    y_tr = world.downstream_labels(z_tr)
-    heads = {
-        kind: train_head(
-            model,
-            cfg.model.width,
-            2,
-            x_tr.to(dev),
-            y_tr.to(dev),
-            kind,
-            cfg.downstream,
-            norm=cfg.eval.norm,
-            g=generator(cfg.seed, f"head-{kind.value}", dev),
-        )
-        for kind in cfg.downstream.heads
-    }
-    t_down = time.perf_counter()
-
-    ecfg = cfg.eval
-    x_te, z_te = world.sample(ecfg.n_test, generator(cfg.seed, "test"))
-    x_te = x_te.to(dev)
-    common = dict(eps_grid=ecfg.eps_grid, norm=ecfg.norm, steps=ecfg.steps, restarts=ecfg.restarts)
-    pre_eval = evaluate(
-        model,
-        x_te,
-        world.pretrain_labels(z_te).to(dev),
-        multilabel_margin,
-        g=generator(cfg.seed, "eval-pretrain", dev),
-        **common,
-    )
-    y_te = world.downstream_labels(z_te).to(dev)
-    head_evals = {
-        f"{kind.value}_head": evaluate(
-            head, x_te, y_te, class_margin, g=generator(cfg.seed, f"eval-{kind.value}", dev), **common
-        ).to_dict()
-        for kind, head in heads.items()
-    }
-    t_eval = time.perf_counter()
-
-    record = {
-        "run_id": cfg.config_hash(),
-        "seed": cfg.seed,
-        "config": cfg.resolved(),
-        "pretrain": {**pre_eval.to_dict(), "loss_curve": log.losses},
-        "purification": {**purity.summary(), "per_node_top1": [round(float(v), 5) for v in purity.top1_share]},
-        "downstream": head_evals,
-        "timing_s": {
-            "pretrain": pretrain_s,
-            "downstream": t_down - t_pre,
-            "eval": t_eval - t_down,
-            "total": pretrain_s + t_eval - t_pre,
-        },
-        "versions": versions(),
-        "git_commit": git_commit(),
-    }
-    artifacts = {
-        "encoder": {
-            "W": model.weight().detach().cpu().numpy(),
-            "b": model.threshold().detach().cpu().numpy(),
-            "M": world.M.numpy(),
-        }
-    }
-    return record, artifacts
 
 
 __all__ = [
     "StackedTwoLayer",
     "batch_key",
-    "finish_experiment",
     "group_configs",
     "iter_experiments",
     "pretrain_stacked",

@@ -12,12 +12,12 @@ import torch
 
 from robinherit import purification
 from robinherit.config import ExperimentConfig
-from robinherit.data import BatchStream, make_world
+from robinherit.data import BatchStream, World, make_world
 from robinherit.downstream import train_head
 from robinherit.evaluation import evaluate
 from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import build_model
-from robinherit.pretraining import PRETRAINERS
+from robinherit.models import TwoLayerNet, build_model
+from robinherit.pretraining import PRETRAINERS, PretrainLog
 from robinherit.provenance import git_commit, versions
 from robinherit.seeding import generator
 from robinherit.store import ResultStore
@@ -40,6 +40,17 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> t
     on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
     log = PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
     model.freeze().eval()
+    return finish_experiment(cfg, world, model, log, time.perf_counter() - t0)
+
+
+def finish_experiment(
+    cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
+) -> tuple[dict[str, Any], dict]:
+    """The stages after pre-training (purification, heads, evaluation, record) for one frozen encoder.
+
+    Shared by ``run_experiment`` and the batched path (robinherit.batched), which pre-trains many at once.
+    """
+    dev = torch.device(cfg.device)
     t_pre = time.perf_counter()
 
     # purification, on fresh probe inputs
@@ -97,10 +108,10 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> t
         "purification": {**purity.summary(), "per_node_top1": [round(float(v), 5) for v in purity.top1_share]},
         "downstream": head_evals,
         "timing_s": {
-            "pretrain": t_pre - t0,
+            "pretrain": pretrain_s,
             "downstream": t_down - t_pre,
             "eval": t_eval - t_down,
-            "total": t_eval - t0,
+            "total": pretrain_s + t_eval - t_pre,
         },
         "versions": versions(),
         "git_commit": git_commit(),

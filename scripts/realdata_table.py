@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(
         h["autoattack_not_above_pgd"] for recs in per_seed.values() for r in recs for h in r["downstream"].values()
     )
+    clean_recs, at_recs = per_seed.values()
+    for k in eps_keys:
+        diffs = [
+            a["downstream"]["clean_head"]["robust_acc"][k] - c["downstream"]["clean_head"]["robust_acc"][k]
+            for a, c in zip(at_recs, clean_recs, strict=True)
+        ]
+        print(f"\nclean head, worst-case robust acc at {norm} {k}, AT minus clean (paired): {interval(diffs)}")
     print(f"\nAutoAttack never above PGD: {ok}" + (f" ({len(warn)} warnings)" if warn else ""))
     times = [r["timing_s"]["total"] for recs in per_seed.values() for r in recs]
     print(f"run time per run: {min(times):.0f}-{max(times):.0f} s")

@@ -286,3 +286,19 @@ def test_ray_backend_stores_the_same_metrics_as_the_local_backend(tmp_path, base
     for run_id in a:
         wa, wb = local.artifact(run_id, "encoder"), remote.artifact(run_id, "encoder")
         assert (wa["W"] == wb["W"]).all()
+
+
+def test_groups_stack_only_shape_sharing_runs():
+    from robinherit.batched import batch_key
+    from robinherit.config import with_updates
+    from robinherit.sweep import groups
+
+    base = load_config(None, ["data.d=8", "model.width=8"])
+    seeds = [with_updates(base, seed=s) for s in range(5)]
+    wider = [with_updates(base, **{"model.width": 16, "seed": s}) for s in range(2)]
+    contrastive = [with_updates(base, **{"pretrain.method": "contrastive", "seed": s}) for s in range(2)]
+    got = list(groups(iter(seeds + wider + contrastive), size=3))
+    assert [len(g) for g in got] == [3, 2, 2, 1, 1]  # size cap, shape change, no batched path for contrastive
+    for g in got:
+        assert len({batch_key(c) for c in g}) == 1
+    assert [c for g in got for c in g] == seeds + wider + contrastive  # order kept, nothing lost

@@ -251,7 +251,7 @@ def reproduce(
         raise fail(f"--claims '{claims}' names no claim; claims are numbered {ALL_CLAIMS[0]}-{ALL_CLAIMS[-1]}")
     n = seeds or (3 if quick else 5)
     settings = ReproduceSettings(seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted)
-    for fam in ("supervised", "contrastive"):
+    for fam in settings.families():
         settings.base(fam)  # validate configs and overrides before any compute
     db = ResultStore(store)
     with progress_bar(False) as bar:
@@ -289,6 +289,7 @@ def sweep(
     store: Path | None = typer.Option(None, help="results store (default: the spec's store, else results/runs.db)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and how many are stored; run nothing"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    batch: int = typer.Option(8, min=1, help="runs per task; shape-sharing runs are pre-trained as one stack"),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
     from robinherit.store import ResultStore
@@ -316,7 +317,9 @@ def sweep(
         def on_progress(rep: Any) -> None:
             bar.update(task, completed=rep.skipped + rep.ran + rep.taken + len(rep.failed))
 
-        rep = run_sweep(cfgs, db, backend=backend_kind, workers=workers, address=address, on_progress=on_progress)
+        rep = run_sweep(
+            cfgs, db, backend=backend_kind, workers=workers, address=address, on_progress=on_progress, batch=batch
+        )
     out.print(
         f"sweep '{sw.spec.name}': {rep.total} runs; {rep.ran} ran, {rep.skipped} were already stored"
         + (f", {rep.taken} stored meanwhile by another sweep" if rep.taken else "")

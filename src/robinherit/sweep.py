@@ -254,14 +254,54 @@ Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, art
 OnResult = Callable[[ExperimentConfig, Result | None, str | None], None]  # (cfg, result, error message)
 
 
-def execute(cfg_json: dict[str, Any]) -> Result:
-    """Run one config in a worker (local process or Ray task), single-threaded so backends agree bit for bit."""
+GroupResult = list[tuple[Result | None, str | None]]  # per config: (result, error message)
+BATCH = 8  # runs per unit of work: batched pre-training pays off; a killed sweep loses at most this many
+
+
+def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
+    """Run a group of configs in a worker (local process or Ray task), single-threaded so backends agree bit for
+    bit. Configs that share shapes are pre-trained as one stack (robinherit.batched, equal results); if the stack
+    fails, each config runs alone so one bad run does not take the others with it."""
     import torch
 
+    from robinherit.batched import run_any
     from robinherit.experiment import run_experiment
 
     torch.set_num_threads(1)
-    return run_experiment(ExperimentConfig.model_validate(cfg_json))
+    cfgs = [ExperimentConfig.model_validate(c) for c in cfg_jsons]
+    try:
+        return [(res, None) for res in run_any(cfgs)]
+    except Exception:
+        out: GroupResult = []
+        for cfg in cfgs:
+            try:
+                out.append((run_experiment(cfg), None))
+            except Exception as err:
+                out.append((None, _error_text(err)))
+        return out
+
+
+def groups(cfgs: Iterator[ExperimentConfig], size: int = BATCH) -> Iterator[list[ExperimentConfig]]:
+    """Consecutive runs that share a batch key (robinherit.batched.batch_key), at most ``size`` per group."""
+    from robinherit.batched import batch_key
+
+    buf: list[ExperimentConfig] = []
+    key: str | None = None
+    for cfg in cfgs:
+        k = batch_key(cfg)
+        if buf and (k is None or k != key or len(buf) >= size):
+            yield buf
+            buf = []
+        buf.append(cfg)
+        key = k
+    if buf:
+        yield buf
+
+
+def _deliver(group: list[ExperimentConfig], results: GroupResult | None, err: str | None, on_result: OnResult) -> None:
+    for i, cfg in enumerate(group):
+        res, e = results[i] if results is not None else (None, err)
+        on_result(cfg, res, e)
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -284,7 +324,12 @@ def _error_text(err: BaseException) -> str:
 
 
 def run_local(
-    cfgs: Iterator[ExperimentConfig], on_result: OnResult, *, workers: int | None = None, address: str | None = None
+    cfgs: Iterator[ExperimentConfig],
+    on_result: OnResult,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    batch: int = BATCH,
 ) -> None:
     """Process pool on this machine. Spawned (not forked) workers: forking a process that holds torch's thread
     pools can deadlock. At most ``workers`` runs are in flight, so each is checked against the store just
@@ -293,30 +338,36 @@ def run_local(
         raise SweepError("--address is for the ray backend; the local backend runs on this machine")
     n = workers or os.cpu_count() or 1
     ctx = mp.get_context("spawn")
+    units = groups(cfgs, batch)
     with ProcessPoolExecutor(
         max_workers=n, mp_context=ctx, initializer=_init_local_worker, initargs=(os.getpid(),)
     ) as ex:
-        running: dict[Future, ExperimentConfig] = {}
+        running: dict[Future, list[ExperimentConfig]] = {}
 
         def fill() -> None:
             while len(running) < n:
-                cfg = next(cfgs, None)
-                if cfg is None:
+                group = next(units, None)
+                if group is None:
                     return
-                running[ex.submit(execute, cfg.model_dump(mode="json"))] = cfg
+                running[ex.submit(execute, [c.model_dump(mode="json") for c in group])] = group
 
         fill()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                cfg = running.pop(fut)
+                group = running.pop(fut)
                 err = fut.exception()
-                on_result(cfg, None if err else fut.result(), _error_text(err) if err else None)
+                _deliver(group, None if err else fut.result(), _error_text(err) if err else None, on_result)
             fill()
 
 
 def run_ray(
-    cfgs: Iterator[ExperimentConfig], on_result: OnResult, *, workers: int | None = None, address: str | None = None
+    cfgs: Iterator[ExperimentConfig],
+    on_result: OnResult,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    batch: int = BATCH,
 ) -> None:
     """Ray tasks (one CPU each) on the cluster at ``address`` (``auto``: the one ``ray start --head`` started;
     None: a local instance for this process). Tasks return (record, artifacts); the driver stores them."""
@@ -345,32 +396,33 @@ def run_ray(
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # Twice the CPUs in flight keeps the cluster busy while results travel back to the driver.
         limit = workers or 2 * cpus
-        running: dict[Any, ExperimentConfig] = {}
+        running: dict[Any, list[ExperimentConfig]] = {}
+        units = groups(cfgs, batch)
 
         def fill() -> None:
             while len(running) < limit:
-                cfg = next(cfgs, None)
-                if cfg is None:
+                group = next(units, None)
+                if group is None:
                     return
-                running[remote.remote(cfg.model_dump(mode="json"))] = cfg
+                running[remote.remote([c.model_dump(mode="json") for c in group])] = group
 
         fill()
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                cfg = running.pop(ref)
+                group = running.pop(ref)
                 try:
                     result, err = ray.get(ref), None
                 except Exception as exc:  # RayTaskError wraps the worker's exception
                     result, err = None, _error_text(getattr(exc, "cause", None) or exc)
-                on_result(cfg, result, err)
+                _deliver(group, result, err, on_result)
             fill()
     finally:
         if started_here:
             ray.shutdown()
 
 
-# backend -> runner(cfgs, on_result, *, workers, address)
+# backend -> runner(cfgs, on_result, *, workers, address, batch)
 BACKENDS: dict[Backend, Callable[..., None]] = {Backend.local: run_local, Backend.ray: run_ray}
 
 
@@ -391,8 +443,10 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     on_progress: Callable[[SweepReport], None] | None = None,
+    batch: int = BATCH,
 ) -> SweepReport:
-    """Run every config not yet in ``store``; each result is stored as soon as it arrives.
+    """Run every config not yet in ``store``; each result is stored as soon as it arrives. Workers take groups of
+    up to ``batch`` shape-sharing runs and pre-train them as one stack (``batch=1``: one run per task).
 
     A failing run (say, a diverging loss) is reported and the others go on; nothing is stored for it.
     """
@@ -423,7 +477,7 @@ def run_sweep(
             on_progress(report)
 
     if todo:
-        BACKENDS[backend](pending(), on_result, workers=workers, address=address)
+        BACKENDS[backend](pending(), on_result, workers=workers, address=address, batch=batch)
     return report
 
 

@@ -427,7 +427,7 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
     for fam in settings.families():
         at, clean = pair_configs(settings.base(fam), seeds)
         plan += [(f"{fam} AT", c) for c in at] + [(f"{fam} clean", c) for c in clean]
-    total = len(plan) + (len(seeds) if 5 in wanted else 0) + (2 * len(seeds) if 6 in wanted else 0)
+    total = len(plan) + sum(n * len(seeds) for c, n in ((5, 1), (6, 2), (7, 2)) if c in wanted)
     done = 0
 
     def tick(what: str) -> None:
@@ -484,7 +484,7 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
 
     real = None
     if 7 in wanted:
-        real = real_data_claim(settings, store, progress)
+        real = real_data_claim(settings, store, lambda what, _done, _total: tick(what))
         if real is not None:
             claims.append(real["claim"])
 

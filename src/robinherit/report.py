@@ -139,6 +139,18 @@ def fig_robust_curves(records: dict[str, dict[str, list[dict]]], e2e: list[dict]
             if head == "clean":
                 ref = float(np.interp(EPS_REF, x, mean))
                 at_ref, cl_ref = (ref, cl_ref) if kind == "at" else (at_ref, ref)
+    if "certified_acc" in sup["at"][0]["downstream"]["clean_head"]:
+        keys = list(sup["at"][0]["downstream"]["clean_head"]["certified_acc"])
+        cert = np.array([[r["downstream"]["clean_head"]["certified_acc"][k] for k in keys] for r in sup["at"]])
+        ax.plot(
+            [float(k) for k in keys],
+            cert.mean(axis=0),
+            "-.",
+            color=COLORS["AT"],
+            lw=1,
+            alpha=0.7,
+            label="AT pre-train + clean head: certified (lower bound)",
+        )
     if e2e:
         keys = list(e2e[0]["robust_acc"])
         vals = np.array([[e["robust_acc"][k] for k in keys] for e in e2e])
@@ -248,6 +260,17 @@ def claims_markdown(claims: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def self_check_warnings(result: ReproduceResult) -> list[str]:
+    """Every evaluation warning of the runs behind the claims, prefixed with where it came from."""
+    out = []
+    for fam, arms in result.records.items():
+        for arm, recs in arms.items():
+            for rec in recs:
+                for head, r in rec["downstream"].items():
+                    out += [f"{fam} {arm} seed {rec['seed']} {head}: {w}" for w in r.get("warnings", [])]
+    return out
+
+
 def build_figures(result: ReproduceResult, store: ResultStore) -> list[tuple[str, bytes, str]]:
     """(title, png, caption) for every figure the result supports."""
     figs: list[tuple[str, bytes, str]] = []
@@ -291,6 +314,9 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
         if c.get("side_condition"):
             md.append(f"  Side condition: {c['side_condition']} ({'ok' if c['side_condition_ok'] else 'not met'}).")
     md.append("")
+    warnings = self_check_warnings(result)
+    md.append(f"Self-checks: {len(warnings)} warning(s)." + "".join(f"\n- {w}" for w in warnings))
+    md.append("")
     for title, _png_bytes, caption in figs:
         md.append(f"- *{title}*: {caption}")
     md_path = out_dir / "report.md"
@@ -309,6 +335,13 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
             f"<td>{c['effect']:+.3f}</td><td>{_fmt_ci(c['ci95'])}</td><td>{c['p_value']:.2g}</td>"
             f"<td>{c['n_seeds']}</td></tr>"
         )
+    warnings = self_check_warnings(result)
+    check_html = (
+        "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
+        if warnings
+        else "<p>No evaluation self-check fired (robust &le; clean, non-increasing in eps, within budget, "
+        "no vanishing gradients, certified &le; attacked).</p>"
+    )
     sections = []
     for i, (title, png, caption) in enumerate(figs, 1):
         b64 = base64.b64encode(png).decode()
@@ -335,6 +368,8 @@ small {{ color: #555; }}
 <p>Mode: {mode}; seeds: {seeds}; {n_pass}/{len(result.claims)} claims passed. A claim passes when its 95% t interval
 over seeds excludes zero in the claimed direction and its side condition (if any) holds; p is a one-sided paired t
 test. Robust accuracy: l2 PGD with random restarts, worst case per example.</p>
+<h2>Self-checks</h2>
+{check_html}
 {"".join(sections)}
 </body></html>
 """

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from robinherit import realdata
 from robinherit.cli import app
-from robinherit.config import ModelConfig, load_config, with_updates
+from robinherit.config import HeadKind, ModelConfig, load_config, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.datasets import ArrayDataset
 from robinherit.errors import ConfigError
@@ -274,3 +274,24 @@ def test_pure_weights_score_one_on_learned_dictionary() -> None:
     with torch.no_grad():
         net.W.copy_(world.M.T)  # node i = feature i: pure
     assert measure(net.weight(), m_hat).summary()["top1_share_mean"] > 0.9
+
+
+def test_claim7_shape_and_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """claim7's contract with reproduce, with the runs replaced by fakes keyed on the config."""
+    calls = []
+
+    def fake(cfg, store):
+        calls.append(cfg)
+        robust = 0.3 if cfg.pretrain.eps > 0 else 0.1
+        head = {"robust_acc": {"1": robust}, "clean_acc": 0.9, "autoattack_not_above_pgd": True}
+        return {"downstream": {"clean_head": head}, "purification": {"top1_share_mean": 0.2}}, False
+
+    monkeypatch.setattr(realdata, "run_real_or_load", fake)
+    out = realdata.claim7([0, 1, 2], True, None)
+    assert out["per_seed"] == {"clean_pretrain": [0.1] * 3, "at_pretrain": [0.3] * 3}
+    assert out["eps"] == 1.0 and out["norm"] == "l2" and "statement" in out and "extra" in out
+    clean, at = calls[:3], calls[3:]
+    assert [c.seed for c in clean] == [0, 1, 2] and all(c.pretrain.eps == 0 for c in clean)
+    assert all(c.pretrain.eps > 0 and c.downstream.heads == (HeadKind.clean,) for c in at)
+    assert len({c.config_hash() for c in calls}) == 6  # distinct store keys
+    assert realdata.claim7_base(False) == realdata.load_real_config(Path(__file__).parents[1] / "configs/digits.yaml")

@@ -650,12 +650,15 @@ def claim7_base(quick: bool) -> RealDataConfig:
         downstream=DownstreamConfig(eps=1.0, steps=200, n_train=2000, attack_steps=3),
         eval=RealEvalConfig(norm=Norm.l2, eps=(0.5, 1.0), steps=10, restarts=1, apgd_steps=25, square_queries=300),
     )
-    if quick:  # fewer pre-training steps, the clean head only, one budget, short AutoAttack components
+    if quick:  # fewer steps, the clean head only, one budget, 200 test digits, short AutoAttack components
         base = with_real_updates(
             base,
             **{
-                "pretrain.steps": 200,
+                "pretrain.steps": 100,
+                "pretrain.attack_steps": 3,
                 "downstream.heads": ["clean"],
+                "downstream.steps": 100,
+                "data.n_test": 200,
                 "eval.eps": [CLAIM7_EPS],
                 "eval.apgd_steps": 10,
                 "eval.square_queries": 100,

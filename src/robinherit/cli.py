@@ -6,6 +6,7 @@ Errors a user can fix (config, data, store, non-finite loss) print one paragraph
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -239,6 +240,9 @@ def reproduce(
     store: Path = typer.Option(DEFAULT_STORE, help="results store: finished runs are reused, so reruns resume"),
     set_: list[str] = typer.Option([], "--set", help="override a path in every base config, e.g. model.threshold=0"),
     claims: str = typer.Option("1-7", help="which claims to check, e.g. 1-4 or 1,3,5"),
+    workers: int = typer.Option(
+        min(2, os.cpu_count() or 1), min=1, help="processes for the pre-training runs (1: all in this process)"
+    ),
 ) -> None:
     """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""
     from robinherit.report import write_report
@@ -250,7 +254,9 @@ def reproduce(
     if not wanted:
         raise fail(f"--claims '{claims}' names no claim; claims are numbered {ALL_CLAIMS[0]}-{ALL_CLAIMS[-1]}")
     n = seeds or (3 if quick else 5)
-    settings = ReproduceSettings(seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted)
+    settings = ReproduceSettings(
+        seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted, workers=workers
+    )
     for fam in settings.families():
         settings.base(fam)  # validate configs and overrides before any compute
     db = ResultStore(store)

@@ -29,6 +29,7 @@ from scipy import stats
 from robinherit.config import (
     ExperimentConfig,
     HeadKind,
+    Method,
     build_config,
     deep_merge,
     load_yaml,
@@ -54,7 +55,6 @@ ALL_CLAIMS = (1, 2, 3, 4, 5, 6, 7)
 # Quick mode: the default configs with shorter training and smaller test sets (README's demo command).
 QUICK_OVERRIDES = (
     "pretrain.steps=1000",
-    "downstream.steps=150",
     "downstream.n_train=1000",
     "eval.n_test=500",
 )
@@ -121,6 +121,7 @@ class ReproduceSettings:
     overrides: tuple[str, ...] = ()  # --set paths applied to every base config (e.g. model.threshold=0)
     claims: tuple[int, ...] = ALL_CLAIMS
     config_dir: Path = CONFIG_DIR
+    workers: int = 1  # > 1: pre-training runs on a local process pool of this many single-threaded workers
 
     def families(self) -> list[str]:
         """Base configs the wanted claims need."""
@@ -436,17 +437,22 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
         if progress:
             progress(what, done, total)
 
-    recs_by_label: dict[str, list[dict]] = {}
-    labels = iter([label for label, _ in plan])
-
-    def on_record(rec: dict, cached: bool) -> None:
-        label = next(labels)
-        recs_by_label.setdefault(label, []).append(rec)
-        tick(f"claims 1-4: {label} seed {rec['seed']}" + (" (stored)" if cached else ""))
-
     if progress:
-        progress("claims 1-4: pre-training runs", 0, total)
-    run_many_or_load([c for _, c in plan], store, on_record=on_record)
+        progress(f"claims 1-4: {len(plan)} pre-training runs", 0, total)
+    if settings.workers > 1:
+        _run_parallel([c for _, c in plan], store, settings.workers, tick)
+        by_id = {c.config_hash(): store.get(c.config_hash()) for _, c in plan}
+        ordered = [by_id[c.config_hash()] for _, c in plan]
+    else:
+        labels = iter([label for label, _ in plan])
+
+        def on_record(rec: dict, cached: bool) -> None:
+            tick(f"claims 1-4: {next(labels)} seed {rec['seed']}" + (" (stored)" if cached else ""))
+
+        ordered = run_many_or_load([c for _, c in plan], store, on_record=on_record)
+    recs_by_label: dict[str, list[dict]] = {}
+    for (label, _), rec in zip(plan, ordered, strict=True):
+        recs_by_label.setdefault(label, []).append(rec)
     for fam in FAMILIES:
         if f"{fam} AT" in recs_by_label:
             records[fam] = {"at": recs_by_label[f"{fam} AT"], "clean": recs_by_label[f"{fam} clean"]}
@@ -502,6 +508,31 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
             "at_eps": AT_EPS,
         },
     )
+
+
+def _run_parallel(cfgs: list[ExperimentConfig], store: ResultStore, workers: int, tick: Callable[[str], None]) -> None:
+    """The pre-training runs on a local process pool (the sweep machinery: shape-sharing runs stacked, each
+    finished run stored at once). Longest first: contrastive adversarial runs dominate the wall time."""
+    from robinherit.errors import RobinheritError
+    from robinherit.sweep import run_sweep
+
+    order = sorted(cfgs, key=lambda c: (c.pretrain.method != Method.contrastive, c.pretrain.eps == 0))
+    seen = 0
+
+    def on_progress(rep: Any) -> None:
+        nonlocal seen
+        now = rep.skipped + rep.ran + rep.taken + len(rep.failed)
+        for _ in range(now - seen):
+            tick(f"claims 1-4: pre-training runs ({workers} workers), {rep.ran} ran, {rep.skipped} stored")
+        seen = now
+
+    rep = run_sweep(order, store, workers=workers, on_progress=on_progress)
+    if rep.failed:
+        lines = "; ".join(f"{rid}: {err}" for rid, err in rep.failed)
+        raise RobinheritError(
+            f"{len(rep.failed)} pre-training run(s) failed ({lines}). The other runs are stored; fix the cause and "
+            "rerun the same command to resume"
+        )
 
 
 def real_data_claim(settings: ReproduceSettings, store: ResultStore, progress: Progress | None) -> dict | None:

@@ -52,12 +52,10 @@ AT_EPS = 0.25
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 ALL_CLAIMS = (1, 2, 3, 4, 5, 6, 7)
 
-# Quick mode: the default configs with shorter training and smaller test sets (README's demo command).
-QUICK_OVERRIDES = (
-    "pretrain.steps=1000",
-    "downstream.n_train=1000",
-    "eval.n_test=500",
-)
+# Quick mode: 3 seeds and half the test set. Pre-training and heads keep their configured lengths: with 1000
+# supervised steps and 1000 head examples the adversarial head on clean features collapsed to the class prior
+# on some seeds and not others, which made claim 4's interval too wide to decide with 3 seeds.
+QUICK_OVERRIDES = ("eval.n_test=500",)
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 

@@ -38,13 +38,13 @@ def test_paired_stats_matches_t_interval():
     assert (lo, hi) == pytest.approx(ref)
     assert p == pytest.approx(stats.ttest_1samp(d, 0, alternative="greater").pvalue)
     # the claimed direction matters: negative differences give a large p and an interval below zero
-    _, (lo2, hi2), p2 = paired_stats([-x for x in d])
+    _, (_lo2, hi2), p2 = paired_stats([-x for x in d])
     assert hi2 < 0 and p2 > 0.5
 
 
 def test_paired_stats_degenerate_cases():
     assert paired_stats([0.3, 0.3, 0.3]) == (pytest.approx(0.3), (pytest.approx(0.3), pytest.approx(0.3)), 0.0)
-    mean, (lo, hi), _ = paired_stats([0.2])
+    _mean, (lo, hi), _ = paired_stats([0.2])
     assert lo == -np.inf and hi == np.inf  # one seed never passes a claim
 
 
@@ -64,7 +64,7 @@ def _claims(result):
 
 
 def test_claims_json_shape(good):
-    out, result, _, _ = good
+    out, _result, _, _ = good
     data = json.loads((out / "claims.json").read_text())
     assert [c["id"] for c in data["claims"]] == [1, 3, 4, 5, 6]
     for c in data["claims"]:
@@ -87,7 +87,7 @@ def test_report_html_structure(good):
     out, result, _, _ = good
     page = (out / "report.html").read_text()
     # the claims table comes before the first figure
-    assert page.index("<table id=\"claims\">") < page.index("<figure")
+    assert page.index('<table id="claims">') < page.index("<figure")
     rows = re.findall(r"<tr class='(pass|fail)'>", page)
     assert len(rows) == len(result.claims)
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
@@ -103,7 +103,7 @@ def test_report_html_structure(good):
 
 
 def test_second_call_only_renders(good, monkeypatch):
-    out, result, store, settings = good
+    _out, result, store, settings = good
     import robinherit.experiment as experiment
     import robinherit.reproduce as rep
 

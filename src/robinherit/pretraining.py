@@ -35,6 +35,23 @@ class Stream(Protocol):
 class PretrainLog:
     losses: list[float] = field(default_factory=list)  # mean loss of every ``log_every``-th step
     log_every: int = 50
+    _running: float = 0.0
+
+    def add(self, step: int, loss: float) -> None:
+        """Accumulate the loss of ``step`` (0-based); close a window every ``log_every`` steps."""
+        self._running += loss
+        if (step + 1) % self.log_every == 0:
+            self.losses.append(self._running / self.log_every)
+            self._running = 0.0
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, step: int, cfg: PretrainConfig) -> float:
+    """Check the loss is finite, then one optimiser step on it; returns its value."""
+    check_finite(loss, step, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -72,21 +89,12 @@ def pretrain_supervised(
         generator=generator(cfg.seed, "pretrain-attack", cfg.device),
     )
     log = PretrainLog()
-    running = 0.0
     for step in range(pcfg.steps):
         batch = stream.next()
         x = batch.x
         if pcfg.eps > 0:
             x = attack(attack_loss(model, loss_fn, batch.y), x)  # closed-form input gradient (robinherit.fused)
-        loss = loss_fn(model(x), batch.y).mean()
-        check_finite(loss, step, pcfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += float(loss.detach())
-        if (step + 1) % log.log_every == 0:
-            log.losses.append(running / log.log_every)
-            running = 0.0
+        log.add(step, optimizer_step(opt, loss_fn(model(x), batch.y).mean(), step, pcfg))
         if on_step is not None:
             on_step(step + 1, pcfg.steps)
     return log
@@ -153,7 +161,6 @@ def pretrain_contrastive(
         return adversarial_view(attack, embed, x, other, pcfg.temperature)
 
     log = PretrainLog()
-    running = 0.0
     for step in range(pcfg.steps):
         batch = first if step == 0 else stream.next()
         v1, v2 = views(batch), views(batch)  # (n, d) each
@@ -161,15 +168,7 @@ def pretrain_contrastive(
             a1 = attack_against(v1, v2)
             v2 = attack_against(v2, v1) if pcfg.adversarial_view == AdversarialView.both else v2
             v1 = a1
-        loss = info_nce(embed(v1), embed(v2), pcfg.temperature).mean()
-        check_finite(loss, step, pcfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += float(loss.detach())
-        if (step + 1) % log.log_every == 0:
-            log.losses.append(running / log.log_every)
-            running = 0.0
+        log.add(step, optimizer_step(opt, info_nce(embed(v1), embed(v2), pcfg.temperature).mean(), step, pcfg))
         if on_step is not None:
             on_step(step + 1, pcfg.steps)
     return log

@@ -92,7 +92,8 @@ def fig_heatmaps(records: dict[str, dict[str, list[dict]]], store: ResultStore) 
         return None
     cols = 2
     rows = (len(panels) + 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.8 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45)  # room for each row's x label under the next row's titles
     for i, (ax, (title, a)) in enumerate(zip(axes.flat, panels, strict=False)):
         im = ax.imshow(a, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(title)

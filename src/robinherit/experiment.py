@@ -127,17 +127,23 @@ def finish_experiment(
 
 
 def run_or_load(
-    cfg: ExperimentConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
+    cfg: Any,
+    store: ResultStore | None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    runner: Callable[..., tuple[dict[str, Any], dict]] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """The stored record of ``cfg`` if there is one (and not ``force``), else run and store it.
 
-    Returns ``(record, from_store)``.
+    ``runner(cfg, progress)`` makes the record (default: ``run_experiment``; real data passes its own); ``cfg``
+    needs a ``config_hash()``. Returns ``(record, from_store)``.
     """
     if store is not None and not force:
         cached = store.get(cfg.config_hash())
         if cached is not None:
             return cached, True
-    record, artifacts = run_experiment(cfg, progress)
+    record, artifacts = (runner or run_experiment)(cfg, progress)
     if store is not None:
         store.put(record, artifacts)
     return record, False

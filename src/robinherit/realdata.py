@@ -54,6 +54,7 @@ from robinherit.datasets import ArrayDataset, DatasetName, LoadSpec, load_datase
 from robinherit.downstream import train_head
 from robinherit.errors import ConfigError, DataError
 from robinherit.evaluation import eps_key, evaluate
+from robinherit.experiment import run_or_load
 from robinherit.learned_dictionary import (
     DictMethod,
     activation_sparsity,
@@ -616,14 +617,7 @@ def run_real_or_load(
     cfg: RealDataConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
 ) -> tuple[dict[str, Any], bool]:
     """The stored record of ``cfg`` (keyed by its config hash) or a fresh run, stored at once."""
-    if store is not None and not force:
-        cached = store.get(cfg.config_hash())
-        if cached is not None:
-            return cached, True
-    record, artifacts = run_real(cfg, progress)
-    if store is not None:
-        store.put(record, artifacts)
-    return record, False
+    return run_or_load(cfg, store, force=force, progress=progress, runner=run_real)
 
 
 # ---------------------------------------------------------------- claim 7

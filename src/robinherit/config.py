@@ -77,6 +77,11 @@ class HeadKind(str, Enum):
     adversarial = "adversarial"
 
 
+def device_field() -> Any:
+    """The ``device`` field of every top-level config."""
+    return Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N")
+
+
 class _Strict(BaseModel):
     # inf/nan are never meaningful settings (an infinite lr or budget only fails later, mid-run).
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
@@ -205,7 +210,7 @@ class ExperimentConfig(_Strict):
     downstream: DownstreamConfig = DownstreamConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = Field(0, ge=0, description="seed of everything: dictionary, tasks, data, init, attacks")
-    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N")
+    device: str = device_field()
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain JSON data with derived sizes filled in."""
@@ -215,10 +220,15 @@ class ExperimentConfig(_Strict):
 
     def config_hash(self) -> str:
         """Identity of a run: the hash of the resolved config (seed included; device excluded)."""
-        payload = self.resolved()
-        payload.pop("device", None)
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_resolved(self.resolved())
+
+
+def hash_resolved(resolved: dict[str, Any]) -> str:
+    """16 hex digits of the SHA-256 of a resolved config without its device (where a run computes is not
+    part of what it computes)."""
+    payload = {k: v for k, v in resolved.items() if k != "device"}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _fmt_validation_error(err: ValidationError, model: type[BaseModel]) -> str:

@@ -22,8 +22,6 @@ which would replace the CPU torch build, while its code imports only torch, nump
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +42,8 @@ from robinherit.config import (
     PretrainConfig,
     _fmt_validation_error,
     deep_merge,
+    device_field,
+    hash_resolved,
     load_yaml,
     parse_overrides,
     set_path,
@@ -149,16 +149,13 @@ class RealDataConfig(_Strict):
     downstream: DownstreamConfig = DownstreamConfig()
     eval: RealEvalConfig = RealEvalConfig()
     seed: int = Field(0, ge=0, description="seed of init, batches, attacks (the data split is fixed)")
-    device: str = Field("cpu", description="torch device: cpu or cuda")
+    device: str = device_field()
 
     def resolved(self) -> dict[str, Any]:
         return {"kind": "realdata", **self.model_dump(mode="json")}
 
     def config_hash(self) -> str:
-        payload = self.resolved()
-        payload.pop("device", None)
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_resolved(self.resolved())
 
 
 def build_real_config(raw: dict[str, Any]) -> RealDataConfig:

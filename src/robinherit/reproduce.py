@@ -481,8 +481,15 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
         for cfg in pair_configs(settings.base("supervised"), seeds)[0]:
             e2e.append(_aux(store, "end_to_end_at", cfg, end_to_end_at))
             tick(f"claim 6: end-to-end AT seed {cfg.seed}")
-            weights = store.artifact(cfg.config_hash(), "encoder")
-            heads.append(_aux(store, "clean_head_cost", cfg, lambda c, w=weights: clean_head_cost(c, w)))
+            # the AT encoder's weights are read only when the cost is not stored yet
+            heads.append(
+                _aux(
+                    store,
+                    "clean_head_cost",
+                    cfg,
+                    lambda c: clean_head_cost(c, store.artifact(c.config_hash(), "encoder")),
+                )
+            )
             tick(f"claim 6: clean-head cost seed {cfg.seed}")
         claims.append(cost_claim(e2e, heads, sup["at"]))
 

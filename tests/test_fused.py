@@ -142,3 +142,48 @@ def test_adversarial_pretraining_with_closed_form_matches_autograd(monkeypatch):
     monkeypatch.setattr(pretraining, "attack_loss", lambda model, loss_fn, y: lambda x: loss_fn(model(x), y))
     slow = train()
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_adversarial_head_with_closed_form_matches_autograd(monkeypatch):
+    from robinherit import downstream
+    from robinherit.config import DownstreamConfig, HeadKind
+
+    g = torch.Generator().manual_seed(3)
+    encoder = _model(Activation.sym_relu, True, 1)
+    x = torch.randn(N, D, generator=g)
+    y = torch.randint(0, 2, (N,), generator=g)
+    cfg = DownstreamConfig(steps=20, eps=0.3)
+
+    def head_weights():
+        head = downstream.train_head(
+            encoder, WIDTH, 2, x, y, HeadKind.adversarial, cfg, norm=Norm.l2, g=torch.Generator().manual_seed(0)
+        )
+        return head.linear.weight.detach().clone()
+
+    calls = []
+    real = downstream.attack_loss
+    monkeypatch.setattr(downstream, "attack_loss", lambda *a: calls.append(1) or real(*a))
+    fast = head_weights()
+    assert len(calls) == cfg.steps  # one closed-form loss per step, at the head's weights of that step
+    assert isinstance(real(LinearHead(encoder, WIDTH, 2), cross_entropy, y), TwoLayerLoss)
+    monkeypatch.setattr(downstream, "attack_loss", lambda model, loss_fn, t: lambda xa: loss_fn(model(xa), t))
+    slow = head_weights()
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_attacks_with_closed_form_give_the_autograd_result():
+    from robinherit.evaluation import evaluate
+
+    g = torch.Generator().manual_seed(4)
+    head = LinearHead(_model(Activation.sym_relu, True, 1), WIDTH, 2)
+    with torch.no_grad():
+        head.linear.weight.normal_(generator=g)
+    x = torch.randn(200, D, generator=g)
+    with torch.no_grad():
+        y = head(x).argmax(dim=1)  # every example starts correct, so each budget has examples to break
+    common = dict(eps_grid=(0.0, 0.1, 0.3, 1.0), norm=Norm.l2, steps=10, restarts=2, certify=False, flip_check=False)
+    fast = evaluate(head, x, y, class_margin, g=torch.Generator().manual_seed(0), **common)
+    slow = evaluate(lambda xa: head(xa), x, y, class_margin, g=torch.Generator().manual_seed(0), **common)
+    assert fast.robust_acc["0.3"] < 1.0  # the attack breaks something, so the comparison is not vacuous
+    for eps, acc in slow.robust_acc.items():
+        assert abs(fast.robust_acc[eps] - acc) <= 1 / 200  # same iterates up to rounding: at most one flip

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from robinherit.attacks import pgd
 from robinherit.config import DownstreamConfig, HeadKind, Norm
+from robinherit.fused import attack_loss
 from robinherit.losses import cross_entropy
 from robinherit.models import LinearHead
 
@@ -43,7 +44,7 @@ def _train_adversarial(
     opt = torch.optim.Adam(head.linear.parameters(), lr=cfg.lr)
     for _step in range(cfg.steps):
         x_adv = pgd(
-            lambda xa: cross_entropy(head(xa), y),
+            attack_loss(head, cross_entropy, y),  # closed-form input gradient at the head's current weights
             x,
             eps=cfg.eps,
             norm=norm,

@@ -131,16 +131,17 @@ def test_adversarial_pretraining_with_closed_form_matches_autograd(monkeypatch):
         **{"data.d": 16, "model.width": 32, "pretrain.steps": 30, "pretrain.batch_size": 64},
     )
 
-    def train():
+    def train(fast: bool):
         world = make_world(cfg.data, cfg.seed)
         stream = BatchStream(world, cfg.pretrain.batch_size, cfg.seed)
         model = build_model(16, cfg.model, 1, torch.Generator().manual_seed(0))
-        pretraining.pretrain_supervised(model, stream, cfg)
+        pretraining.pretrain_supervised(model, stream, cfg, fast=fast)
         return model.W.detach().clone()
 
-    fast = train()
+    # fast: a stack of one (closed-form attack and weight gradients); slow: autograd for both
+    fast = train(True)
     monkeypatch.setattr(pretraining, "attack_loss", lambda model, loss_fn, y: lambda x: loss_fn(model(x), y))
-    slow = train()
+    slow = train(False)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
 
 

@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from robinherit import reproduce as rep
+from robinherit.config import ExperimentConfig
+from robinherit.data import make_world
+from robinherit.errors import RobinheritError
 from robinherit.report import write_report
 from robinherit.reproduce import ReproduceSettings, paired_stats, reproduce, write_claims
 from robinherit.store import ResultStore
@@ -105,7 +109,6 @@ def test_report_html_structure(good):
 def test_second_call_only_renders(good, monkeypatch):
     _out, result, store, settings = good
     import robinherit.experiment as experiment
-    import robinherit.reproduce as rep
 
     def boom(*a, **k):
         raise AssertionError("a stored run was computed again")
@@ -113,6 +116,8 @@ def test_second_call_only_renders(good, monkeypatch):
     monkeypatch.setattr(experiment, "run_experiment", boom)
     monkeypatch.setattr(rep, "mechanism_curve", boom)
     monkeypatch.setattr(rep, "end_to_end_at", boom)
+    monkeypatch.setattr(rep, "extra_task", boom)
+    monkeypatch.setattr(rep, "clean_head_cost", boom)
     again = reproduce(settings, store)
     assert [c["effect"] for c in again.claims] == [c["effect"] for c in result.claims]
 
@@ -124,3 +129,52 @@ def test_non_purifying_pretraining_fails_the_claims(tmp_path):
     claims = _claims(reproduce(settings, store))
     assert not claims[1]["passed"], claims[1]
     assert not claims[3]["passed"], claims[3]
+
+
+def test_claim4_averages_the_gap_over_downstream_tasks(good):
+    _, result, _, _ = good
+    c4 = _claims(result)[4]
+    assert c4["details"]["n_tasks"] == rep.CLAIM4_TASKS
+    for arm, key in (("at", "gap_on_at_features"), ("clean", "gap_on_clean_features")):
+        per_task = c4["details"][f"gap_per_task_{arm}"]
+        assert len(per_task) == len(SEEDS) and all(len(t) == rep.CLAIM4_TASKS for t in per_task)
+        assert c4["per_seed"][key] == pytest.approx([np.mean(t) for t in per_task])
+        # the tasks are different problems, so their gaps are not all the same number
+        assert len({round(g, 6) for t in per_task for g in t}) > len(SEEDS)
+    # the run's own task comes first, read from the run record
+    rec = result.records["supervised"]["clean"][0]["downstream"]
+    own = rec["adversarial_head"]["robust_acc"]["0.25"] - rec["clean_head"]["robust_acc"]["0.25"]
+    assert c4["details"]["gap_per_task_clean"][0][0] == pytest.approx(own)
+
+
+def test_fresh_tasks_are_new_and_fixed_by_the_seed():
+    cfg = ExperimentConfig().data.model_copy(update={"d": 8})
+    world = make_world(cfg, 0)
+    taken = [*world.pretrain_tasks, world.downstream_task]
+    tasks = [rep.fresh_task(world, i, 0) for i in range(1, 6)]
+    for w in tasks:
+        assert set(w.tolist()) <= {-1.0, 1.0}
+        assert not any(bool((w == t).all() or (w == -t).all()) for t in taken)
+    assert len({tuple(w.tolist()) for w in tasks}) > 1
+    again = [rep.fresh_task(world, i, 0) for i in range(1, 6)]
+    assert all(bool((a == b).all()) for a, b in zip(tasks, again, strict=True))
+
+
+def test_derived_results_are_stored_one_by_one_and_failures_named(tmp_path):
+    store = ResultStore(tmp_path / "runs.db")
+
+    jobs = [rep.AuxJob("t", str(i), f"job {i}", _square_or_fail, lambda i=i: (i,)) for i in range(4)]
+    ticks: list[str] = []
+    with pytest.raises(RobinheritError, match=r"1 derived result\(s\) failed \(job 2: ValueError: no 2"):
+        rep.run_aux(store, jobs, workers=1, tick=ticks.append)
+    # every job but the failed one is stored, the ones after it included
+    assert [store.get_aux("t", str(i)) for i in range(4)] == [{"v": 0}, {"v": 1}, None, {"v": 9}]
+    ok = [j for j in jobs if j.key != "2"]
+    out = rep.run_aux(store, ok, workers=2, tick=ticks.append)  # all stored: nothing runs, no pool
+    assert out[("t", "3")] == {"v": 9} and ticks[-1] == "job 3 (stored)"
+
+
+def _square_or_fail(i: int) -> dict:
+    if i == 2:
+        raise ValueError("no 2")
+    return {"v": i * i}

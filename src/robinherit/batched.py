@@ -269,6 +269,30 @@ def pretrain_stacked(
     return logs
 
 
+def supports(model: nn.Module, cfg: ExperimentConfig) -> bool:
+    """Whether ``pretrain_stacked`` can train ``model`` under ``cfg`` (supervised pre-training of the two-layer net)."""
+    return (
+        type(model) is TwoLayerNet
+        and cfg.pretrain.method in BATCHED_METHODS
+        and (cfg.pretrain.eps == 0 or cfg.pretrain.attack in STACKED_ATTACKS)
+    )
+
+
+def pretrain_one(
+    model: TwoLayerNet,
+    stream: BatchStream,
+    cfg: ExperimentConfig,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = multilabel_bce,
+    on_step: Callable[[int, int], None] | None = None,
+) -> PretrainLog:
+    """One model through the stacked path (a stack of one): what ``pretraining.pretrain_supervised`` runs for the
+    two-layer network. The stack's fused steps cost fewer passes than the generic autograd loop."""
+    net = StackedTwoLayer([model]).to(model.W.device)
+    (log,) = pretrain_stacked(net, [stream], [cfg], loss_fn, on_step)
+    net.unstack([model])
+    return log
+
+
 def run_experiments(
     cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
 ) -> list[tuple[dict[str, Any], dict]]:
@@ -323,9 +347,11 @@ __all__ = [
     "batch_key",
     "group_configs",
     "iter_experiments",
+    "pretrain_one",
     "pretrain_stacked",
     "run_any",
     "run_experiments",
     "stacked_fgm",
     "stacked_pgd",
+    "supports",
 ]

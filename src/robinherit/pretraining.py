@@ -77,8 +77,18 @@ def pretrain_supervised(
     cfg: ExperimentConfig,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = multilabel_bce,
     on_step: StepCallback | None = None,
+    fast: bool = True,
 ) -> PretrainLog:
-    """Supervised pre-training on ``stream``'s targets; adversarial when ``cfg.pretrain.eps > 0``."""
+    """Supervised pre-training on ``stream``'s targets; adversarial when ``cfg.pretrain.eps > 0``.
+
+    With ``fast`` (the default) the two-layer network trains as a stack of one model
+    (``robinherit.batched``: closed-form attack and parameter gradients, the same iterates up to float
+    rounding); other models, and ``fast=False``, take the generic loop below (autograd training step).
+    """
+    from robinherit import batched  # batched builds on this module; imported here to keep the import order
+
+    if fast and batched.supports(model, cfg):
+        return batched.pretrain_one(model, stream, cfg, loss_fn, on_step)
     pcfg = cfg.pretrain
     opt = make_optimizer(list(model.parameters()), pcfg)
     attack = training_attack(

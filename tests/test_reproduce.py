@@ -178,3 +178,15 @@ def _square_or_fail(i: int) -> dict:
     if i == 2:
         raise ValueError("no 2")
     return {"v": i * i}
+
+
+def test_quick_mode_shortens_only_what_it_says():
+    quick = ReproduceSettings(seeds=(0,), quick=True)
+    full = ReproduceSettings(seeds=(0,), quick=False)
+    assert quick.base("contrastive").pretrain.steps == full.base("contrastive").pretrain.steps // 2
+    assert quick.base("supervised").pretrain.steps == full.base("supervised").pretrain.steps
+    assert quick.base("supervised").downstream == full.base("supervised").downstream
+    assert quick.base("supervised").eval.n_test == 500 < full.base("supervised").eval.n_test
+    # the user's --set wins over quick mode's own settings
+    mine = ReproduceSettings(seeds=(0,), quick=True, overrides=("pretrain.steps=700",))
+    assert mine.base("contrastive").pretrain.steps == 700

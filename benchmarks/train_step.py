@@ -3,8 +3,14 @@
 In one process, for the default config (d=64, m=128, batch 256, l2 PGD-5) and a large one (d=m=512), times
 
   (a) reference  ``benchmarks.reference``: nn.Module + autograd PGD, written the obvious way;
-  (b) single     ``pretraining.pretrain_supervised`` (what ``run_experiment`` uses; closed-form attack gradients);
+  (b) single     ``pretraining.pretrain_supervised`` (what ``run_experiment`` uses: a stack of one, closed-form
+                 attack and weight gradients); ``generic`` is the same with ``fast=False`` (closed-form attack
+                 gradients, autograd training step: the loop every other model takes);
   (c) batched    ``batched.pretrain_stacked`` with S models in one stack (S = 1, 8, 32);
+  (c') with ``--compile``, single and batched again with ``ROBINHERIT_COMPILE=1`` (the adversarial step
+                 compiled by torch.compile; compiling happens in the untimed warm-up);
+  (d) data only  drawing the batches of the largest S's streams and nothing else: every path pays this, so
+                 its samples/s is a ceiling for the batched path at that S;
 
 and prints samples/s (total over the S models), the ratio to (a), achieved GFLOP/s and the share of the
 machine's matmul peak, measured here with one large fp32 matmul. Each path is timed ``--repeats`` times,
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -79,11 +86,11 @@ def run_reference(cfg: ExperimentConfig, steps: int) -> None:
     reference_train(model, sample, steps, cfg.pretrain.eps, cfg.pretrain.attack_steps, cfg.pretrain.lr)
 
 
-def run_single(cfg: ExperimentConfig, steps: int) -> None:
+def run_single(cfg: ExperimentConfig, steps: int, fast: bool = True) -> None:
     c = with_updates(cfg, **{"pretrain.steps": steps})
     stream = _streams(c, range(1))[0]
     model = build_model(c.data.d, c.model, c.data.n_tasks, generator(0, "init"))
-    pretrain_supervised(model, stream, c)
+    pretrain_supervised(model, stream, c, fast=fast)
 
 
 def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
@@ -91,6 +98,32 @@ def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
     streams = _streams(cfgs[0], range(size))
     net = StackedTwoLayer([build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs])
     pretrain_stacked(net, streams, cfgs)
+
+
+def compiled(run: Callable[[int], None]) -> Callable[[int], None]:
+    """``run`` with ``ROBINHERIT_COMPILE=1`` (the adversarial step compiled by torch.compile). The first call
+    per shape compiles; ``best_seconds_per_step``'s warm-up takes that, so the timed runs do not."""
+
+    def go(steps: int) -> None:
+        old = os.environ.get("ROBINHERIT_COMPILE")
+        os.environ["ROBINHERIT_COMPILE"] = "1"
+        try:
+            run(steps)
+        finally:
+            if old is None:
+                del os.environ["ROBINHERIT_COMPILE"]
+            else:
+                os.environ["ROBINHERIT_COMPILE"] = old
+
+    return go
+
+
+def run_data_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
+    """Only the batches of S streams (what every path draws before any training): the data's own ceiling."""
+    streams = _streams(cfg, range(size))
+    for _ in range(steps):
+        for s in streams:
+            s.next()
 
 
 def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: float) -> tuple[float, float]:
@@ -112,11 +145,18 @@ def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: fl
     return wall, cpu
 
 
-def bench_config(name: str, cfg: ExperimentConfig, sizes: tuple[int, ...], repeats: int, target_s: float) -> list[dict]:
+def bench_config(
+    name: str, cfg: ExperimentConfig, sizes: tuple[int, ...], repeats: int, target_s: float, compile_: bool = False
+) -> list[dict]:
     paths: list[tuple[str, int, Callable[[int], None]]] = [
         ("reference", 1, lambda n: run_reference(cfg, n)),
         ("single", 1, lambda n: run_single(cfg, n)),
+        ("generic", 1, lambda n: run_single(cfg, n, fast=False)),
     ] + [("batched", s, lambda n, s=s: run_batched(cfg, n, s)) for s in sizes]
+    if compile_:
+        paths.append(("single+compile", 1, compiled(lambda n: run_single(cfg, n))))
+        paths += [("batched+compile", s, compiled(lambda n, s=s: run_batched(cfg, n, s))) for s in sizes if s > 1]
+    paths.append(("data only", max(sizes), lambda n: run_data_only(cfg, n, max(sizes))))
     rows = []
     flops = flops_per_sample(cfg)
     for path, size, run in paths:
@@ -130,7 +170,7 @@ def bench_config(name: str, cfg: ExperimentConfig, sizes: tuple[int, ...], repea
                 "S": size,
                 "samples_per_s": sps,
                 "samples_per_cpu_s": sps_cpu,
-                "gflops": sps * flops / 1e9,
+                "gflops": 0.0 if path == "data only" else sps * flops / 1e9,
             }
         )
     ref, ref_cpu = rows[0]["samples_per_s"], rows[0]["samples_per_cpu_s"]
@@ -157,15 +197,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per path; the best is kept")
     parser.add_argument("--seconds", type=float, default=1.0, help="about how long one timed run lasts")
     parser.add_argument("--skip-large", action="store_true", help="only the default config")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the paths with ROBINHERIT_COMPILE=1 (compiles first)"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     peak, peak_cpu = matmul_peak()
     base = ExperimentConfig()
-    rows = bench_config("default", with_updates(base, **DEFAULT), (1, 8, 32), args.repeats, args.seconds)
+    rows = bench_config("default", with_updates(base, **DEFAULT), (1, 8, 32), args.repeats, args.seconds, args.compile)
     if not args.skip_large:
-        rows += bench_config("large", with_updates(base, **LARGE), (1, 8), args.repeats, args.seconds)
+        rows += bench_config("large", with_updates(base, **LARGE), (1, 8), args.repeats, args.seconds, args.compile)
 
     def pick(config: str, path: str, size: int = 1) -> dict:
         return next(r for r in rows if r["config"] == config and r["path"] == path and r["S"] == size)
@@ -175,6 +218,18 @@ def main(argv: list[str] | None = None) -> None:
         "reference_samples_per_s": pick("default", "reference")["samples_per_s"],
         "single_samples_per_s": pick("default", "single")["samples_per_s"],
         "batched_samples_per_s": {str(s): pick("default", "batched", s)["samples_per_s"] for s in (8, 32)},
+        # drawing the 32 streams' batches alone: a ceiling for any training path at S = 32
+        "data_only_samples_per_s": pick("default", "data only", 32)["samples_per_s"],
+        **(
+            {
+                "compiled_single_samples_per_s": pick("default", "single+compile")["samples_per_s"],
+                "compiled_batched_samples_per_s": {
+                    str(s): pick("default", "batched+compile", s)["samples_per_s"] for s in (8, 32)
+                },
+            }
+            if args.compile
+            else {}
+        ),
         "matmul_peak_gflops": peak,
         "matmul_peak_gflops_by_cpu_time": peak_cpu,
         # the best path on the large config (its rows are in "rows")

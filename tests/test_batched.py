@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,44 @@ def test_run_any_keeps_order_and_runs_unsupported_configs_the_plain_way(monkeypa
     assert [rec["run_id"] for rec, _ in out] == [c.config_hash() for c in cfgs]
     assert out[0][0]["config"]["pretrain"]["method"] == "contrastive"
     assert stacks == [2]  # the contrastive run went alone through run_experiment
+
+
+def _train_stack(cfgs):
+    streams = [BatchStream(make_world(c.data, c.seed), c.pretrain.batch_size, c.seed) for c in cfgs]
+    models = [build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs]
+    net = batched.StackedTwoLayer(models)
+    logs = batched.pretrain_stacked(net, streams, cfgs)
+    return net.W.detach().clone(), [log.losses for log in logs]
+
+
+def test_compiled_step_equals_the_eager_step(monkeypatch):
+    cfgs = [tiny(seed=s, **{"model.learn_threshold": True}) for s in range(2)]
+    eager_w, eager_losses = _train_stack(cfgs)
+    monkeypatch.setenv("ROBINHERIT_COMPILE", "1")
+    monkeypatch.setattr(batched, "_compiled_step", None)
+    monkeypatch.setattr(batched, "_compile_failed", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast_w, fast_losses = _train_stack(cfgs)
+    torch.testing.assert_close(fast_w, eager_w, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast_losses, eager_losses, rtol=1e-5)
+    if batched._compile_failed:  # no working compiler here: the fallback warned and ran the same step eagerly
+        assert any("torch.compile failed" in str(w.message) for w in caught)
+        pytest.skip("torch.compile is not usable on this machine; the eager fallback was checked instead")
+    assert batched._compiled_step is not None
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
+    cfgs = [tiny(seed=s) for s in range(2)]
+    eager_w, _ = _train_stack(cfgs)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setenv("ROBINHERIT_COMPILE", "1")
+    monkeypatch.setattr(batched, "_compiled_step", broken)
+    monkeypatch.setattr(batched, "_compile_failed", False)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
+        w, _ = _train_stack(cfgs)
+    torch.testing.assert_close(w, eager_w, rtol=1e-6, atol=1e-7)
+    assert batched._compile_failed

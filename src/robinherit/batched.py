@@ -16,7 +16,9 @@ heads and evaluation run per model, exactly as in ``run_experiment``.
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,34 +109,15 @@ class StackedTwoLayer(nn.Module):
 
     @torch.no_grad()
     def loss_and_grads(self, x: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-        """Mean loss per model (S,) on (S, n, d) inputs; sets every trainable parameter's ``.grad`` in closed form.
-
-        The backward pass of ``forward`` written out (what autograd would compute for ``loss.sum()``), which
-        spares the graph and the four-op activation of the autograd path: with g = dL/dlogits / n,
-        dV = g^T h, dc = sum_n g, dU = (g V) * act'(u), dW_eff = dU^T x, and through w / ||w||:
-        dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||.
-        """
-        n = x.shape[1]
-        norms = self.W.norm(dim=2, keepdim=True).clamp_min(1e-12)  # (S, m, 1)
-        w = self.W / norms if self.cfg.normalize_rows else self.W
-        b = self.threshold()  # (S, 1, m)
-        u = x @ w.transpose(1, 2)  # (S, n, m)
-        h = FAST_ACTIVATIONS[self.cfg.activation](u, b)
-        logits = torch.baddbmm(self.c[:, None, :], h, self.V.transpose(1, 2))  # (S, n, K)
-        loss, g = LOSS_GRADS[loss_fn](logits, targets)  # (S, n), (S, n, K)
-        g = g / n
-        self.V.grad = g.transpose(1, 2) @ h  # (S, K, m)
-        self.c.grad = g.sum(dim=1)  # (S, K)
-        g_u = backprop_active(g @ self.V, h)  # (S, n, m)
-        g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
-        if self.cfg.normalize_rows:
-            g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms
-        self.W.grad = g_w
-        if self.b.requires_grad:
-            # dh/db = -sign(u) (sym_relu) or -1 (relu) where the unit is active; clamp_min(0) passes b >= 0.
-            g_b = g_u if self.cfg.activation == Activation.relu else g_u * u.sign()
-            self.b.grad = -g_b.sum(dim=1) * (self.b >= 0)
-        return loss.mean(dim=1)
+        """Mean loss per model (S,) on (S, n, d) inputs; sets every trainable parameter's ``.grad`` in closed form
+        (:func:`closed_form_grads`)."""
+        loss, (g_w, g_b, g_v, g_c) = closed_form_grads(
+            self.W, self.b, self.V, self.c, x, targets, LOSS_GRADS[loss_fn], self.cfg, self.b.requires_grad
+        )
+        self.W.grad, self.V.grad, self.c.grad = g_w, g_v, g_c
+        if g_b is not None:
+            self.b.grad = g_b
+        return loss
 
     @torch.no_grad()
     def unstack(self, models: Sequence[TwoLayerNet]) -> None:
@@ -144,6 +127,122 @@ class StackedTwoLayer(nn.Module):
             m.b.copy_(self.b[s])
             m.head.weight.copy_(self.V[s])
             m.head.bias.copy_(self.c[s])
+
+
+def closed_form_grads(
+    W: Tensor,
+    b: Tensor,
+    V: Tensor,
+    c: Tensor,
+    x: Tensor,
+    targets: Tensor,
+    loss_grad: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    cfg: ModelConfig,
+    learn_b: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    """Mean loss per model (S,) and the gradients (dW, db or None, dV, dc) of the stack's summed mean losses.
+
+    The backward pass of ``StackedTwoLayer.forward`` written out (what autograd would compute), which spares
+    the graph and the four-op activation of the autograd path: with g = dL/dlogits / n, dV = g^T h,
+    dc = sum_n g, dU = (g V) * act'(u), dW_eff = dU^T x, and through w / ||w||:
+    dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||. A pure function of tensors, so it can be compiled.
+    """
+    n = x.shape[1]
+    norms = W.norm(dim=2, keepdim=True).clamp_min(1e-12)  # (S, m, 1)
+    w = W / norms if cfg.normalize_rows else W
+    u = x @ w.transpose(1, 2)  # (S, n, m)
+    h = FAST_ACTIVATIONS[cfg.activation](u, b.clamp_min(0.0)[:, None, :])
+    logits = torch.baddbmm(c[:, None, :], h, V.transpose(1, 2))  # (S, n, K)
+    loss, g = loss_grad(logits, targets)  # (S, n), (S, n, K)
+    g = g / n
+    g_v = g.transpose(1, 2) @ h  # (S, K, m)
+    g_c = g.sum(dim=1)  # (S, K)
+    g_u = backprop_active(g @ V, h)  # (S, n, m)
+    g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
+    if cfg.normalize_rows:
+        g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms
+    g_b = None
+    if learn_b:
+        # dh/db = -sign(u) (sym_relu) or -1 (relu) where the unit is active; clamp_min(0) passes b >= 0.
+        g_bu = g_u if cfg.activation == Activation.relu else g_u * u.sign()
+        g_b = -g_bu.sum(dim=1) * (b >= 0)
+    return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
+
+
+def adversarial_grads(
+    W: Tensor,
+    b: Tensor,
+    V: Tensor,
+    c: Tensor,
+    x: Tensor,
+    targets: Tensor,
+    delta: Tensor,
+    eps: Tensor,
+    alpha: Tensor,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    cfg: ModelConfig,
+    learn_b: bool,
+    norm: Norm,
+    steps: int,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    """One adversarial training step's loss and gradients as a pure function of tensors: PGD from the random
+    start ``delta`` (:func:`pgd_from`), then :func:`closed_form_grads` at the attack's points. What
+    ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same."""
+    with torch.no_grad():
+        w = W / W.norm(dim=2, keepdim=True).clamp_min(1e-12) if cfg.normalize_rows else W
+        adv_loss = TwoLayerLoss(
+            weight=w,
+            threshold=b.clamp_min(0.0)[:, None, :],
+            head_weight=V,
+            head_bias=c[:, None, :],
+            activation=cfg.activation,
+            loss=loss_fn,
+            targets=targets,
+        )
+        x_adv = pgd_from(adv_loss, x, delta, eps, alpha, norm, steps)
+        return closed_form_grads(W, b, V, c, x_adv, targets, LOSS_GRADS[loss_fn], cfg, learn_b)
+
+
+def compile_requested() -> bool:
+    """``ROBINHERIT_COMPILE=1`` in the environment: compile the adversarial step with ``torch.compile``.
+
+    Off by default: compiling costs tens of seconds per process and per stack shape, which a single run or
+    ``reproduce --quick`` does not win back; long runs and sweeps do (see docs/performance.md)."""
+    return os.environ.get("ROBINHERIT_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_compiled_step: Callable[..., Any] | None = None
+_compile_failed = False
+
+
+def _step_fn() -> Callable[..., Any]:
+    """``adversarial_grads``, compiled when asked for and possible. If compiling fails (no C++ compiler, an
+    unsupported backend), a warning says why and every later step runs eagerly: same results, no speed-up."""
+    global _compiled_step
+    if not compile_requested() or _compile_failed:
+        return adversarial_grads
+    if _compiled_step is None:
+        _compiled_step = torch.compile(adversarial_grads, dynamic=False)
+    return _compiled_step
+
+
+def _run_step(*args: Any, **kwargs: Any) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    global _compile_failed
+    fn = _step_fn()
+    if fn is adversarial_grads:
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # a compiler problem must not lose a run: fall back to the same step, eager
+        _compile_failed = True
+        warnings.warn(
+            f"ROBINHERIT_COMPILE=1 but torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+            "running eagerly (same results, no speed-up). Unset ROBINHERIT_COMPILE to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return adversarial_grads(*args, **kwargs)
 
 
 def per_example(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, targets: Tensor) -> Tensor:
@@ -171,6 +270,18 @@ def _ascent(grad: Tensor, norm: Norm) -> Tensor:
     return grad.sign() if norm == Norm.linf else grad / _norm_last(grad, Norm.l2).clamp_min(1e-12)
 
 
+def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators: Sequence[torch.Generator]) -> Tensor:
+    """Each model's PGD random start, drawn from its own generator as its single run draws it."""
+    return torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
+
+
+def _budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(eps, step size 2.5 eps / steps) per model, shaped (S, 1, 1)."""
+    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]
+    alpha = torch.tensor([2.5 * e / steps for e in eps], dtype=x.dtype, device=x.device)[:, None, None]
+    return eps_t, alpha
+
+
 def stacked_pgd(
     loss: TwoLayerLoss,
     x: Tensor,
@@ -180,17 +291,22 @@ def stacked_pgd(
     steps: int,
     generators: Sequence[torch.Generator],
 ) -> Tensor:
-    """``attacks.pgd`` (one restart, random start) on a stack: x (S, n, d), model s attacked with eps[s].
+    """``attacks.pgd`` (one restart, random start) on a stack: x (S, n, d), model s attacked with eps[s]."""
+    x = x.detach()
+    eps_t, alpha = _budgets(eps, steps, x)
+    return pgd_from(loss, x, stacked_random_start(x, eps, norm, generators), eps_t, alpha, norm, steps)
+
+
+def pgd_from(
+    loss: TwoLayerLoss, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, norm: Norm, steps: int
+) -> Tensor:
+    """PGD on a stack from the start ``delta``, with per-model budgets ``eps`` and step sizes ``alpha`` (S, 1, 1);
+    the point of highest loss per example over the iterates. A pure function of tensors.
 
     The same iterates as ``attacks.pgd`` up to rounding; the step is folded into one multiply-add per
     element (delta + grad * (alpha / ||grad||)) because at these sizes elementwise passes cost as much
     as the matmuls.
     """
-    x = x.detach()
-    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]  # (S, 1, 1)
-    alpha = torch.tensor([2.5 * e / steps for e in eps], dtype=x.dtype, device=x.device)[:, None, None]
-    # Each model draws its random start from its own generator, as its single run does.
-    delta = torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
     best_x = x.clone()
     best_loss = torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)  # (S, n)
     for t in range(steps + 1):
@@ -201,16 +317,14 @@ def stacked_pgd(
             value = loss(x_adv)
         better = value > best_loss  # (S, n)
         best_loss = torch.where(better, value, best_loss)
-        best_x = torch.lerp(
-            best_x, x_adv, better[..., None].to(x.dtype)
-        )  # exact copy where better; 5x cheaper than where
+        best_x = torch.lerp(best_x, x_adv, better[..., None].to(x.dtype))  # exact copy where better; 5x cheaper
         if t == steps:
             break
         if norm == Norm.linf:
-            delta = torch.clamp(delta.add_(grad.sign_().mul_(alpha)), -eps_t, eps_t)
+            delta = torch.clamp(delta + grad.sign() * alpha, -eps, eps)
         else:
             delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            delta.mul_(torch.clamp(eps_t * (1 - 1e-6) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0))
+            delta = delta * torch.clamp(eps * (1 - 1e-6) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
     return best_x
 
 
@@ -241,17 +355,39 @@ def pretrain_stacked(
     attack = STACKED_ATTACKS[pcfg.attack]
     logs = [PretrainLog() for _ in cfgs]
     running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
+    fuse_step = compile_requested() and pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
     for step in range(pcfg.steps):
         batches = [s.next() for s in streams]
         x = torch.stack([b.x for b in batches])  # (S, n, d)
         y = torch.stack([b.y for b in batches])  # (S, n, K)
-        if pcfg.eps > 0:
-            adv_loss = net.attack_loss(loss_fn, y)
-            x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
         opt.zero_grad(set_to_none=True)
-        if loss_fn in LOSS_GRADS:
+        if fuse_step:  # attack + gradients as one pure function, compiled (ROBINHERIT_COMPILE=1)
+            eps_t, alpha = _budgets(eps, pcfg.attack_steps, x)
+            loss, grads = _run_step(
+                *(p.detach() for p in (net.W, net.b, net.V, net.c)),
+                x,
+                y,
+                stacked_random_start(x, eps, pcfg.norm, gens),
+                eps_t,
+                alpha,
+                loss_fn=loss_fn,
+                cfg=net.cfg,
+                learn_b=net.b.requires_grad,
+                norm=pcfg.norm,
+                steps=pcfg.attack_steps,
+            )
+            net.W.grad, net.V.grad, net.c.grad = grads[0], grads[2], grads[3]
+            if grads[1] is not None:
+                net.b.grad = grads[1]
+        elif loss_fn in LOSS_GRADS:
+            if pcfg.eps > 0:
+                adv_loss = net.attack_loss(loss_fn, y)
+                x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
             loss = net.loss_and_grads(x, y, loss_fn)  # (S,), .grad set in closed form
         else:
+            if pcfg.eps > 0:
+                adv_loss = net.attack_loss(loss_fn, y)
+                x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
             loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
             loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
         finite = torch.isfinite(loss.detach())

@@ -1,0 +1,31 @@
+"""The benchmark scripts run, and their rows mean what their names say (numbers are not asserted: timings
+belong to benchmarks/, never to tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
+
+from benchmarks import train_step
+
+from robinherit.config import ExperimentConfig, with_updates
+
+SMALL = {"data.d": 8, "model.width": 16, "pretrain.batch_size": 16, "pretrain.attack_steps": 2}
+
+
+def test_train_step_rows_cover_every_path():
+    cfg = with_updates(ExperimentConfig(), **SMALL)
+    rows = train_step.bench_config("small", cfg, (1, 2), repeats=1, target_s=0.01)
+    paths = [(r["path"], r["S"]) for r in rows]
+    assert paths == [("reference", 1), ("single", 1), ("generic", 1), ("batched", 1), ("batched", 2), ("data only", 2)]
+    assert rows[0]["ratio"] == pytest.approx(1.0)
+    for r in rows:
+        assert r["samples_per_s"] > 0 and r["ratio"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"])
+    assert rows[-1]["gflops"] == 0.0  # drawing data is not training: no FLOPs are credited to it
+    # FLOPs per sample count the PGD steps: 2 passes each, plus the final loss and the training step's 2
+    d, m, k = 8, 16, cfg.data.n_tasks
+    assert train_step.flops_per_sample(cfg) == (2 * d * m + 2 * m * k) * (2 * 2 + 1 + 2)

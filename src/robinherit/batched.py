@@ -20,7 +20,8 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,14 @@ from torch import Tensor, nn
 from robinherit.attacks import random_start
 from robinherit.config import Activation, AttackKind, ExperimentConfig, Method, ModelConfig, Norm
 from robinherit.data import BatchStream, make_world
-from robinherit.fused import FAST_ACTIVATIONS, LOSS_GRADS, TwoLayerLoss, backprop_active
+from robinherit.fused import (
+    FAST_ACTIVATIONS,
+    LOSS_GRADS,
+    TwoLayerLoss,
+    backprop_active,
+    two_layer_loss,
+    two_layer_loss_and_grad,
+)
 from robinherit.losses import multilabel_bce
 from robinherit.models import ACTIVATIONS, TwoLayerNet, build_model
 from robinherit.pretraining import PretrainLog, check_finite, make_optimizer
@@ -191,17 +199,30 @@ def adversarial_grads(
     ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same."""
     with torch.no_grad():
         w = W / W.norm(dim=2, keepdim=True).clamp_min(1e-12) if cfg.normalize_rows else W
-        adv_loss = TwoLayerLoss(
-            weight=w,
-            threshold=b.clamp_min(0.0)[:, None, :],
-            head_weight=V,
-            head_bias=c[:, None, :],
-            activation=cfg.activation,
-            loss=loss_fn,
-            targets=targets,
-        )
+        # functools.partial of module-level functions, not a TwoLayerLoss: older torch.compile versions failed
+        # on building that frozen dataclass inside the compiled function
+        args = {
+            "weight": w,
+            "threshold": b.clamp_min(0.0)[:, None, :],
+            "head_weight": V,
+            "head_bias": c[:, None, :],
+            "activation": cfg.activation,
+            "loss": loss_fn,
+            "targets": targets,
+        }
+        adv_loss = _Loss(partial(two_layer_loss, **args), partial(two_layer_loss_and_grad, **args))
         x_adv = pgd_from(adv_loss, x, delta, eps, alpha, norm, steps)
         return closed_form_grads(W, b, V, c, x_adv, targets, LOSS_GRADS[loss_fn], cfg, learn_b)
+
+
+class _Loss(NamedTuple):
+    """What ``pgd_from`` needs of a loss: its value and its value with the input gradient."""
+
+    value: Callable[[Tensor], Tensor]
+    value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.value(x)
 
 
 def compile_requested() -> bool:
@@ -298,7 +319,7 @@ def stacked_pgd(
 
 
 def pgd_from(
-    loss: TwoLayerLoss, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, norm: Norm, steps: int
+    loss: TwoLayerLoss | _Loss, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, norm: Norm, steps: int
 ) -> Tensor:
     """PGD on a stack from the start ``delta``, with per-model budgets ``eps`` and step sizes ``alpha`` (S, 1, 1);
     the point of highest loss per example over the iterates. A pure function of tensors.

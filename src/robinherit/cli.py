@@ -234,14 +234,18 @@ def config_cmd(
 @app.command()
 @user_errors
 def reproduce(
-    quick: bool = typer.Option(False, "--quick", help="3 seeds and shorter training (the README's demo)"),
+    quick: bool = typer.Option(
+        False, "--quick", help="3 seeds, half the test set, half-length contrastive pre-training (the README's demo)"
+    ),
     seeds: int = typer.Option(0, "--seeds", help="number of seeds (default: 3 quick, 5 full)", min=0),
     out_dir: Path = typer.Option(Path("results/reproduce"), "--out", help="folder for claims.json and reports"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store: finished runs are reused, so reruns resume"),
     set_: list[str] = typer.Option([], "--set", help="override a path in every base config, e.g. model.threshold=0"),
     claims: str = typer.Option("1-7", help="which claims to check, e.g. 1-4 or 1,3,5"),
     workers: int = typer.Option(
-        min(2, os.cpu_count() or 1), min=1, help="processes for the pre-training runs (1: all in this process)"
+        min(2, os.cpu_count() or 1),
+        min=1,
+        help="processes for the pre-training runs and derived results (1: all in this process)",
     ),
 ) -> None:
     """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""

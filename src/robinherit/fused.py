@@ -115,24 +115,55 @@ class TwoLayerLoss:
     targets: Tensor
     sign: float = 1.0
 
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = FAST_ACTIVATIONS[self.activation](x @ self.weight.transpose(-1, -2), self.threshold)  # (..., n, m)
-        return h, _linear(h, self.head_weight, self.head_bias)
+    def _args(self) -> tuple:
+        return self.weight, self.threshold, self.head_weight, self.head_bias, self.activation, self.loss, self.targets
 
     def __call__(self, x: Tensor) -> Tensor:
-        _, logits = self._forward(x)
-        loss, _ = LOSS_GRADS[self.loss](logits, self.targets)
-        return self.sign * loss
+        return self.sign * two_layer_loss(x, *self._args())
 
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-example losses (..., n) and their gradients with respect to x (..., n, d)."""
-        h, logits = self._forward(x)
-        loss, g_logits = LOSS_GRADS[self.loss](logits, self.targets)  # (..., n), (..., n, K)
-        g_u = backprop_active(g_logits @ self.head_weight, h)  # (..., n, m)
-        g_x = g_u @ self.weight  # (..., n, d)
+        loss, g_x = two_layer_loss_and_grad(x, *self._args())
         if self.sign != 1.0:
             return self.sign * loss, self.sign * g_x
         return loss, g_x
+
+
+def _forward(x: Tensor, weight: Tensor, threshold: Tensor, head_weight: Tensor, head_bias: Tensor, activation):
+    h = FAST_ACTIVATIONS[activation](x @ weight.transpose(-1, -2), threshold)  # (..., n, m)
+    return h, _linear(h, head_weight, head_bias)
+
+
+def two_layer_loss(
+    x: Tensor,
+    weight: Tensor,
+    threshold: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    activation: Activation,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    targets: Tensor,
+) -> Tensor:
+    """:class:`TwoLayerLoss`'s value (sign +1) as a function of tensors (what compiled code calls)."""
+    _, logits = _forward(x, weight, threshold, head_weight, head_bias, activation)
+    return LOSS_GRADS[loss](logits, targets)[0]
+
+
+def two_layer_loss_and_grad(
+    x: Tensor,
+    weight: Tensor,
+    threshold: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor,
+    activation: Activation,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    targets: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """:class:`TwoLayerLoss`'s value and input gradient (sign +1) as a function of tensors."""
+    h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation)
+    value, g_logits = LOSS_GRADS[loss](logits, targets)  # (..., n), (..., n, K)
+    g_u = backprop_active(g_logits @ head_weight, h)  # (..., n, m)
+    return value, g_u @ weight  # (..., n, d)
 
 
 def fused_loss(

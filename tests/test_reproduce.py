@@ -184,6 +184,8 @@ def test_quick_mode_shortens_only_what_it_says():
     quick = ReproduceSettings(seeds=(0,), quick=True)
     full = ReproduceSettings(seeds=(0,), quick=False)
     assert quick.base("contrastive").pretrain.steps == full.base("contrastive").pretrain.steps // 2
+    assert [h.value for h in quick.base("contrastive").downstream.heads] == ["clean"]
+    assert len(full.base("contrastive").downstream.heads) == 2
     assert quick.base("supervised").pretrain.steps == full.base("supervised").pretrain.steps
     assert quick.base("supervised").downstream == full.base("supervised").downstream
     assert quick.base("supervised").eval.n_test == 500 < full.base("supervised").eval.n_test

@@ -235,7 +235,7 @@ def config_cmd(
 @user_errors
 def reproduce(
     quick: bool = typer.Option(
-        False, "--quick", help="3 seeds, half the test set, half-length contrastive pre-training (the README's demo)"
+        False, "--quick", help="3 seeds, half the test set, shorter contrastive runs (the README's demo)"
     ),
     seeds: int = typer.Option(0, "--seeds", help="number of seeds (default: 3 quick, 5 full)", min=0),
     out_dir: Path = typer.Option(Path("results/reproduce"), "--out", help="folder for claims.json and reports"),

@@ -86,20 +86,9 @@ def test_contrastive_run_on_cuda():
 def test_reproduce_on_cuda(tmp_path: Path):
     from robinherit.reproduce import ReproduceSettings, reproduce
     from robinherit.store import ResultStore
+    from test_reproduce import TINY as SMALL_WORLD  # the small world where the claims show, on the CPU
 
-    over = (
-        "data.d=16",
-        "model.width=32",
-        "pretrain.steps=400",
-        "pretrain.batch_size=128",
-        "downstream.steps=100",
-        "downstream.n_train=500",
-        "eval.n_test=300",
-        "eval.steps=10",
-        "eval.restarts=1",
-        "eval.eps_grid=[0,0.25,0.5,1.0]",
-        "device=cuda",
-    )
+    over = (*SMALL_WORLD, "device=cuda")
     settings = ReproduceSettings(seeds=(0, 1, 2), quick=False, overrides=over, claims=(1, 3, 4, 5, 6))
     claims = {c["id"]: c for c in reproduce(settings, ResultStore(tmp_path / "r.db")).claims}
     assert claims[1]["passed"] and claims[3]["passed"] and claims[5]["passed"], claims

@@ -263,19 +263,14 @@ def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "cl
     from robinherit.config import HeadKind, build_config
     from robinherit.data import make_world
     from robinherit.downstream import train_head
-    from robinherit.models import build_model
+    from robinherit.experiment import frozen_encoder  # experiment imports this module
     from robinherit.seeding import generator
 
     cfg = build_config(record["config"])
     kind = HeadKind(head)
     dev = torch.device(cfg.device)
     world = make_world(cfg.data, cfg.seed)
-    enc = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init"))
-    with torch.no_grad():
-        # The stored W is the effective (row-normalised) weight; normalising it again is the identity.
-        enc.W.copy_(torch.as_tensor(encoder["W"]))
-        enc.b.copy_(torch.as_tensor(encoder["b"]))
-    enc = enc.to(dev).freeze().eval()
+    enc = frozen_encoder(cfg, encoder)
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
     model = train_head(
         enc,

@@ -43,6 +43,18 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> t
     return finish_experiment(cfg, world, model, log, time.perf_counter() - t0)
 
 
+def frozen_encoder(cfg: ExperimentConfig, weights: dict[str, Any] | None) -> TwoLayerNet:
+    """The pre-trained encoder of ``cfg``'s run from its stored artifact {"W", "b"} (None: at initialisation),
+    frozen, on ``cfg.device``. The stored W is the effective (row-normalised) weight; normalising it again is
+    the identity."""
+    enc = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init"))
+    if weights is not None:
+        with torch.no_grad():
+            enc.W.copy_(torch.as_tensor(weights["W"]))
+            enc.b.copy_(torch.as_tensor(weights["b"]))
+    return enc.to(torch.device(cfg.device)).freeze().eval()
+
+
 def finish_experiment(
     cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
 ) -> tuple[dict[str, Any], dict]:

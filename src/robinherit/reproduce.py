@@ -43,9 +43,9 @@ from robinherit.config import (
 from robinherit.data import Batch, World, make_world, sign_vectors
 from robinherit.downstream import train_head
 from robinherit.evaluation import eps_key, evaluate
-from robinherit.experiment import run_many_or_load
+from robinherit.experiment import frozen_encoder, run_many_or_load
 from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import TwoLayerNet, build_model
+from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
 from robinherit.seeding import generator
 from robinherit.store import ResultStore
@@ -250,16 +250,6 @@ def clean_head_claim(
         side_ok=mean_gap_at <= CLEAN_HEAD_TOLERANCE,
         details={"n_tasks": n_tasks, "gap_per_task_at": per_task_at, "gap_per_task_clean": per_task_clean},
     )
-
-
-def frozen_encoder(cfg: ExperimentConfig, weights: dict[str, np.ndarray] | None) -> TwoLayerNet:
-    """The pre-trained encoder of ``cfg``'s run from its stored artifact {"W", "b"} (None: at initialisation)."""
-    enc = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init"))
-    if weights is not None:
-        with torch.no_grad():
-            enc.W.copy_(torch.as_tensor(weights["W"]))
-            enc.b.copy_(torch.as_tensor(weights["b"]))
-    return enc.to(torch.device(cfg.device)).freeze().eval()
 
 
 def fresh_task(world: World, index: int, seed: int) -> Tensor:

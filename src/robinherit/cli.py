@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from robinherit.errors import RobinheritError
+from robinherit.sweep import BATCH as SWEEP_BATCH
 
 app = typer.Typer(
     help="robinherit: robustness inheritance and feature purification experiments.",
@@ -299,7 +300,9 @@ def sweep(
     store: Path | None = typer.Option(None, help="results store (default: the spec's store, else results/runs.db)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and how many are stored; run nothing"),
     quiet: bool = typer.Option(False, help="no progress bar"),
-    batch: int = typer.Option(8, min=1, help="runs per task; shape-sharing runs are pre-trained as one stack"),
+    batch: int = typer.Option(
+        SWEEP_BATCH, min=1, help="runs per task; shape-sharing runs are pre-trained as one stack"
+    ),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
     from robinherit.store import ResultStore

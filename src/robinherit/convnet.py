@@ -91,8 +91,3 @@ class ConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-    def freeze(self) -> ConvNet:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self

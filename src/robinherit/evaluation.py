@@ -262,27 +262,15 @@ def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "cl
     """
     from robinherit.config import HeadKind, build_config
     from robinherit.data import make_world
-    from robinherit.downstream import train_head
-    from robinherit.experiment import frozen_encoder  # experiment imports this module
+    from robinherit.experiment import fit_head, frozen_encoder  # experiment imports this module
     from robinherit.seeding import generator
 
     cfg = build_config(record["config"])
     kind = HeadKind(head)
     dev = torch.device(cfg.device)
     world = make_world(cfg.data, cfg.seed)
-    enc = frozen_encoder(cfg, encoder)
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
-    model = train_head(
-        enc,
-        cfg.model.width,
-        2,
-        x_tr.to(dev),
-        world.downstream_labels(z_tr).to(dev),
-        kind,
-        cfg.downstream,
-        norm=cfg.eval.norm,
-        g=generator(cfg.seed, f"head-{kind.value}", dev),
-    )
+    model = fit_head(cfg, frozen_encoder(cfg, encoder), world, kind, x_tr, z_tr)
     x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
     return StoredRun(
         cfg, model, x_te.to(dev), world.downstream_labels(z_te).to(dev), generator(cfg.seed, f"eval-{kind.value}", dev)

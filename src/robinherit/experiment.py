@@ -9,14 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from robinherit import purification
-from robinherit.config import ExperimentConfig
+from robinherit.config import ExperimentConfig, HeadKind
 from robinherit.data import BatchStream, World, make_world
 from robinherit.downstream import train_head
 from robinherit.evaluation import evaluate
 from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import TwoLayerNet, build_model
+from robinherit.models import LinearHead, TwoLayerNet, build_model
 from robinherit.pretraining import PRETRAINERS, PretrainLog
 from robinherit.provenance import git_commit, versions
 from robinherit.seeding import generator
@@ -55,6 +56,32 @@ def frozen_encoder(cfg: ExperimentConfig, weights: dict[str, Any] | None) -> Two
     return enc.to(torch.device(cfg.device)).freeze().eval()
 
 
+def fit_head(
+    cfg: ExperimentConfig,
+    encoder: TwoLayerNet,
+    world: World,
+    kind: HeadKind,
+    x: Tensor,
+    z: Tensor,
+    stream: str | None = None,
+) -> LinearHead:
+    """A downstream head of ``kind`` on the frozen ``encoder``: trained on inputs ``x`` labelled by ``world``'s
+    downstream task on their codes ``z``, with the config's downstream settings, budget norm and device, and
+    the random stream ``head-<kind>`` (or ``stream``) of the config's seed."""
+    dev = torch.device(cfg.device)
+    return train_head(
+        encoder,
+        cfg.model.width,
+        2,
+        x.to(dev),
+        world.downstream_labels(z).to(dev),
+        kind,
+        cfg.downstream,
+        norm=cfg.eval.norm,
+        g=generator(cfg.seed, stream or f"head-{kind.value}", dev),
+    )
+
+
 def finish_experiment(
     cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
 ) -> tuple[dict[str, Any], dict]:
@@ -73,21 +100,7 @@ def finish_experiment(
 
     # downstream heads on a new task, encoder frozen
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
-    y_tr = world.downstream_labels(z_tr)
-    heads = {
-        kind: train_head(
-            model,
-            cfg.model.width,
-            2,
-            x_tr.to(dev),
-            y_tr.to(dev),
-            kind,
-            cfg.downstream,
-            norm=cfg.eval.norm,
-            g=generator(cfg.seed, f"head-{kind.value}", dev),
-        )
-        for kind in cfg.downstream.heads
-    }
+    heads = {kind: fit_head(cfg, model, world, kind, x_tr, z_tr) for kind in cfg.downstream.heads}
     t_down = time.perf_counter()
 
     # evaluation: the pre-training task and every head, on fresh test data

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import Tensor, nn
 
 from robinherit.config import (
@@ -41,6 +41,7 @@ from robinherit.config import (
     Norm,
     PretrainConfig,
     _fmt_validation_error,
+    _Strict,
     deep_merge,
     device_field,
     hash_resolved,
@@ -97,10 +98,6 @@ class AutoAttackSet(str, Enum):
     custom = "custom"  # APGD-CE, APGD-T (when >= 4 classes), Square: each run on its own, per-example worst case
     standard = "standard"  # torchattacks.AutoAttack(version="standard"): APGD-CE, APGD-T, FAB-T, Square
     none = "none"  # PGD only
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RealDataSection(_Strict):
@@ -293,9 +290,7 @@ class Centered(nn.Module):
         return self.head(self.features(x))
 
     def freeze(self) -> Centered:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
+        return self.requires_grad_(False)
 
 
 ENCODERS: dict[EncoderKind, Callable[[RealDataConfig, ArrayDataset, int, torch.Generator], nn.Module]] = {
@@ -317,8 +312,6 @@ def pretrain(model: Centered, stream: ArrayStream, cfg: RealDataConfig, on_step=
     """
     if cfg.pretrain.method == Method.supervised:
         return pretrain_supervised(model, stream, cfg, loss_fn=cross_entropy, on_step=on_step)
-    if cfg.pretrain.method not in PRETRAINERS:
-        raise ConfigError(f"pretrain.method={cfg.pretrain.method.value} is not available in this version")
     return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
 
 

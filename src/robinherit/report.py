@@ -336,7 +336,6 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
             f"<td>{c['effect']:+.3f}</td><td>{_fmt_ci(c['ci95'])}</td><td>{c['p_value']:.2g}</td>"
             f"<td>{c['n_seeds']}</td></tr>"
         )
-    warnings = self_check_warnings(result)
     check_html = (
         "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
         if warnings

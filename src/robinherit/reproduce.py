@@ -43,7 +43,7 @@ from robinherit.config import (
 from robinherit.data import Batch, World, make_world, sign_vectors
 from robinherit.downstream import train_head
 from robinherit.evaluation import eps_key, evaluate
-from robinherit.experiment import frozen_encoder, run_many_or_load
+from robinherit.experiment import fit_head, frozen_encoder, run_many_or_load
 from robinherit.losses import class_margin, multilabel_margin
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
@@ -60,7 +60,7 @@ ALL_CLAIMS = (1, 2, 3, 4, 5, 6, 7)
 # pre-training and the heads keep their configured lengths: with 1000 supervised steps and 1000 head examples
 # the adversarial head on clean features collapsed to the class prior on some seeds and not others, which
 # made claim 4 undecidable with 3 seeds. Contrastive purification is as clear at 500 steps as at 1000
-# (top-1 share AT 0.70/0.67/0.66 vs clean 0.11/0.12/0.12 on seeds 0-2, eval.n_test=500), and claim 2 reads
+# (top-1 share AT 0.700/0.665/0.664 vs clean 0.113/0.115/0.123 on seeds 0-2; docs/claims.md), and claim 2 reads
 # no head, so its runs train only the clean head (the adversarial one was a third of their time).
 QUICK_OVERRIDES = ("eval.n_test=500",)
 QUICK_FAMILY_OVERRIDES: dict[str, tuple[str, ...]] = {"contrastive": ("pretrain.steps=500", "downstream.heads=[clean]")}
@@ -275,17 +275,7 @@ def extra_task(cfg: ExperimentConfig, weights: dict[str, np.ndarray], index: int
     x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
     out: dict[str, Any] = {"index": index}
     for kind in (HeadKind.clean, HeadKind.adversarial):
-        head = train_head(
-            enc,
-            cfg.model.width,
-            2,
-            x_tr.to(dev),
-            world.downstream_labels(z_tr).to(dev),
-            kind,
-            cfg.downstream,
-            norm=cfg.eval.norm,
-            g=generator(cfg.seed, f"head-{kind.value}-task-{index}", dev),
-        )
+        head = fit_head(cfg, enc, world, kind, x_tr, z_tr, stream=f"head-{kind.value}-task-{index}")
         res = evaluate(
             head,
             x_te.to(dev),
@@ -423,21 +413,10 @@ def clean_head_cost(cfg: ExperimentConfig, weights: dict[str, np.ndarray] | None
     """Wall time and example-gradient evaluations of a clean head on a frozen, already pre-trained encoder
     (``weights``: the stored encoder artifact {"W", "b"} of the AT run)."""
     world = make_world(cfg.data, cfg.seed)
-    dev = torch.device(cfg.device)
     enc = frozen_encoder(cfg, weights)
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
     t0 = time.perf_counter()
-    train_head(
-        enc,
-        cfg.model.width,
-        2,
-        x_tr.to(dev),
-        world.downstream_labels(z_tr).to(dev),
-        HeadKind.clean,
-        cfg.downstream,
-        norm=cfg.eval.norm,
-        g=generator(cfg.seed, "head-clean", dev),
-    )
+    fit_head(cfg, enc, world, HeadKind.clean, x_tr, z_tr)
     seconds = time.perf_counter() - t0
     # Features are computed once; then each head step is one pass over the training set (of the head only).
     return {"seconds": seconds, "grad_evals": cfg.downstream.n_train * (cfg.downstream.steps + 1)}

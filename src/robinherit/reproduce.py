@@ -209,8 +209,9 @@ def inheritance_claim(at: list[dict], clean: list[dict]) -> Claim:
 CLEAN_HEAD_TOLERANCE = 0.05
 # Downstream tasks per seed for claim 4: the run's own task and CLAIM4_TASKS - 1 fresh ones on the same inputs.
 # The adversarial head's advantage on clean features depends on the task as much as on the seed (measured on
-# 6 seeds x 4 tasks: sd 0.07 between tasks of one seed, 0.04 between seeds' means), so one task per seed left
-# 3-seed intervals that crossed zero although every seed's gap was positive. The mean over tasks estimates
+# 6 seeds x 4 tasks by scripts/claim4_tasks.py: sd 0.073 between tasks of one seed, 0.037 between seeds'
+# means), so one task per seed left 3-seed intervals that crossed zero although every seed's gap was
+# positive. The mean over tasks estimates
 # what the claim is about, the gap on a downstream task drawn from the task distribution.
 CLAIM4_TASKS = 4
 

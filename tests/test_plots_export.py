@@ -202,9 +202,15 @@ def test_cli_plot_and_export_on_a_store_and_on_a_sweep_spec(tmp_path, store_path
     assert res.exit_code == 2 and "nope.metric" in res.output
 
 
-def test_symlog_axis_takes_zero_and_log_axis_refuses_it(tmp_path, records):
+def test_symlog_axis_takes_zero_and_log_axis_refuses_it(tmp_path, records, monkeypatch):
+    from matplotlib.axes import Axes
+
+    scales: list[str] = []
+    set_xscale = Axes.set_xscale
+    monkeypatch.setattr(Axes, "set_xscale", lambda ax, v, *a, **k: (scales.append(v), set_xscale(ax, v, *a, **k))[1])
     kept = filter_records(records, ["model.threshold=0.3"])
     files, _ = plot(kept, x="pretrain.eps", y="purification.top1_share_mean", xscale="symlog", out=tmp_path / "s")
     assert files[0].exists()
+    assert "symlog" in scales  # the axis really is symlog, not silently left linear
     with pytest.raises(PlotError, match="symlog"):
         plot(kept, x="pretrain.eps", y="purification.top1_share_mean", xscale="log", out=tmp_path / "l")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from robinherit import experiment
+from robinherit import store as store_mod
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.errors import NonFiniteLossError, StoreError
 from robinherit.experiment import run_or_load
@@ -53,7 +54,7 @@ def test_store_is_sqlite_in_wal_mode_with_our_application_id(tmp_path: Path):
     con = sqlite3.connect(path)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert con.execute("PRAGMA application_id").fetchone()[0] != 0
+        assert con.execute("PRAGMA application_id").fetchone()[0] == store_mod.APPLICATION_ID
     finally:
         con.close()
 

@@ -182,15 +182,32 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
     assert [r["run_id"] for r in again] == [r["run_id"] for r in recs]
 
 
-def test_run_any_keeps_order_and_runs_unsupported_configs_the_plain_way(monkeypatch):
-    stacks = []
-    real = batched.run_experiments
-    monkeypatch.setattr(batched, "run_experiments", lambda cfgs: stacks.append(len(cfgs)) or real(cfgs))
-    cfgs = [tiny(seed=0, **{"pretrain.method": "contrastive"}), tiny(seed=1), tiny(seed=2)]
-    out = batched.run_any(cfgs)
-    assert [rec["run_id"] for rec, _ in out] == [c.config_hash() for c in cfgs]
-    assert out[0][0]["config"]["pretrain"]["method"] == "contrastive"
-    assert stacks == [2]  # the contrastive run went alone through run_experiment
+def test_sweep_group_keeps_finished_runs_when_one_fails(monkeypatch):
+    import torch as _torch
+
+    from robinherit import experiment, sweep
+
+    threads = _torch.get_num_threads()
+    cfgs = [tiny(seed=s) for s in range(3)]
+    calls: list[int] = []
+    real_finish = experiment.finish_experiment
+
+    def finish(cfg, *args, **kwargs):
+        calls.append(cfg.seed)
+        if cfg.seed == 1:
+            raise RuntimeError("boom")
+        return real_finish(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "finish_experiment", finish)
+    try:
+        out = sweep.execute([c.model_dump(mode="json") for c in cfgs])
+    finally:
+        _torch.set_num_threads(threads)  # execute pins one thread, as in a worker
+    assert [rec is not None for rec, _ in out] == [True, False, True]
+    assert "boom" in out[1][1]
+    assert [res[0]["run_id"] for res, _ in (out[0], out[2])] == [cfgs[0].config_hash(), cfgs[2].config_hash()]
+    # seed 0 finished inside the stack and is not run again; seed 1 is retried alone, then seed 2 alone
+    assert calls == [0, 1, 1, 2]
 
 
 def _train_stack(cfgs):

@@ -458,21 +458,6 @@ def run_experiments(
     return list(iter_experiments(cfgs, progress))
 
 
-def run_any(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[tuple[dict[str, Any], dict]]:
-    """(record, artifacts) of ``run_experiment`` for any configs, in order: stacks where they share shapes,
-    one by one where there is no batched path. A unit of work for a sweep backend (one task per group of
-    configs from ``group_configs`` instead of one per config)."""
-    from robinherit.experiment import run_experiment  # experiment imports this module lazily; keep it so
-
-    out: list[tuple[dict[str, Any], dict] | None] = [None] * len(cfgs)
-    for group in group_configs(cfgs, max_size):
-        stack = [cfgs[i] for i in group]
-        results = run_experiments(stack) if batch_key(stack[0]) is not None else [run_experiment(stack[0])]
-        for i, res in zip(group, results, strict=True):
-            out[i] = res
-    return out  # type: ignore[return-value]
-
-
 def iter_experiments(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None):
     """(record, artifacts) per config, in order, each as soon as its post-pre-training stages finish."""
     keys = {batch_key(c) for c in cfgs}
@@ -506,7 +491,6 @@ __all__ = [
     "iter_experiments",
     "pretrain_one",
     "pretrain_stacked",
-    "run_any",
     "run_experiments",
     "stacked_fgm",
     "stacked_pgd",

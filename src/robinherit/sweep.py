@@ -261,24 +261,28 @@ BATCH = 8  # runs per unit of work: batched pre-training pays off; a killed swee
 def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     """Run a group of configs in a worker (local process or Ray task), single-threaded so backends agree bit for
     bit. Configs that share shapes are pre-trained as one stack (robinherit.batched, equal results); if the stack
-    fails, each config runs alone so one bad run does not take the others with it."""
+    fails, the configs not finished yet run alone, so one bad run does not take the others with it and no
+    finished run runs twice."""
     import torch
 
-    from robinherit.batched import run_any
+    from robinherit.batched import batch_key, iter_experiments
     from robinherit.experiment import run_experiment
 
     torch.set_num_threads(1)
     cfgs = [ExperimentConfig.model_validate(c) for c in cfg_jsons]
-    try:
-        return [(res, None) for res in run_any(cfgs)]
-    except Exception:
-        out: GroupResult = []
-        for cfg in cfgs:
-            try:
-                out.append((run_experiment(cfg), None))
-            except Exception as err:
-                out.append((None, _error_text(err)))
-        return out
+    out: GroupResult = []
+    if batch_key(cfgs[0]) is not None:  # ``groups`` gives a stack one batch key, or a run alone
+        try:
+            for res in iter_experiments(cfgs):
+                out.append((res, None))
+        except Exception:  # the runs finished so far are kept; the rest run alone below
+            pass
+    for cfg in cfgs[len(out) :]:
+        try:
+            out.append((run_experiment(cfg), None))
+        except Exception as err:
+            out.append((None, _error_text(err)))
+    return out
 
 
 def groups(cfgs: Iterator[ExperimentConfig], size: int = BATCH) -> Iterator[list[ExperimentConfig]]:

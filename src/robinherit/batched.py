@@ -371,8 +371,10 @@ def pretrain_stacked(
     """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     eps = [c.pretrain.eps for c in cfgs]
-    fuse_step = compile_requested() and pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
-    opt = make_optimizer(list(net.parameters()), pcfg, fused=fuse_step)
+    # PGD with closed-form gradients: attack and gradients as one pure function (adversarial_grads), compiled
+    # with ROBINHERIT_COMPILE=1 and then with Adam's fused kernel too; eager, it is bit for bit the step below.
+    fuse_step = pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
+    opt = make_optimizer(list(net.parameters()), pcfg, fused=fuse_step and compile_requested())
     gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]
     attack = STACKED_ATTACKS[pcfg.attack]
     logs = [PretrainLog() for _ in cfgs]
@@ -382,7 +384,7 @@ def pretrain_stacked(
         x = torch.stack([b.x for b in batches])  # (S, n, d)
         y = torch.stack([b.y for b in batches])  # (S, n, K)
         opt.zero_grad(set_to_none=True)
-        if fuse_step:  # attack + gradients as one pure function, compiled (ROBINHERIT_COMPILE=1)
+        if fuse_step:
             eps_t, alpha = _budgets(eps, pcfg.attack_steps, x)
             loss, grads = _run_step(
                 *(p.detach() for p in (net.W, net.b, net.V, net.c)),
@@ -400,17 +402,16 @@ def pretrain_stacked(
             net.W.grad, net.V.grad, net.c.grad = grads[0], grads[2], grads[3]
             if grads[1] is not None:
                 net.b.grad = grads[1]
-        elif loss_fn in LOSS_GRADS:
-            if pcfg.eps > 0:
-                adv_loss = net.attack_loss(loss_fn, y)
-                x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
-            loss = net.loss_and_grads(x, y, loss_fn)  # (S,), .grad set in closed form
         else:
-            if pcfg.eps > 0:
-                adv_loss = net.attack_loss(loss_fn, y)
-                x = attack(adv_loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
-            loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
-            loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
+            if pcfg.eps > 0:  # FGM (PGD with a closed-form loss takes the fused step above)
+                x = attack(
+                    net.attack_loss(loss_fn, y), x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens
+                )
+            if loss_fn in LOSS_GRADS:
+                loss = net.loss_and_grads(x, y, loss_fn)  # (S,), .grad set in closed form
+            else:
+                loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
+                loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
         finite = torch.isfinite(loss.detach())
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0, 0])

@@ -172,7 +172,7 @@ def test_pretrainer_trains_on_adversarial_views(monkeypatch, eps, view, calls_pe
 
     made: list[torch.Tensor] = []
 
-    def marked_view(attack, embed, x, partner, temperature):
+    def marked_view(attack, embed, x, partner, temperature, closed_form=None):
         out = x + 7.0  # a view no augmentation or attack would make, to spot it in the training step
         made.append(out)
         return out
@@ -196,3 +196,87 @@ def test_contrastive_on_a_stream_without_world():
     w0 = model.W.detach().clone()
     PRETRAINERS[Method.contrastive](model, _RealDataStream(make_world(cfg.data, 0)), cfg)
     assert not torch.equal(model.W, w0)
+
+
+# ---- the closed-form InfoNCE attack gradient (robinherit.fused.InfoNCEViewLoss) ----
+
+
+@pytest.mark.parametrize("activation", ["sym_relu", "relu"])
+@pytest.mark.parametrize("projector_dim", [0, 8])
+@pytest.mark.parametrize("temperature", [0.05, 0.2, 1.0])
+def test_closed_form_info_nce_gradient_equals_autograd(activation, projector_dim, temperature):
+    from robinherit.config import ModelConfig
+    from robinherit.fused import info_nce_view_loss
+
+    g = torch.Generator().manual_seed(4)
+    model = build_model(16, ModelConfig(width=32, activation=activation, threshold=0.3), 1, g=g)
+    projector = torch.nn.Identity()
+    if projector_dim:
+        projector = torch.nn.Linear(32, projector_dim, bias=False)
+        with torch.no_grad():
+            projector.weight.copy_(torch.randn(projector_dim, 32, generator=g))
+    x, partner = 0.5 * torch.randn(48, 16, generator=g), 0.5 * torch.randn(48, 16, generator=g)
+    x[0] = 0.0  # an example with no active unit: a zero embedding, whose norm is clamped
+
+    def embed(v):
+        return projector(model.features(v))
+
+    target = embed(partner).detach()
+    fused = info_nce_view_loss(model, projector, target, temperature)
+    assert fused is not None
+    xr = x.clone().requires_grad_(True)
+    ref = info_nce(embed(xr), target, temperature)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xr)
+    loss, grad = fused.value_and_grad(x)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused(x), ref.detach(), rtol=1e-5, atol=1e-5)
+    # float32 rounding scales with the largest gradient (up to 1/t per similarity)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5 * float(ref_grad.abs().max()))
+    assert float(grad.abs().max()) > 0.01, "a vanishing gradient would match trivially"
+    assert 0 < (model.features(x) == 0).float().mean() < 1
+
+
+def test_closed_form_info_nce_falls_back_where_it_has_no_form():
+    from robinherit.config import ModelConfig
+    from robinherit.fused import info_nce_view_loss
+
+    model = build_model(16, ModelConfig(width=32), 1)
+    target = torch.randn(8, 32)
+    assert info_nce_view_loss(model, torch.nn.Identity(), target, 0.01) is None  # exp could underflow
+    assert info_nce_view_loss(model, torch.nn.Linear(32, 32), target, 0.2) is None  # a projector with a bias
+    assert info_nce_view_loss(torch.nn.Sequential(model), torch.nn.Identity(), target, 0.2) is None
+
+
+@pytest.mark.parametrize("updates", [{}, {"pretrain.projector_dim": 8, "pretrain.adversarial_view": "both"}])
+def test_contrastive_pretraining_closed_form_equals_autograd(updates):
+    cfg = _tiny_cfg(**{"pretrain.steps": 50, **updates})
+    runs = []
+    for fast in (True, False):
+        world = make_world(cfg.data, 0)
+        model = build_model(16, cfg.model, 1, g=torch.Generator().manual_seed(0))
+        w0 = model.W.detach().clone()
+        log = PRETRAINERS[Method.contrastive](model, BatchStream(world, 64, 0), cfg, fast=fast)
+        runs.append((model.W.detach(), log))
+    (w_fast, log_fast), (w_ref, log_ref) = runs
+    assert not torch.allclose(w_fast, w0, atol=1e-3)
+    torch.testing.assert_close(w_fast, w_ref, rtol=1e-4, atol=1e-5)
+    assert len(log_fast.losses) == 1
+    assert log_fast.losses == pytest.approx(log_ref.losses, rel=1e-5)
+
+
+def test_contrastive_fast_path_attacks_with_the_closed_form(monkeypatch):
+    import robinherit.pretraining as pretraining
+    from robinherit.fused import InfoNCEViewLoss
+
+    seen: list[object] = []
+    attack = pretraining.training_attack
+
+    def spy(*args, **kwargs):
+        run = attack(*args, **kwargs)
+        return lambda loss_fn, x: (seen.append(loss_fn), run(loss_fn, x))[1]
+
+    monkeypatch.setattr(pretraining, "training_attack", spy)
+    PRETRAINERS[Method.contrastive](
+        build_model(16, _tiny_cfg().model, 1), BatchStream(make_world(_tiny_cfg().data, 0), 64, 0), _tiny_cfg()
+    )
+    assert seen and all(isinstance(f, InfoNCEViewLoss) for f in seen)

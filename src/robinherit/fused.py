@@ -202,3 +202,115 @@ def attack_loss(
     if fused is not None:
         return fused
     return lambda x: loss_fn(model(x), targets)
+
+
+# ---- contrastive: the RoCL attack on InfoNCE (Kim et al. 2020) in closed form ----
+
+
+def _normalized(e: Tensor) -> tuple[Tensor, Tensor]:
+    """``F.normalize(e, dim=1, eps=1e-12)`` and the clamped norms it divided by, (n, 1)."""
+    r = e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return e / r, r
+
+
+# Below this temperature exp(S - 1/t) could underflow (|S| <= 1/t for unit vectors); the autograd path is used.
+MIN_CLOSED_FORM_TEMPERATURE = 0.05
+
+
+@dataclass(frozen=True)
+class InfoNCEViewLoss:
+    """Per-example ``losses.info_nce(embed(x), partner, temperature)`` with its closed-form input gradient, for the
+    adversarial view of contrastive pre-training (``pretraining.adversarial_view``).
+
+    embed(x) = act(x W^T, b) P^T (P the optional linear projector, (k, m)); the partner view's embeddings
+    (n, k) are held fixed, so their block of the similarity matrix is summed once. With a = e / ||e||
+    (e = embed(x)), S_ab = a b^T / t and S_aa = a a^T / t (diagonal excluded), example i's loss is
+    1/2 (log Z^a_i + log Z^b_i) - S_ab[i, i], where Z^a_i sums exp over row i of S_ab and S_aa and Z^b_i over
+    column i of S_ab and row i of S_bb. The summed loss T has
+
+        dT/dS_ab[i, j] = 1/2 exp(S_ab[i, j]) (1 / Z^a_i + 1 / Z^b_j) - [i = j],
+        dT/dS_aa[i, j] = 1/2 exp(S_aa[i, j]) / Z^a_i,
+
+    so dT/da = (G_ab b + (G_aa + G_aa^T) a) / t, then through the normalisation, the projector and the
+    activation as in :func:`two_layer_loss_and_grad`. Unit vectors bound |S| by 1/t, so the exponentials are
+    taken of S - 1/t (<= 0) directly, without logsumexp's extra passes; ``info_nce_view_loss`` keeps
+    temperatures below ``MIN_CLOSED_FORM_TEMPERATURE`` on the autograd path, where they could underflow.
+    The gradient is that of the summed loss, as ``attacks.input_grad`` takes it.
+    """
+
+    weight: Tensor  # (m, d) effective (row-normalised) first-layer weights
+    threshold: Tensor  # (m,)
+    activation: Activation
+    projector: Tensor | None  # (k, m), or None for the identity
+    partner: Tensor  # (n, k) the partner view's embeddings, normalised
+    partner_z: Tensor  # (n,) sum_{j != i} exp(S_bb[i, j] - 1/t)
+    temperature: float
+
+    def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = FAST_ACTIVATIONS[self.activation](x @ self.weight.T, self.threshold)  # (n, m)
+        return h, (h if self.projector is None else h @ self.projector.T)
+
+    def _terms(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """exp(S_ab - 1/t), exp(S_aa - 1/t) (zero diagonal), Z^a and Z^b (both scaled by exp(-1/t)), the losses."""
+        e_ab = _shifted_exp(a, self.partner, self.temperature)
+        e_aa = _shifted_exp(a, a, self.temperature)
+        e_aa.diagonal().zero_()
+        z_a = e_ab.sum(dim=1) + e_aa.sum(dim=1)
+        z_b = e_ab.sum(dim=0) + self.partner_z
+        loss = 0.5 * (z_a.log() + z_b.log()) - e_ab.diagonal().log()
+        return e_ab, e_aa, z_a, z_b, loss
+
+    def __call__(self, x: Tensor) -> Tensor:
+        a, _ = _normalized(self._embed(x)[1])
+        return self._terms(a)[-1]
+
+    def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example losses (n,) and the gradient of their sum with respect to x, (n, d)."""
+        h, e = self._embed(x)
+        a, r = _normalized(e)
+        e_ab, e_aa, z_a, z_b, loss = self._terms(a)
+        half_a, half_b = 0.5 / z_a, 0.5 / z_b
+        g_ab = e_ab * (half_a[:, None] + half_b[None, :])
+        g_ab.diagonal().sub_(1.0)
+        g_aa = e_aa * half_a[:, None]
+        g_a = torch.addmm(g_ab @ self.partner, g_aa + g_aa.T, a).div_(self.temperature)
+        # through a = e / max(||e||, 1e-12): the radial part drops out unless the norm was clamped
+        radial = (a * g_a).sum(dim=-1, keepdim=True) * (r > 1e-12)
+        g_e = (g_a - a * radial) / r
+        g_h = g_e if self.projector is None else g_e @ self.projector
+        return loss, backprop_active(g_h, h) @ self.weight
+
+
+def _shifted_exp(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """exp(a b^T / t - 1/t) for unit rows: entries in [exp(-2/t), 1]."""
+    return torch.addmm(a.new_full((), -1.0 / temperature), a, b.T, alpha=1.0 / temperature).exp_()
+
+
+def info_nce_view_loss(
+    model: nn.Module, projector: nn.Module, partner_embedding: Tensor, temperature: float
+) -> InfoNCEViewLoss | None:
+    """:class:`InfoNCEViewLoss` at the current weights of a :class:`TwoLayerNet` encoder and an identity or bias-free
+    linear projector, against ``partner_embedding`` (n, k) (raw, detached); None for any other model or for a
+    temperature below ``MIN_CLOSED_FORM_TEMPERATURE``."""
+    if type(model) is not TwoLayerNet or model.cfg.activation not in FAST_ACTIVATIONS:
+        return None
+    if temperature < MIN_CLOSED_FORM_TEMPERATURE:
+        return None
+    if isinstance(projector, nn.Identity):
+        proj = None
+    elif type(projector) is nn.Linear and projector.bias is None:
+        proj = projector.weight.detach()
+    else:
+        return None
+    b, _ = _normalized(partner_embedding.detach())
+    e_bb = _shifted_exp(b, b, temperature)
+    e_bb.diagonal().zero_()
+    return InfoNCEViewLoss(
+        weight=model.weight().detach(),
+        threshold=model.threshold().detach(),
+        activation=model.cfg.activation,
+        projector=proj,
+        partner=b,
+        partner_z=e_bb.sum(dim=1),
+        temperature=temperature,
+    )

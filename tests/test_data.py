@@ -150,3 +150,29 @@ def test_downstream_task_differs_from_every_pretraining_task():
 def test_impossible_distinct_downstream_task_is_an_error_not_a_hang():
     with pytest.raises(DataError, match="n_features"):
         make_world(DataConfig(d=1, k=1), 0)  # +-1 in one dimension: every task is +-the pre-training one
+
+
+def _codes_written_out(cfg: DataConfig, n: int, g: torch.Generator) -> torch.Tensor:
+    """The sparse codes in the obvious form, support * signs * magnitudes, drawn in the documented order."""
+    keys = torch.rand(n, cfg.D, generator=g)
+    if cfg.sparsity == "exact":
+        support = torch.zeros(n, cfg.D).scatter_(1, keys.topk(cfg.k, dim=1, largest=False).indices, 1.0)
+    else:
+        support = (keys < cfg.k / cfg.D).float()
+    signs = torch.randint(0, 2, (n, cfg.D), generator=g).float() * 2 - 1
+    mags = torch.ones(n, cfg.D)
+    if cfg.values == "uniform":
+        mags = cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.D, generator=g)
+    return support * signs * mags
+
+
+@pytest.mark.parametrize("sparsity", ["exact", "bernoulli"])
+@pytest.mark.parametrize("values", ["sign", "uniform"])
+def test_codes_are_the_documented_stream(sparsity, values):
+    """The fast sampler gives the written-out codes from the same generator and leaves it in the same state, so
+    every stored result's data stream is unchanged."""
+    cfg = DataConfig(d=16, n_features=40, dictionary="overcomplete", k=5, sparsity=sparsity, values=values)
+    g_fast, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(5):
+        torch.testing.assert_close(sample_codes(cfg, 300, g_fast), _codes_written_out(cfg, 300, g_ref), rtol=0, atol=0)
+    assert torch.equal(torch.rand(4, generator=g_fast), torch.rand(4, generator=g_ref))

@@ -50,20 +50,27 @@ def make_dictionary(cfg: DataConfig, g: torch.Generator) -> Tensor:
 
 
 def sample_codes(cfg: DataConfig, n: int, g: torch.Generator) -> Tensor:
-    """(n, D) sparse codes."""
+    """(n, D) sparse codes.
+
+    Draws, in order: D uniform keys per row (exact: the k smallest pick the support) or D Bernoulli draws,
+    D random signs, and with uniform values D magnitudes. For exact sparsity only the k chosen entries are
+    kept and written into zeros: the same codes as support * signs * magnitudes, in a third of the passes
+    over (n, D); the generator is consumed exactly as before, so every stream is unchanged.
+    """
     if cfg.sparsity == Sparsity.exact:
         # k distinct coordinates per row: the k smallest of D uniform keys.
         keys = torch.rand(n, cfg.D, generator=g)
-        idx = keys.topk(cfg.k, dim=1, largest=False).indices
-        support = torch.zeros(n, cfg.D).scatter_(1, idx, 1.0)
-    else:
-        support = (torch.rand(n, cfg.D, generator=g) < cfg.k / cfg.D).float()
+        idx = keys.topk(cfg.k, dim=1, largest=False).indices  # (n, k)
+        vals = torch.randint(0, 2, (n, cfg.D), generator=g, dtype=torch.float32).gather(1, idx) * 2 - 1
+        if cfg.values != Values.sign:
+            mags = torch.rand(n, cfg.D, generator=g).gather(1, idx)
+            vals = vals * (cfg.value_low + (1 - cfg.value_low) * mags)
+        return torch.zeros(n, cfg.D).scatter_(1, idx, vals)
+    support = (torch.rand(n, cfg.D, generator=g) < cfg.k / cfg.D).float()
     signs = torch.randint(0, 2, (n, cfg.D), generator=g).float() * 2 - 1
     if cfg.values == Values.sign:
-        mags = torch.ones(n, cfg.D)
-    else:
-        mags = cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.D, generator=g)
-    return support * signs * mags
+        return support * signs
+    return support * signs * (cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.D, generator=g))
 
 
 def sign_vectors(count: int, dim: int, g: torch.Generator) -> Tensor:

@@ -56,7 +56,7 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, step: int, cfg: Pre
 
 def make_optimizer(params: list[nn.Parameter], cfg: PretrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """Adam or SGD with momentum 0.9. ``fused``: Adam's one-kernel implementation where torch has it (the same
-    update, summed in another order; the compiled path uses it, the default path keeps the reference one)."""
+    update, rounded differently; the stacked path uses it, the generic loop keeps the per-tensor one)."""
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == Optimizer.adam:
         if fused:

@@ -11,6 +11,10 @@ In one process, for the default config (d=64, m=128, batch 256, l2 PGD-5) and a 
                  compiled by torch.compile; compiling happens in the untimed warm-up);
   (d) data only  drawing the batches of the largest S's streams and nothing else: every path pays this, so
                  its samples/s is a ceiling for the batched path at that S;
+  (e) matmuls only  the matrix products of the stacked adversarial step at the largest S, on fixed tensors,
+                 and nothing else (no data, no elementwise work): the arithmetic's own ceiling on this machine.
+                 Data and products run one after the other, so 1 / (1/data + 1/matmuls) bounds any path
+                 at that S (printed as "ceiling");
 
 and prints samples/s (total over the S models), the ratio to (a), achieved GFLOP/s and the share of the
 machine's matmul peak, measured here with one large fp32 matmul. Each path is timed ``--repeats`` times,
@@ -38,6 +42,7 @@ from benchmarks.reference import train as reference_train
 from robinherit.batched import StackedTwoLayer, pretrain_stacked
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.data import BatchStream, make_world
+from robinherit.fused import back_through_head
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
 from robinherit.seeding import generator
@@ -126,6 +131,30 @@ def run_data_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
             s.next()
 
 
+def run_matmuls_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
+    """The matrix products of ``size`` stacked adversarial training steps and nothing else, on fixed tensors: per
+    PGD step the forward (x W^T, then the head) and the input gradient (through the head, then W), the final
+    loss's forward, and the training step's forward and weight gradients, at the stacked path's shapes."""
+    n, d, m, k = cfg.pretrain.batch_size, cfg.data.d, cfg.model.width, cfg.data.n_tasks
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
+    v, c = torch.randn(size, k, m, generator=g), torch.randn(size, 1, k, generator=g)
+    g_logits, g_u = torch.randn(size, n, k, generator=g), torch.randn(size, n, m, generator=g)
+    for _ in range(steps):
+        for _ in range(cfg.pretrain.attack_steps):
+            h = x @ w.transpose(1, 2)
+            torch.baddbmm(c, h, v.transpose(1, 2))
+            back_through_head(g_logits, v)
+            g_u @ w
+        h = x @ w.transpose(1, 2)  # the best point's loss
+        torch.baddbmm(c, h, v.transpose(1, 2))
+        h = x @ w.transpose(1, 2)  # the training step
+        torch.baddbmm(c, h, v.transpose(1, 2))
+        g_logits.transpose(1, 2) @ h
+        back_through_head(g_logits, v)
+        g_u.transpose(1, 2) @ x
+
+
 def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: float) -> tuple[float, float]:
     """(wall, CPU) seconds per step, each the best of ``repeats`` timed runs of about ``target_s``.
 
@@ -158,6 +187,7 @@ def bench_config(
         paths.append(("single+compile", 1, compiled(lambda n: run_single(cfg, n))))
         paths += [("batched+compile", s, compiled(lambda n, s=s: run_batched(cfg, n, s))) for s in sizes if s > 1]
     paths.append(("data only", max(sizes), lambda n: run_data_only(cfg, n, max(sizes))))
+    paths.append(("matmuls only", max(sizes), lambda n: run_matmuls_only(cfg, n, max(sizes))))
     rows = []
     flops = flops_per_sample(cfg)
     for path, size, run in paths:
@@ -174,6 +204,12 @@ def bench_config(
                 "gflops": 0.0 if path == "data only" else sps * flops / 1e9,
             }
         )
+    data, products = rows[-2], rows[-1]
+    # data and products run one after the other in every path, so their times add: a bound, not a measurement
+    ceiling = {key: 1 / (1 / data[key] + 1 / products[key]) for key in ("samples_per_s", "samples_per_cpu_s")}
+    rows.append(
+        {"config": name, "path": "ceiling", "S": data["S"], **ceiling, "gflops": ceiling["samples_per_s"] * flops / 1e9}
+    )
     ref, ref_cpu = rows[0]["samples_per_s"], rows[0]["samples_per_cpu_s"]
     for r in rows:
         r["ratio"] = r["samples_per_s"] / ref
@@ -221,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         "batched_samples_per_s": {str(s): pick("default", "batched", s)["samples_per_s"] for s in (8, 32)},
         # drawing the 32 streams' batches alone: a ceiling for any training path at S = 32
         "data_only_samples_per_s": pick("default", "data only", 32)["samples_per_s"],
+        # the step's matrix products alone at S = 32, and the bound data + products put on any path there
+        "matmuls_only_samples_per_s": pick("default", "matmuls only", 32)["samples_per_s"],
+        "ceiling_samples_per_s": pick("default", "ceiling", 32)["samples_per_s"],
         **(
             {
                 "compiled_single_samples_per_s": pick("default", "single+compile")["samples_per_s"],
@@ -246,12 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"commit {result['commit']}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s (by CPU time: {peak_cpu:.1f})")
     print(
-        f"{'config':8} {'path':10} {'S':>3} {'samples/s':>10} {'x ref':>6} {'GFLOP/s':>8} {'% peak':>7} "
+        f"{'config':8} {'path':15} {'S':>3} {'samples/s':>10} {'x ref':>6} {'GFLOP/s':>8} {'% peak':>7} "
         f"{'samples/cpu-s':>14} {'x ref':>6}"
     )
     for r in rows:
         print(
-            f"{r['config']:8} {r['path']:10} {r['S']:>3} {r['samples_per_s']:>10.0f} {r['ratio']:>6.2f} "
+            f"{r['config']:8} {r['path']:15} {r['S']:>3} {r['samples_per_s']:>10.0f} {r['ratio']:>6.2f} "
             f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}% "
             f"{r['samples_per_cpu_s']:>14.0f} {r['ratio_cpu']:>6.2f}"
         )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
@@ -21,11 +22,42 @@ def test_train_step_rows_cover_every_path():
     cfg = with_updates(ExperimentConfig(), **SMALL)
     rows = train_step.bench_config("small", cfg, (1, 2), repeats=1, target_s=0.01)
     paths = [(r["path"], r["S"]) for r in rows]
-    assert paths == [("reference", 1), ("single", 1), ("generic", 1), ("batched", 1), ("batched", 2), ("data only", 2)]
+    assert paths == [
+        ("reference", 1),
+        ("single", 1),
+        ("generic", 1),
+        ("batched", 1),
+        ("batched", 2),
+        ("data only", 2),
+        ("matmuls only", 2),
+        ("ceiling", 2),
+    ]
     assert rows[0]["ratio"] == pytest.approx(1.0)
     for r in rows:
         assert r["samples_per_s"] > 0 and r["ratio"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"])
-    assert rows[-1]["gflops"] == 0.0  # drawing data is not training: no FLOPs are credited to it
+    data, products, ceiling = rows[-3:]
+    assert data["gflops"] == 0.0  # drawing data is not training: no FLOPs are credited to it
+    # the two parts run one after the other: the bound is below either part alone, and their harmonic sum
+    assert ceiling["samples_per_s"] < min(data["samples_per_s"], products["samples_per_s"])
+    assert 1 / ceiling["samples_per_s"] == pytest.approx(1 / data["samples_per_s"] + 1 / products["samples_per_s"])
     # FLOPs per sample count the PGD steps: 2 passes each, plus the final loss and the training step's 2
     d, m, k = 8, 16, cfg.data.n_tasks
     assert train_step.flops_per_sample(cfg) == (2 * d * m + 2 * m * k) * (2 * 2 + 1 + 2)
+
+
+def test_matmuls_only_performs_the_steps_products(monkeypatch):
+    """The arithmetic row runs the stacked step's 13 products per step (PGD-5): 2 per attack step through W, the
+    best point's and the training step's forwards, and the weight gradient."""
+    cfg = with_updates(ExperimentConfig(), **{**SMALL, "pretrain.attack_steps": 5})
+    calls = []
+    real_matmul = torch.Tensor.__matmul__
+
+    def counting(a, b):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", counting)
+    train_step.run_matmuls_only(cfg, steps=2, size=3)
+    d, m, n = 8, 16, 16
+    through_w = [c for c in calls if c in (((3, n, d), (3, d, m)), ((3, n, m), (3, m, d)), ((3, m, n), (3, n, d)))]
+    assert len(through_w) == 2 * (2 * 5 + 1 + 2)

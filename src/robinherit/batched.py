@@ -33,6 +33,7 @@ from robinherit.fused import (
     FAST_ACTIVATIONS,
     LOSS_GRADS,
     TwoLayerLoss,
+    back_through_head,
     backprop_active,
     two_layer_loss,
     two_layer_loss_and_grad,
@@ -165,7 +166,7 @@ def closed_form_grads(
     g = g / n
     g_v = g.transpose(1, 2) @ h  # (S, K, m)
     g_c = g.sum(dim=1)  # (S, K)
-    g_u = backprop_active(g @ V, h)  # (S, n, m)
+    g_u = backprop_active(back_through_head(g, V), h)  # (S, n, m)
     g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
     if cfg.normalize_rows:
         g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms

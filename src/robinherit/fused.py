@@ -90,6 +90,14 @@ def backprop_active(grad: Tensor, h: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
 
 
+def back_through_head(g_logits: Tensor, head_weight: Tensor) -> Tensor:
+    """``g_logits @ head_weight``, (..., n, K) x (..., K, m). With one output (K = 1) it is an outer product,
+    which a broadcast multiply computes to the same bits at a fraction of a batched matmul's cost."""
+    if head_weight.shape[-2] == 1:
+        return g_logits * head_weight
+    return g_logits @ head_weight
+
+
 def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """h V^T + c for one model (h (n, m), V (K, m)) or a stack (h (S, n, m), V (S, K, m), c (S, 1, K))."""
     if weight.dim() == 2:
@@ -162,7 +170,7 @@ def two_layer_loss_and_grad(
     """:class:`TwoLayerLoss`'s value and input gradient (sign +1) as a function of tensors."""
     h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation)
     value, g_logits = LOSS_GRADS[loss](logits, targets)  # (..., n), (..., n, K)
-    g_u = backprop_active(g_logits @ head_weight, h)  # (..., n, m)
+    g_u = backprop_active(back_through_head(g_logits, head_weight), h)  # (..., n, m)
     return value, g_u @ weight  # (..., n, d)
 
 

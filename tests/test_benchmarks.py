@@ -36,6 +36,8 @@ def test_train_step_rows_cover_every_path():
     for r in rows:
         assert r["samples_per_s"] > 0 and r["ratio"] == pytest.approx(r["samples_per_s"] / rows[0]["samples_per_s"])
     data, products, ceiling = rows[-3:]
+    # only training paths compete for the large config's GFLOP/s; the bounds are not trained models
+    assert [train_step.trains(r) for r in rows] == [True] * 5 + [False] * 3
     assert data["gflops"] == 0.0  # drawing data is not training: no FLOPs are credited to it
     # the two parts run one after the other: the bound is below either part alone, and their harmonic sum
     assert ceiling["samples_per_s"] < min(data["samples_per_s"], products["samples_per_s"])

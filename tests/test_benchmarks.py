@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import train_step
+from benchmarks import profile_step, train_step
 
 from robinherit.config import ExperimentConfig, with_updates
 
@@ -63,3 +63,31 @@ def test_matmuls_only_performs_the_steps_products(monkeypatch):
     d, m, n = 8, 16, 16
     through_w = [c for c in calls if c in (((3, n, d), (3, d, m)), ((3, n, m), (3, m, d)), ((3, m, n), (3, n, d)))]
     assert len(through_w) == 2 * (2 * 5 + 1 + 2)
+
+
+def test_profile_step_accounts_per_step_and_per_call():
+    cfg = with_updates(ExperimentConfig(), **SMALL)
+    rows = profile_step.profile_path(lambda n: train_step.run_single(cfg, n), steps=4)
+    names = [r[0] for r in rows]
+    assert any(n in ("aten::bmm", "aten::mm") for n in names), "the step's matrix products must be seen"
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    for _, per_step, calls, per_call in rows:
+        assert per_call == pytest.approx(per_step / calls)
+
+
+def test_contrastive_step_times_both_paths():
+    from benchmarks import contrastive_step
+
+    cfg = with_updates(
+        ExperimentConfig(),
+        **{
+            **SMALL,
+            "pretrain.method": "contrastive",
+            "pretrain.eps": 0.25,
+            "pretrain.steps": 2,
+            "pretrain.augmentation": "noise",
+            "pretrain.aug_strength": 0.05,
+        },
+    )
+    best = contrastive_step.seconds_per_step(cfg, repeats=1)
+    assert set(best) == {"closed_form", "autograd"} and all(0 < v < float("inf") for v in best.values())

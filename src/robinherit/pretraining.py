@@ -155,8 +155,8 @@ def pretrain_contrastive(
 
     With ``fast`` (the default) the attack on a two-layer encoder uses the closed-form input gradient of
     InfoNCE (``fused.InfoNCEViewLoss``: the same iterates up to float rounding; the whole pre-training is about
-    1.6x faster at the default sizes);
-    ``fast=False`` and other encoders differentiate with autograd.
+    1.6x faster at the default sizes, ``benchmarks/contrastive_step.py``); ``fast=False`` and other encoders
+    differentiate with autograd.
     """
     pcfg = cfg.pretrain
     dev = torch.device(cfg.device)

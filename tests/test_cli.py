@@ -164,6 +164,37 @@ def test_cuda_without_a_gpu_is_a_user_error(micro_yaml_module: Path, tmp_path: P
     assert not (tmp_path / "r.db").exists()
 
 
+@pytest.mark.parametrize("command", ["real", "reproduce", "sweep", "evaluate"])
+def test_every_computing_command_refuses_a_cuda_device_it_cannot_see(command, micro_yaml_module: Path, tmp_path):
+    """The same clear error as `run`, before a store is created or anything runs."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    root = Path(__file__).resolve().parents[1]
+    store = tmp_path / "r.db"
+    if command == "real":
+        args = ["real", root / "configs" / "digits.yaml", "--set", "device=cuda"]
+    elif command == "reproduce":
+        args = ["reproduce", "--quick", "--claims", "1", "--set", "device=cuda", "--out", tmp_path / "out"]
+    elif command == "sweep":
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump({"base": str(micro_yaml_module), "set": {"device": "cuda:0"}, "seeds": 1}))
+        args = ["sweep", spec, "--quiet"]
+    else:
+        args = ["evaluate", micro_yaml_module, "--set", "device=cuda"]
+    assert_user_error(invoke(*args, "--store", store), "device=cuda", "device=cpu")
+    assert not store.exists()
+
+
+def test_a_sweep_dry_run_lists_cuda_runs_without_a_gpu(micro_yaml_module: Path, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(micro_yaml_module), "set": {"device": "cuda"}, "seeds": 2}))
+    res = invoke("sweep", spec, "--dry-run", "--store", tmp_path / "r.db")
+    assert res.exit_code == 0, res.output
+    assert "2 runs, 0 stored" in res.output
+
+
 def test_installed_entry_point_reports_errors_without_traceback(micro_yaml_module: Path, tmp_path: Path):
     exe = Path(sys.executable).with_name("robinherit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "robinherit.cli"]

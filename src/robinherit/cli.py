@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,6 +51,21 @@ def user_errors(fn: F) -> F:
             raise fail(str(err)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def require_devices(devices: Iterable[str]) -> None:
+    """Fail before anything is stored or run when a config asks for a CUDA device that torch cannot see."""
+    wanted = sorted({d for d in devices if d.startswith("cuda")})
+    if not wanted:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise fail(f"device={wanted[0]} but torch sees no CUDA GPU here; use --set device=cpu")
+    count = torch.cuda.device_count()
+    for d in wanted:
+        if ":" in d and int(d.split(":")[1]) >= count:
+            raise fail(f"device={d} but torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}; pick one of those")
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -122,11 +137,7 @@ def run(
 
     cfg = load_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
-    if cfg.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise fail(f"device={cfg.device} but torch sees no CUDA GPU here; use --set device=cpu")
+    require_devices([cfg.device])
     db = ResultStore(store)  # opened first: a bad store fails before any compute
     with progress_bar(json_out) as bar:
         for seed in seed_list:
@@ -262,8 +273,8 @@ def reproduce(
     settings = ReproduceSettings(
         seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted, workers=workers
     )
-    for fam in settings.families():
-        settings.base(fam)  # validate configs and overrides before any compute
+    # validate configs and overrides, and the device they ask for, before any compute
+    require_devices([settings.base(fam).device for fam in settings.families()])
     db = ResultStore(store)
     with progress_bar(False) as bar:
         task = bar.add_task("reproduce", total=None)
@@ -315,6 +326,8 @@ def sweep(
     sw = load_sweep(spec)
     cfgs = sw.configs()  # every point validated before the store is touched or anything runs
     db_path = store or sw.spec.store or DEFAULT_STORE
+    if not dry_run and backend_kind == Backend.local:  # a Ray cluster's GPUs are its workers', not this machine's
+        require_devices(c.device for c in cfgs)
     db = ResultStore(db_path)
     if dry_run:
         stored = db.run_ids()
@@ -433,6 +446,7 @@ def evaluate(
         raise fail(f"--head '{head}' is not one of: {', '.join(h.value for h in HeadKind)}")
     if Path(target).suffix.lower() in {".yaml", ".yml"} or Path(target).is_file():
         cfg = load_config(target, set_)
+        require_devices([cfg.device])
         db = ResultStore(store)
         records = [run_or_load(with_updates(cfg, seed=s), db)[0] for s in parse_seeds(seeds) or [cfg.seed]]
     else:
@@ -495,6 +509,7 @@ def real(
 
     cfg = load_real_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
+    require_devices([cfg.device])
     db = ResultStore(store)
     with progress_bar(json_out) as bar:
         for seed in seed_list:

@@ -188,3 +188,14 @@ def test_evaluation_attacks_with_closed_form_give_the_autograd_result():
     assert fast.robust_acc["0.3"] < 1.0  # the attack breaks something, so the comparison is not vacuous
     for eps, acc in slow.robust_acc.items():
         assert abs(fast.robust_acc[eps] - acc) <= 1 / 200  # same iterates up to rounding: at most one flip
+
+
+@pytest.mark.parametrize("shape", [(40, 24), (3, 40, 24)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_back_through_head_is_the_matmul_to_the_bit(shape, k):
+    from robinherit.fused import back_through_head
+
+    g = torch.Generator().manual_seed(9)
+    lead, (n, m) = shape[:-2], shape[-2:]
+    g_logits, head = torch.randn(*lead, n, k, generator=g), torch.randn(*lead, k, m, generator=g)
+    assert torch.equal(back_through_head(g_logits, head), g_logits @ head)

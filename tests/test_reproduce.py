@@ -192,3 +192,32 @@ def test_quick_mode_shortens_only_what_it_says():
     # the user's --set wins over quick mode's own settings
     mine = ReproduceSettings(seeds=(0,), quick=True, overrides=("pretrain.steps=700",))
     assert mine.base("contrastive").pretrain.steps == 700
+
+
+def test_report_lists_every_evaluation_self_check_with_its_origin(good, tmp_path):
+    import copy
+
+    _out, result, store, _settings = good
+    quiet = copy.deepcopy(result)
+    for arms in quiet.records.values():
+        for recs in arms.values():
+            for rec in recs:
+                for r in rec["downstream"].values():
+                    r["warnings"] = []
+    write_report(quiet, store, tmp_path / "quiet")
+    assert "Self-checks: 0 warning(s)." in (tmp_path / "quiet" / "report.md").read_text()
+    assert "No evaluation self-check fired" in (tmp_path / "quiet" / "report.html").read_text()
+
+    loud = copy.deepcopy(quiet)
+    fam = next(iter(loud.records))
+    arm = next(iter(loud.records[fam]))
+    rec = loud.records[fam][arm][1]
+    head = next(iter(rec["downstream"]))
+    rec["downstream"][head]["warnings"] = ["robust accuracy 0.9 > clean 0.8 at eps <0.5>"]
+    write_report(loud, store, tmp_path / "loud")
+    md = (tmp_path / "loud" / "report.md").read_text()
+    where = f"{fam} {arm} seed {rec['seed']} {head}: robust accuracy 0.9 > clean 0.8 at eps <0.5>"
+    assert "Self-checks: 1 warning(s)." in md and f"- {where}" in md
+    page = (tmp_path / "loud" / "report.html").read_text()
+    assert "No evaluation self-check fired" not in page
+    assert "at eps &lt;0.5&gt;" in page and "at eps <0.5>" not in page  # the warning is escaped in HTML

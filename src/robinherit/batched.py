@@ -373,8 +373,8 @@ def pretrain_stacked(
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     eps = [c.pretrain.eps for c in cfgs]
     # PGD with closed-form gradients: attack and gradients as one pure function (adversarial_grads), compiled
-    # with ROBINHERIT_COMPILE=1; eager, it is bit for bit the step below. Adam takes its one-kernel form (about
-    # 2.5x faster than the per-tensor loop at these sizes; the same update up to float rounding).
+    # with ROBINHERIT_COMPILE=1; eager, it is bit for bit the step below. Adam takes its one-kernel form (the same
+    # update up to float rounding; `python -m benchmarks.profile_step single` shows what the optimiser costs).
     fuse_step = pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
     opt = make_optimizer(list(net.parameters()), pcfg, fused=True)
     gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]

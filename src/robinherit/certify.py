@@ -26,22 +26,17 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
+from robinherit.activations import unit
 from robinherit.config import Activation, Norm
 from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import ACTIVATIONS, LinearHead, TwoLayerNet
+from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.records import eps_key
 
 
 class BoundMethod(str, Enum):
     ibp = "ibp"
     crown = "crown"
     best = "best"  # elementwise max of the sound bounds above: still sound, never looser
-
-
-# Kinks of each unit as a function of its threshold: between them the unit is linear.
-KINKS: dict[Activation, Callable[[Tensor], tuple[Tensor, ...]]] = {
-    Activation.sym_relu: lambda b: (-b, b),
-    Activation.relu: lambda b: (b,),
-}
 
 
 @dataclass(frozen=True)
@@ -53,12 +48,19 @@ class TwoLayerLinear:
     activation: Activation
     V: Tensor  # (C, m) head weights
     c: Tensor  # (C,) head bias
+    center: Tensor | None = None  # (d,) input centre: the model reads x - center
 
     def act(self, u: Tensor) -> Tensor:
-        return ACTIVATIONS[self.activation](u, self.b)
+        return unit(self.activation).function(u, self.b)
+
+    def centred(self, x: Tensor) -> Tensor:
+        """x - center in float64: a ball around x is the same ball around x - center (a translation), so every
+        bound below is taken in centred coordinates."""
+        x = x.to(self.W)
+        return x if self.center is None else x - self.center
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.act(x.to(self.W) @ self.W.T) @ self.V.T + self.c  # (n, C)
+        return self.act(self.centred(x) @ self.W.T) @ self.V.T + self.c  # (n, C)
 
 
 def as_two_layer(model: nn.Module) -> TwoLayerLinear | None:
@@ -77,6 +79,7 @@ def as_two_layer(model: nn.Module) -> TwoLayerLinear | None:
             activation=Activation(enc.cfg.activation),
             V=head.weight.detach().to(**f64),
             c=head.bias.detach().to(**f64),
+            center=None if enc.center is None else enc.center.detach().to(**f64),
         )
 
 
@@ -113,7 +116,8 @@ def dual_norm(v: Tensor, norm: Norm) -> Tensor:
 
 
 def preactivation_bounds(net: TwoLayerLinear, x: Tensor, eps: float, norm: Norm) -> tuple[Tensor, Tensor]:
-    """(n, m) exact bounds of <w_i, x'> over the ball: a single linear layer attains them."""
+    """(n, m) exact bounds of <w_i, x'> over the ball around ``x`` (centred coordinates): a single linear layer
+    attains them."""
     u0 = x.to(net.W) @ net.W.T
     r = eps * dual_norm(net.W, norm)  # (m,)
     return u0 - r, u0 + r
@@ -138,9 +142,9 @@ def relaxation(net: TwoLayerLinear, lo: Tensor, hi: Tensor) -> tuple[Tensor, Ten
     after CROWN's adaptive choice: for a plain ReLU that is the chord above and, below, the best of the lines
     of slope 0, 1 or the chord's slope through the kink.
     """
-    kinks = [torch.minimum(torch.maximum(k.expand_as(lo), lo), hi) for k in KINKS[net.activation](net.b)]
+    kinks = [torch.minimum(torch.maximum(k.expand_as(lo), lo), hi) for k in unit(net.activation).kinks(net.b)]
     pts = torch.stack([lo, *kinks, hi], dim=-1)  # (n, m, P)
-    vals = ACTIVATIONS[net.activation](pts, net.b[:, None])  # (n, m, P)
+    vals = unit(net.activation).function(pts, net.b[:, None])  # (n, m, P)
     i, j = torch.triu_indices(pts.shape[-1], pts.shape[-1], offset=1, device=pts.device)
     width = pts[..., j] - pts[..., i]
     wide = width > 1e-12
@@ -183,8 +187,9 @@ BOUNDS: dict[BoundMethod, Callable[[TwoLayerLinear, Tensor, Tensor, float, Norm]
 def margin_lower_bound(
     net: TwoLayerLinear, x: Tensor, spec: Tensor, *, eps: float, norm: Norm, method: BoundMethod = BoundMethod.best
 ) -> Tensor:
-    """(n, r) lower bounds of ``spec @ logits(x')`` over every x' with ||x' - x|| <= eps."""
-    return BOUNDS[BoundMethod(method)](net, x, spec.to(net.W), float(eps), Norm(norm))
+    """(n, r) lower bounds of ``spec @ logits(x')`` over every x' with ||x' - x|| <= eps (the bound functions work
+    in the model's centred coordinates)."""
+    return BOUNDS[BoundMethod(method)](net, net.centred(x), spec.to(net.W), float(eps), Norm(norm))
 
 
 def logit_bounds(
@@ -234,8 +239,6 @@ def certified_accuracy(
     A certificate for a ball covers every smaller ball, so an example certified at some eps counts as
     certified at every smaller eps of the grid (the curve is non-increasing by construction).
     """
-    from robinherit.evaluation import eps_key
-
     masks: dict[str, Tensor] = {}
     covered = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for eps in sorted(eps_grid, reverse=True):

@@ -123,14 +123,16 @@ def summary_line(rec: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 @user_errors
 def run(
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/supervised.yaml"),
+    config: str = typer.Argument(
+        ..., help="YAML config, or the name of a shipped one: supervised, contrastive, digits, mnist1d, ..."
+    ),
     set_: list[str] = typer.Option([], "--set", help="override a config path: --set pretrain.eps=0.25"),
     seeds: str | None = typer.Option(None, help="comma list or range of seeds, e.g. 0,1,2 or 0-4"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON record per seed, nothing else"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
     force: bool = typer.Option(False, help="run again even if the store has this config and seed"),
 ) -> None:
-    """Run one experiment per seed (answered from the store when it already has it)."""
+    """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
     from robinherit.experiment import run_or_load
     from robinherit.store import ResultStore
@@ -158,17 +160,26 @@ def run(
 def _print_record(rec: dict[str, Any], cached: bool) -> None:
     pur = rec["purification"]
     where = " (from store)" if cached else f" ({rec['timing_s']['total']:.1f} s)"
+    name = rec.get("dataset", {}).get("name", "synthetic")
+    ref = pur.get("reference", "true dictionary")
     out.print(
-        f"[bold]run {rec['run_id']}[/] seed {rec['seed']}{where}: top-1 share mean {pur['top1_share_mean']:.3f}, "
-        f"pure@0.5 {pur['frac_pure']['0.5']:.0%}, N_eff median {pur['neff_median']:.2f}, dead {pur['dead_nodes']}"
+        f"[bold]run {rec['run_id']}[/] {name} seed {rec['seed']}{where}: top-1 share mean "
+        f"{pur['top1_share_mean']:.3f} ({ref}), pure@0.5 {pur['frac_pure']['0.5']:.0%}, "
+        f"N_eff median {pur['neff_median']:.2f}, dead {pur['dead_nodes']}"
     )
-    table = Table("head", "clean", *[f"eps {e}" for e in next(iter(rec["downstream"].values()))["robust_acc"]])
-    for head, r in rec["downstream"].items():
-        table.add_row(head, f"{r['clean_acc']:.3f}", *[f"{a:.3f}" for a in r["robust_acc"].values()])
+    rows = {"pre-trained model": rec["pretrain"], **rec["downstream"]}
+    eps = list(next(iter(rec["downstream"].values()))["robust_acc"])
+    table = Table("model", "accuracy", *[f"eps {e}" for e in eps])
+    for name, r in rows.items():
+        table.add_row(name, "robust", *[f"{r['robust_acc'][e]:.3f}" for e in eps])
+        if r.get("certified_acc"):
+            table.add_row("", "certified", *[f"{r['certified_acc'][e]:.3f}" for e in eps])
     out.print(table)
-    for head, r in rec["downstream"].items():
+    if any("autoattack_robust_acc" in r for r in rows.values()):
+        out.print("robust accuracy: per-example worst case of " + ", ".join(rec["pretrain"].get("attacks", [])))
+    for name, r in rows.items():
         for w in r.get("warnings", []):
-            out.print(f"[yellow]warning ({head}):[/] {w}")
+            out.print(f"[yellow]warning ({name}):[/] {w}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -227,19 +238,26 @@ def show(
 @app.command("config")
 @user_errors
 def config_cmd(
-    config: Path = typer.Argument(..., help="YAML config"),
+    config: str | None = typer.Argument(None, help="YAML config or a shipped config's name (default: all defaults)"),
     set_: list[str] = typer.Option([], "--set", help="override a config path"),
     json_out: bool = typer.Option(False, "--json"),
+    explain: bool = typer.Option(False, "--explain", help="every path with its type, value, default and meaning"),
 ) -> None:
-    """Print the resolved config with every default filled in."""
-    from robinherit.config import load_config
+    """Print the resolved config with every default filled in (``--explain``: what each setting means)."""
+    from robinherit.config import explain_config, load_config
 
     cfg = load_config(config, set_)
+    if explain:
+        table = Table("path", "type", "value", "default", "description", box=None)
+        for row in explain_config(cfg):
+            table.add_row(*row)
+        out.print(table)
+        return
     resolved = cfg.resolved()
     if json_out:
         print(json.dumps(resolved, indent=2))
     else:
-        print(f"# run_id (hash of the resolved config): {cfg.config_hash()}")
+        print(f"# run_id: {cfg.config_hash()} (hash of the settings that change this run's numbers)")
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
 
 
@@ -424,7 +442,9 @@ def export(
 @app.command()
 @user_errors
 def evaluate(
-    target: str = typer.Argument(..., help="a stored run id (a unique prefix) or a YAML config (run if not stored)"),
+    target: str = typer.Argument(
+        ..., help="a stored run id (a unique prefix), a YAML config or a shipped config's name (run if not stored)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override a config path (with a config TARGET)"),
     seeds: str | None = typer.Option(None, help="seeds of a config TARGET, e.g. 0,1,2 or 0-4"),
     head: str = typer.Option("clean", help="downstream head to evaluate: clean or adversarial"),
@@ -437,14 +457,15 @@ def evaluate(
     The encoder comes from the store; the head is retrained exactly as in the run. Exit code 1 when
     certified <= PGD <= ART-PGD + 0.01 fails at some eps.
     """
-    from robinherit.config import HeadKind, load_config, with_updates
+    from robinherit.config import HeadKind, load_config, packaged_files, with_updates
     from robinherit.crosscheck import check_run
     from robinherit.experiment import run_or_load
     from robinherit.store import ResultStore
 
     if head not in {h.value for h in HeadKind}:
         raise fail(f"--head '{head}' is not one of: {', '.join(h.value for h in HeadKind)}")
-    if Path(target).suffix.lower() in {".yaml", ".yml"} or Path(target).is_file():
+    is_config = Path(target).suffix.lower() in {".yaml", ".yml"} or Path(target).is_file()
+    if is_config or target in packaged_files("configs"):
         cfg = load_config(target, set_)
         require_devices([cfg.device])
         db = ResultStore(store)
@@ -493,54 +514,18 @@ def evaluate(
         raise typer.Exit(code=1)
 
 
-@app.command()
-@user_errors
+@app.command(hidden=True)
 def real(
-    config: Path = typer.Argument(..., help="real-data YAML config, e.g. configs/digits.yaml"),
-    set_: list[str] = typer.Option([], "--set", help="override a config path: --set pretrain.eps=0"),
-    seeds: str | None = typer.Option(None, help="comma list or range of seeds, e.g. 0,1,2 or 0-4"),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON record per seed, nothing else"),
+    config: str = typer.Argument(..., help="real-data YAML config, e.g. configs/digits.yaml"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path"),
+    seeds: str | None = typer.Option(None, help="seeds"),
+    json_out: bool = typer.Option(False, "--json"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
-    force: bool = typer.Option(False, help="run again even if the store has this config and seed"),
+    force: bool = typer.Option(False),
 ) -> None:
-    """Real data (digits, MNIST-1D, MNIST, Fashion-MNIST, CIFAR-10): PGD + AutoAttack, one run per seed."""
-    from robinherit.realdata import load_real_config, run_real_or_load, with_real_updates
-    from robinherit.store import ResultStore
-
-    cfg = load_real_config(config, set_)
-    seed_list = parse_seeds(seeds) or [cfg.seed]
-    require_devices([cfg.device])
-    db = ResultStore(store)
-    with progress_bar(json_out) as bar:
-        for seed in seed_list:
-            c = with_real_updates(cfg, seed=seed)
-            task = bar.add_task(f"seed {seed}", total=c.pretrain.steps)
-
-            def on_progress(stage: str, done: int, total: int, task: Any = task, seed: int = seed) -> None:
-                bar.update(task, completed=done, total=total, description=f"seed {seed}: {stage}")
-
-            rec, cached = run_real_or_load(c, db, force=force, progress=on_progress)
-            bar.remove_task(task)
-            if json_out:
-                print(json.dumps(rec), flush=True)
-                continue
-            where = " (from store)" if cached else f" ({rec['timing_s']['total']:.1f} s)"
-            pur = rec["purification"]
-            out.print(
-                f"[bold]run {rec['run_id']}[/] {rec['dataset']['name']} seed {rec['seed']}{where}: learned-dictionary "
-                f"top-1 share {pur['top1_share_mean']:.3f}, zero activations {rec['sparsity']['zero_share']:.0%}"
-            )
-            table = Table("head", "clean", "eps", "PGD", "AutoAttack", "worst case")
-            for head, r in rec["downstream"].items():
-                for k in r["pgd_robust_acc"]:
-                    aa = r["autoattack_robust_acc"].get(k)
-                    aa_txt = "-" if aa is None else f"{aa:.3f}"
-                    table.add_row(head, f"{r['clean_acc']:.3f}", k, f"{r['pgd_robust_acc'][k]:.3f}", aa_txt,
-                                  f"{r['robust_acc'][k]:.3f}")  # fmt: skip
-            out.print(table)
-            for head, r in rec["downstream"].items():
-                for w in r.get("warnings", []):
-                    out.print(f"[yellow]warning ({head}):[/] {w}", highlight=False, soft_wrap=True)
+    """Renamed: real data runs with `robinherit run` like every other source (this alias goes in the next release)."""
+    console.print("[yellow]`robinherit real` is now `robinherit run` (one pipeline for every data source).[/]")
+    run(config, set_, seeds, json_out, store, force)
 
 
 def main() -> None:

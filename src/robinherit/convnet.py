@@ -12,20 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from robinherit.config import ModelConfig
-from robinherit.models import ACTIVATIONS
-
-
-class ConvConfig(BaseModel):
-    """Shape of the conv stack; the feature layer's width, unit and threshold come from ``model``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    channels: tuple[int, ...] = Field((16, 32), min_length=1, description="output channels of each conv layer")
-    kernel: int = Field(3, ge=1, description="square kernel size of every conv layer")
+from robinherit.activations import row_norms, unit
+from robinherit.config import ConvConfig, ModelConfig
 
 
 def _init(param: Tensor, fan_in: int, g: torch.Generator | None) -> None:
@@ -44,11 +34,12 @@ class ConvNet(nn.Module):
         cfg: ModelConfig,
         n_out: int,
         g: torch.Generator | None = None,
+        center: Tensor | None = None,
     ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.cfg = cfg
-        self.act = ACTIVATIONS[cfg.activation]
+        self.act = unit(cfg.activation).function
         c, h, _w = self.image_shape
         layers: list[nn.Module] = []
         for i, out_ch in enumerate(conv.channels):
@@ -69,6 +60,7 @@ class ConvNet(nn.Module):
         self.head = nn.Linear(cfg.width, n_out)
         _init(self.head.weight, cfg.width, g)
         nn.init.zeros_(self.head.bias)
+        self.register_buffer("center", None if center is None else center.detach().reshape(-1).clone())
 
     def first_layer_filters(self) -> Tensor:
         """(out_channels, c * kh * kw) filters of the first conv layer, one patch-space vector per row."""
@@ -83,11 +75,16 @@ class ConvNet(nn.Module):
         return self.b.clamp_min(0.0)
 
     def features(self, x: Tensor) -> Tensor:
+        if self.center is not None:
+            x = x - self.center
         maps = self.convs(x.reshape(x.shape[0], *self.image_shape))  # (n, C, H', W')
         u = self.fc(maps.flatten(1))  # (n, width)
         if self.cfg.normalize_rows:
-            u = u / self.fc.weight.norm(dim=1).clamp_min(1e-12)
+            u = u / row_norms(self.fc.weight).squeeze(-1)
         return self.act(u, self.threshold())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def freeze(self) -> ConvNet:
+        return self.requires_grad_(False)

@@ -127,24 +127,39 @@ class Batch(NamedTuple):
 
 
 class BatchStream:
-    """Pre-training batches: fresh samples every step (online) or minibatches of a fixed training set."""
+    """Pre-training batches: fresh samples of a world every step (online), or minibatches drawn with replacement
+    from a fixed training set (a world's, with ``n_train``, or any arrays, :meth:`from_arrays`). One stream for
+    every data source: the draws come from the seed's ``pretrain-batches`` generator either way."""
 
     def __init__(
         self, world: World, batch_size: int, seed: int, n_train: int | None = None, device: str | torch.device = "cpu"
     ):
-        self.world = world
+        self.world: World | None = world
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.g = generator(seed, "pretrain-batches")
-        self.fixed: tuple[Tensor, Tensor] | None = None
+        self.fixed: tuple[Tensor, Tensor, Tensor | None] | None = None
         if n_train is not None:
-            self.fixed = world.sample(n_train, generator(seed, "pretrain-trainset"))
+            x, z = world.sample(n_train, generator(seed, "pretrain-trainset"))
+            self.fixed = (x, world.pretrain_labels(z), z)
+
+    @classmethod
+    def from_arrays(
+        cls, x: Tensor, y: Tensor, batch_size: int, seed: int, device: str | torch.device = "cpu"
+    ) -> BatchStream:
+        """Minibatches of a fixed training set (x (n, d), targets y) with no world behind it (real data)."""
+        stream = cls.__new__(cls)
+        stream.world, stream.device, stream.batch_size = None, torch.device(device), batch_size
+        stream.g = generator(seed, "pretrain-batches")
+        stream.fixed = (x, y, None)
+        return stream
 
     def next(self) -> Batch:
-        if self.fixed is None:
-            x, z = self.world.sample(self.batch_size, self.g)
-        else:
-            idx = torch.randint(0, self.fixed[0].shape[0], (self.batch_size,), generator=self.g)
-            x, z = self.fixed[0][idx], self.fixed[1][idx]
         dev = self.device
-        return Batch(x.to(dev), self.world.pretrain_labels(z).to(dev), z.to(dev))
+        if self.fixed is None:
+            assert self.world is not None  # an online stream always has its world
+            x, z = self.world.sample(self.batch_size, self.g)
+            return Batch(x.to(dev), self.world.pretrain_labels(z).to(dev), z.to(dev))
+        x, y, z = self.fixed
+        idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=self.g)
+        return Batch(x[idx].to(dev), y[idx].to(dev), None if z is None else z[idx].to(dev))

@@ -25,15 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import _flat_norm, input_grad, pgd
-from robinherit.config import Norm
+from robinherit.autoattack import autoattack_correct, autoattack_names
+from robinherit.certify import certified_accuracy, certifier_for
+from robinherit.config import AutoAttackSet, EvalConfig, Norm
 from robinherit.fused import fused_loss
+from robinherit.records import eps_key
+from robinherit.seeding import derive_seed
 
 MarginFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def eps_key(eps: float) -> str:
-    """The key of a budget in result records: 0.25 -> "0.25", 1.0 -> "1"."""
-    return f"{float(eps):g}"
 
 
 # An input gradient whose dual norm is below this is "vanishing": no gradient step can move the margin.
@@ -185,8 +184,6 @@ def evaluate(
 
     certified, cert_masks = None, {}
     if certify:
-        from robinherit.certify import certified_accuracy, certifier_for
-
         certifier = certifier_for(model, margin_fn, norm)
         if certifier is not None:
             certified, cert_masks = certified_accuracy(certifier, x, y, eps_grid=tuple(eps_grid))
@@ -240,38 +237,93 @@ def _flip_check(
         )
 
 
-# --- re-evaluating a stored run ----------------------------------------------------------------------------
+# --- PGD and AutoAttack together ---------------------------------------------------------------------------
 
 
-@dataclass
-class StoredRun:
-    """A stored run's downstream model and test set, rebuilt exactly as ``run_experiment`` made them."""
+def robust_eval(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    margin_fn: MarginFn,
+    ecfg: EvalConfig,
+    *,
+    n_classes: int,
+    image_shape: tuple[int, int, int] | None,
+    g: torch.Generator,
+    seed: int,
+    tag: str,
+    clip: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """The record of one model's evaluation on ``eval.eps_grid``: :func:`evaluate` (PGD, self-checks, certified
+    accuracy where the model is certifiable) and, with ``eval.autoattack``, AutoAttack's components too.
 
-    cfg: Any  # ExperimentConfig
-    model: Any  # LinearHead on the stored encoder
-    x: Tensor  # (n_test, d)
-    y: Tensor  # (n_test,) downstream class labels
-    eval_generator: torch.Generator  # the stream the run's own evaluation of this head used
-
-
-def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clean") -> StoredRun:
-    """Encoder weights from the store (``ResultStore.artifact(run_id, "encoder")``) plus a retrained ``head``.
-
-    Every stage is a pure function of the seed, so the world, the downstream data, the head and the test set
-    are the ones of the original run (bit for bit on the same device and torch build).
+    With AutoAttack, ``robust_acc`` is the per-example worst case over every attack run, cumulative over budgets
+    (an example broken at a smaller eps counts as broken at every larger one); ``pgd_robust_acc`` and
+    ``autoattack_robust_acc`` keep each family's own numbers. AutoAttack is the stronger attack, so a robust
+    accuracy above PGD's means it is not working on that model: that becomes a warning.
     """
-    from robinherit.config import HeadKind, build_config
-    from robinherit.data import make_world
-    from robinherit.experiment import fit_head, frozen_encoder  # experiment imports this module
-    from robinherit.seeding import generator
-
-    cfg = build_config(record["config"])
-    kind = HeadKind(head)
-    dev = torch.device(cfg.device)
-    world = make_world(cfg.data, cfg.seed)
-    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
-    model = fit_head(cfg, frozen_encoder(cfg, encoder), world, kind, x_tr, z_tr)
-    x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
-    return StoredRun(
-        cfg, model, x_te.to(dev), world.downstream_labels(z_te).to(dev), generator(cfg.seed, f"eval-{kind.value}", dev)
+    res = evaluate(
+        model,
+        x,
+        y,
+        margin_fn,
+        eps_grid=ecfg.eps_grid,
+        norm=ecfg.norm,
+        steps=ecfg.steps,
+        restarts=ecfg.restarts,
+        g=g,
+        clip=clip,
     )
+    out = res.to_dict()
+    names = autoattack_names(ecfg.autoattack, n_classes) if ecfg.autoattack != AutoAttackSet.none else []
+    if not names:
+        return out
+    if image_shape is None:
+        raise ValueError("AutoAttack needs the inputs' image shape")
+    correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
+    aa_still, worst_still = correct.clone(), correct.clone()
+    pgd_acc, aa_acc, worst_acc, per_attack = {}, {}, {}, {}
+    for eps in ecfg.eps_grid:
+        key = eps_key(eps)
+        pgd_acc[key] = res.robust_acc[key]
+        worst_still &= res.robust_mask[key]
+        if eps > 0:
+            masks = autoattack_correct(
+                model,
+                x,
+                y,
+                eps=eps,
+                norm=ecfg.norm,
+                n_classes=n_classes,
+                image_shape=image_shape,
+                ecfg=ecfg,
+                seed=derive_seed(seed, f"aa-{tag}-{key}"),
+            )
+            per_attack[key] = {n: float((m & correct).float().mean()) for n, m in masks.items()}
+            for m in masks.values():
+                aa_still &= m
+            worst_still &= aa_still
+        aa_acc[key] = float(aa_still.float().mean())
+        worst_acc[key] = float(worst_still.float().mean())
+        if aa_acc[key] > pgd_acc[key]:
+            out["warnings"].append(
+                f"AutoAttack robust accuracy {aa_acc[key]:.4f} is above PGD's {pgd_acc[key]:.4f} at eps={key}: "
+                "AutoAttack is not working on this model (the reported number is the per-example worst case)"
+            )
+    if res.certified_acc is not None and any(res.certified_acc[k] > worst_acc[k] + 1e-12 for k in worst_acc):
+        out["warnings"].append(
+            "an attack broke examples the bound certified: a certificate is a proof, so this is a bug in "
+            "robinherit.certify or the model"
+        )
+    return {
+        **out,
+        "robust_acc": worst_acc,
+        "pgd_robust_acc": pgd_acc,
+        "autoattack_robust_acc": aa_acc,
+        "per_attack_robust_acc": per_attack,
+        "autoattack_not_above_pgd": all(aa_acc[k] <= pgd_acc[k] for k in aa_acc),
+        "attacks": [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names],
+    }
+
+
+__all__ = ["EvalResult", "eps_key", "evaluate", "flip_radii", "robust_eval"]

@@ -1,136 +1,135 @@
-"""One experiment, top to bottom:
-config -> data -> pre-train -> purification -> downstream heads -> evaluation -> record.
+"""One experiment, top to bottom, for every data source:
+config -> source -> pre-train -> purification -> downstream heads -> evaluation -> record.
+
+``run_experiment`` runs one config; ``run_many`` runs many, pre-training the configs that share shapes as one
+stack (``robinherit.batched``: the same results as one by one, much faster) and every other config alone. It is
+the one scheduler behind ``run``, sweeps (local and Ray workers) and ``reproduce``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from robinherit import purification
-from robinherit.config import ExperimentConfig, HeadKind
-from robinherit.data import BatchStream, World, make_world
+from robinherit import batched
+from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, build_config
+from robinherit.convnet import ConvNet
 from robinherit.downstream import train_head
-from robinherit.evaluation import evaluate
-from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import LinearHead, TwoLayerNet, build_model
-from robinherit.pretraining import PRETRAINERS, PretrainLog
+from robinherit.errors import NonFiniteLossError
+from robinherit.evaluation import robust_eval
+from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.pretraining import PRETRAINERS
 from robinherit.provenance import git_commit, versions
 from robinherit.seeding import generator
+from robinherit.sources import DataSource, Split, build_source
 from robinherit.store import ResultStore
+from robinherit.training import PretrainLog
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, artifacts)
 
 
-def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> tuple[dict[str, Any], dict]:
+def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
     """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
     torch.manual_seed(cfg.seed)  # nothing should draw from the global stream; this pins it if something does
     dev = torch.device(cfg.device)
     t0 = time.perf_counter()
-
-    # data: the world (dictionary, tasks) and the pre-training stream
-    world = make_world(cfg.data, cfg.seed)
-    stream = BatchStream(world, cfg.pretrain.batch_size, cfg.seed, cfg.data.n_train, device=dev)
-
-    # pre-train
-    model = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init")).to(dev)
+    source = build_source(cfg)
+    model = build_encoder(cfg, source).to(dev)
+    stream = source.pretrain_stream(cfg, dev)
     on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
-    log = PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
+    log = pretrain(model, stream, cfg, source, on_step)
     model.freeze().eval()
-    return finish_experiment(cfg, world, model, log, time.perf_counter() - t0)
+    return finish_experiment(cfg, source, model, log, time.perf_counter() - t0)
 
 
-def frozen_encoder(cfg: ExperimentConfig, weights: dict[str, Any] | None) -> TwoLayerNet:
-    """The pre-trained encoder of ``cfg``'s run from its stored artifact {"W", "b"} (None: at initialisation),
-    frozen, on ``cfg.device``. The stored W is the effective (row-normalised) weight; normalising it again is
-    the identity."""
-    enc = build_model(cfg.data.d, cfg.model, n_out=cfg.data.n_tasks, g=generator(cfg.seed, "init"))
-    if weights is not None:
-        with torch.no_grad():
-            enc.W.copy_(torch.as_tensor(weights["W"]))
-            enc.b.copy_(torch.as_tensor(weights["b"]))
-    return enc.to(torch.device(cfg.device)).freeze().eval()
+def build_encoder(cfg: ExperimentConfig, source: DataSource) -> TwoLayerNet | ConvNet:
+    """The untrained encoder of ``cfg`` with a pre-training head of ``source.pretrain_outputs`` outputs."""
+    g = generator(cfg.seed, "init")
+    if cfg.model.encoder == EncoderKind.conv:
+        assert source.image_shape is not None  # the config allows conv on image sources only
+        return ConvNet(source.image_shape, cfg.model.conv, cfg.model, source.pretrain_outputs, g, source.center)
+    return TwoLayerNet(source.d, cfg.model, source.pretrain_outputs, g, source.center)
+
+
+def pretrain(model: nn.Module, stream: Any, cfg: ExperimentConfig, source: DataSource, on_step=None) -> PretrainLog:
+    """Supervised pre-training on the source's own loss (multi-task BCE, or cross-entropy on classes), or
+    contrastive pre-training; adversarial when ``pretrain.eps > 0``."""
+    if cfg.pretrain.method.value == "supervised":
+        return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, loss_fn=source.pretrain_loss, on_step=on_step)
+    return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
 
 
 def fit_head(
-    cfg: ExperimentConfig,
-    encoder: TwoLayerNet,
-    world: World,
-    kind: HeadKind,
-    x: Tensor,
-    z: Tensor,
-    stream: str | None = None,
+    cfg: ExperimentConfig, encoder: nn.Module, source: DataSource, kind: HeadKind, split: Split | None = None
 ) -> LinearHead:
-    """A downstream head of ``kind`` on the frozen ``encoder``: trained on inputs ``x`` labelled by ``world``'s
-    downstream task on their codes ``z``, with the config's downstream settings, budget norm and device, and
-    the random stream ``head-<kind>`` (or ``stream``) of the config's seed."""
+    """A downstream head of ``kind`` on the frozen ``encoder``, trained on ``split`` (default: the source's
+    downstream training split) with the config's downstream settings and the stream ``head-<kind>``."""
     dev = torch.device(cfg.device)
+    split = split or source.downstream_train(cfg)
     return train_head(
         encoder,
         cfg.model.width,
-        2,
-        x.to(dev),
-        world.downstream_labels(z).to(dev),
+        split.n_classes,
+        split.x.to(dev),
+        split.y.to(dev),
         kind,
         cfg.downstream,
         norm=cfg.eval.norm,
-        g=generator(cfg.seed, stream or f"head-{kind.value}", dev),
+        g=generator(cfg.seed, f"head-{kind.value}", dev),
+        clip=source.clip,
+    )
+
+
+def evaluate_model(
+    cfg: ExperimentConfig, model: nn.Module, split: Split, source: DataSource, tag: str
+) -> dict[str, Any]:
+    """Clean, robust (PGD, and AutoAttack where configured) and certified accuracy of ``model`` on ``split``."""
+    dev = torch.device(cfg.device)
+    return robust_eval(
+        model,
+        split.x.to(dev),
+        split.y.to(dev),
+        split.margin,
+        cfg.eval,
+        n_classes=split.n_classes,
+        image_shape=source.image_shape,
+        g=generator(cfg.seed, f"eval-{tag}", dev),
+        seed=cfg.seed,
+        tag=tag,
+        clip=source.clip,
     )
 
 
 def finish_experiment(
-    cfg: ExperimentConfig, world: World, model: TwoLayerNet, log: PretrainLog, pretrain_s: float
-) -> tuple[dict[str, Any], dict]:
-    """The stages after pre-training (purification, heads, evaluation, record) for one frozen encoder.
-
-    Shared by ``run_experiment`` and the batched path (robinherit.batched), which pre-trains many at once.
-    """
-    dev = torch.device(cfg.device)
+    cfg: ExperimentConfig, source: DataSource, model: nn.Module, log: PretrainLog, pretrain_s: float
+) -> Result:
+    """The stages after pre-training (purification, heads, evaluation, record) for one frozen encoder; shared by
+    ``run_experiment`` and the stacked path, which pre-trains many at once."""
     t_pre = time.perf_counter()
-
-    # purification, on fresh probe inputs
-    x_probe, _ = world.sample(2048, generator(cfg.seed, "probe"))
-    with torch.no_grad():
-        feats = model.features(x_probe.to(dev))
-    purity = purification.measure(model.weight(), world.M, feats, s=cfg.data.k)
-
-    # downstream heads on a new task, encoder frozen
-    x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
-    heads = {kind: fit_head(cfg, model, world, kind, x_tr, z_tr) for kind in cfg.downstream.heads}
+    purity = source.purity(cfg, model)
+    train = source.downstream_train(cfg)
+    heads = {kind: fit_head(cfg, model, source, kind, train) for kind in cfg.downstream.heads}
     t_down = time.perf_counter()
 
-    # evaluation: the pre-training task and every head, on fresh test data
-    ecfg = cfg.eval
-    x_te, z_te = world.sample(ecfg.n_test, generator(cfg.seed, "test"))
-    x_te = x_te.to(dev)
-    common = dict(eps_grid=ecfg.eps_grid, norm=ecfg.norm, steps=ecfg.steps, restarts=ecfg.restarts)
-    pre_eval = evaluate(
-        model,
-        x_te,
-        world.pretrain_labels(z_te).to(dev),
-        multilabel_margin,
-        g=generator(cfg.seed, "eval-pretrain", dev),
-        **common,
-    )
-    y_te = world.downstream_labels(z_te).to(dev)
-    head_evals = {
-        f"{kind.value}_head": evaluate(
-            head, x_te, y_te, class_margin, g=generator(cfg.seed, f"eval-{kind.value}", dev), **common
-        ).to_dict()
-        for kind, head in heads.items()
-    }
+    pre_test, down_test = source.test_splits(cfg)
+    pre_eval = evaluate_model(cfg, model, pre_test, source, "pretrain")
+    head_evals = {f"{k.value}_head": evaluate_model(cfg, h, down_test, source, k.value) for k, h in heads.items()}
     t_eval = time.perf_counter()
 
     record = {
         "run_id": cfg.config_hash(),
         "seed": cfg.seed,
         "config": cfg.resolved(),
-        "pretrain": {**pre_eval.to_dict(), "loss_curve": log.losses},
-        "purification": {**purity.summary(), "per_node_top1": [round(float(v), 5) for v in purity.top1_share]},
+        "dataset": {**source.describe(), "n_downstream_train": int(train.x.shape[0])},
+        "pretrain": {**pre_eval, "loss_curve": log.losses},
+        **purity,
         "downstream": head_evals,
         "timing_s": {
             "pretrain": pretrain_s,
@@ -141,37 +140,145 @@ def finish_experiment(
         "versions": versions(),
         "git_commit": git_commit(),
     }
-    artifacts = {
-        "encoder": {
-            "W": model.weight().detach().cpu().numpy(),
-            "b": model.threshold().detach().cpu().numpy(),
-            "M": world.M.numpy(),
-        }
-    }
-    return record, artifacts
+    return record, {"encoder": encoder_artifact(model, source)}
+
+
+def encoder_artifact(model: nn.Module, source: DataSource) -> dict[str, np.ndarray]:
+    """What the store keeps of a pre-trained encoder: the two-layer net's effective weights, threshold, input
+    centre (where it has one) and the true dictionary (where there is one); a conv net's state dict."""
+    if not isinstance(model, TwoLayerNet):
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    out = {"W": model.weight().detach().cpu().numpy(), "b": model.threshold().detach().cpu().numpy()}
+    if source.world is not None:
+        out["M"] = source.world.M.numpy()
+    if model.center is not None:
+        out["center"] = model.center.detach().cpu().numpy()
+    return out
+
+
+def frozen_encoder(
+    cfg: ExperimentConfig, weights: dict[str, Any] | None, source: DataSource | None = None
+) -> TwoLayerNet | ConvNet:
+    """The pre-trained encoder of ``cfg``'s run from its stored artifact (None: at initialisation), frozen, on
+    ``cfg.device``. A two-layer net's stored W is the effective (row-normalised) weight; normalising it again is
+    the identity."""
+    source = source or build_source(cfg)
+    enc = build_encoder(cfg, source)
+    if weights is not None:
+        with torch.no_grad():
+            if isinstance(enc, TwoLayerNet):
+                enc.W.copy_(torch.as_tensor(weights["W"]))
+                enc.b.copy_(torch.as_tensor(weights["b"]))
+            else:
+                enc.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    return enc.to(torch.device(cfg.device)).freeze().eval()
+
+
+# --- re-evaluating a stored run ----------------------------------------------------------------------------
+
+
+@dataclass
+class StoredRun:
+    """A stored run's downstream model and test set, rebuilt exactly as ``run_experiment`` made them."""
+
+    cfg: ExperimentConfig
+    model: LinearHead  # a head on the stored encoder
+    x: Tensor  # (n_test, d)
+    y: Tensor  # (n_test,) downstream class labels
+    eval_generator: torch.Generator  # the stream the run's own evaluation of this head used
+    clip: tuple[float, float] | None = None
+
+
+def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clean") -> StoredRun:
+    """Encoder weights from the store (``ResultStore.artifact(run_id, "encoder")``) plus a retrained ``head``.
+
+    Every stage is a pure function of the seed, so the data, the head and the test set are the ones of the
+    original run (bit for bit on the same device and torch build), for any data source.
+    """
+    cfg = build_config(record["config"])
+    kind = HeadKind(head)
+    dev = torch.device(cfg.device)
+    source = build_source(cfg)
+    model = fit_head(cfg, frozen_encoder(cfg, encoder, source), source, kind)
+    _, test = source.test_splits(cfg)
+    return StoredRun(
+        cfg, model, test.x.to(dev), test.y.to(dev), generator(cfg.seed, f"eval-{kind.value}", dev), source.clip
+    )
+
+
+# --- many runs: one scheduler ---------------------------------------------------------------------------------
+
+
+def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None) -> Iterator[Result]:
+    """(record, artifacts) per config of one stack (equal ``batched.batch_key``), in order, each as soon as its
+    post-pre-training stages finish: batched pre-training, the rest per model, as ``run_experiment``."""
+    keys = {batched.batch_key(c) for c in cfgs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("iter_stack needs configs with one shared batch_key (see batched.group_configs)")
+    torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
+    dev = torch.device(cfgs[0].device)
+    t0 = time.perf_counter()
+    sources = [build_source(c) for c in cfgs]
+    streams = [s.pretrain_stream(c, dev) for s, c in zip(sources, cfgs, strict=True)]
+    models = [build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]
+    net = batched.StackedTwoLayer(models).to(dev)
+    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
+    logs = batched.pretrain_stacked(net, streams, cfgs, loss_fn=sources[0].pretrain_loss, on_step=on_step)
+    models = [m.to(dev) for m in models]
+    net.unstack(models)
+    per_model_pretrain = (time.perf_counter() - t0) / len(cfgs)  # the stack's time, shared evenly
+    for cfg, source, model, log in zip(cfgs, sources, models, logs, strict=True):
+        yield finish_experiment(cfg, source, model.freeze().eval(), log, per_model_pretrain)
+
+
+OnResult = Callable[[int, Result | None, BaseException | None], None]  # (index, result, error)
+
+
+def run_many(
+    cfgs: Sequence[ExperimentConfig],
+    on_result: OnResult,
+    *,
+    progress: Progress | None = None,
+    max_stack: int = 32,
+) -> None:
+    """Run every config; ``on_result(i, result, None)`` as each finishes, ``on_result(i, None, error)`` for each
+    that fails. Configs that share shapes are pre-trained as one stack, the rest alone.
+
+    A stack keeps the runs it finished. If one model's loss turns non-finite (a per-run problem: its learning
+    rate or data), the configs not finished yet run one by one, so that run reports its own error and the others
+    their results. Any other error of a stack is a bug, not a run's problem: it is reported for every run the
+    stack had not finished, never hidden behind a fallback that would compute something else.
+    """
+    for group in batched.group_configs(cfgs, max_size=max_stack):
+        done = 0
+        if batched.batch_key(cfgs[group[0]]) is not None and len(group) > 1:
+            try:
+                for res in iter_stack([cfgs[i] for i in group], progress):
+                    on_result(group[done], res, None)
+                    done += 1
+            except NonFiniteLossError:
+                pass  # the rest run one by one below: the failing run raises its own error there
+            except Exception as err:  # reported for each unfinished run of the stack
+                for i in group[done:]:
+                    on_result(i, None, err)
+                continue
+        for i in group[done:]:
+            try:
+                res = run_experiment(cfgs[i], progress)  # a two-layer supervised run is a stack of one inside
+            except Exception as err:  # handed to the caller with the run index
+                on_result(i, None, err)
+                continue
+            on_result(i, res, None)
 
 
 def run_or_load(
-    cfg: Any,
-    store: ResultStore | None,
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    runner: Callable[..., tuple[dict[str, Any], dict]] | None = None,
+    cfg: ExperimentConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
 ) -> tuple[dict[str, Any], bool]:
     """The stored record of ``cfg`` if there is one (and not ``force``), else run and store it.
-
-    ``runner(cfg, progress)`` makes the record (default: ``run_experiment``; real data passes its own); ``cfg``
-    needs a ``config_hash()``. Returns ``(record, from_store)``.
-    """
-    if store is not None and not force:
-        cached = store.get(cfg.config_hash())
-        if cached is not None:
-            return cached, True
-    record, artifacts = (runner or run_experiment)(cfg, progress)
-    if store is not None:
-        store.put(record, artifacts)
-    return record, False
+    Returns ``(record, from_store)``."""
+    cached: list[bool] = []
+    (rec,) = run_many_or_load([cfg], store, force=force, progress=progress, on_record=lambda r, c: cached.append(c))
+    return rec, cached[0]
 
 
 def run_many_or_load(
@@ -182,21 +289,20 @@ def run_many_or_load(
     progress: Progress | None = None,
     on_record: Callable[[dict[str, Any], bool], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Records of many configs, in order: stored ones are loaded, the rest run and stored one by one.
+    """Records of many configs, in order: stored ones are loaded, the rest run (``run_many``) and stored one by one.
 
-    Each finished run is stored at once, so an interrupted call loses at most the run in flight.
-    ``on_record(record, from_store)`` is called as each one becomes available.
+    Each finished run is stored at once, so an interrupted call loses at most the runs in flight; the first
+    failure is raised after every other run has finished and been stored. ``on_record(record, from_store)`` is
+    called in input order as records become available.
     """
-    # Configs that share shapes are pre-trained as one stack (robinherit.batched: same results as one by one,
-    # much faster); configs without a batched path run the plain way. on_record still sees input order.
-    from robinherit import batched
-    from robinherit.errors import NonFiniteLossError
-
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
     from_store = [False] * len(cfgs)
     ids = [cfg.config_hash() for cfg in cfgs]
     first: dict[str, int] = {}  # run_id -> index of its first occurrence; repeats are copies of it
+    for i, rid in enumerate(ids):
+        first.setdefault(rid, i)
     emitted = 0
+    errors: list[BaseException] = []
 
     def finish(i: int, rec: dict[str, Any], cached: bool) -> None:
         nonlocal emitted
@@ -209,8 +315,6 @@ def run_many_or_load(
 
     todo = []
     for i, rid in enumerate(ids):
-        first.setdefault(rid, i)
-    for i, rid in enumerate(ids):
         if first[rid] != i:
             continue
         stored = None if store is None or force else store.get(rid)
@@ -218,22 +322,17 @@ def run_many_or_load(
             finish(i, stored, True)
         else:
             todo.append(i)
-    for group in batched.group_configs([cfgs[i] for i in todo]):
-        idx = [todo[j] for j in group]
-        stack = [cfgs[i] for i in idx]
-        done = 0
-        if batched.batch_key(stack[0]) is not None:  # a stack of one too: the closed-form step is faster
-            try:
-                for rec, artifacts in batched.iter_experiments(stack, progress):
-                    if store is not None:
-                        store.put(rec, artifacts)
-                    finish(idx[done], rec, False)
-                    done += 1
-            except NonFiniteLossError:
-                pass  # rerun one by one: the runs before the failing one are stored and its error raised as usual
-        for i in idx[done:]:
-            rec, artifacts = run_experiment(cfgs[i], progress)
-            if store is not None:
-                store.put(rec, artifacts)
-            finish(i, rec, False)
+
+    def on_result(j: int, res: Result | None, err: BaseException | None) -> None:
+        if err is not None:
+            errors.append(err)
+            return
+        rec, artifacts = res
+        if store is not None:
+            store.put(rec, artifacts)
+        finish(todo[j], rec, False)
+
+    run_many([cfgs[i] for i in todo], on_result, progress=progress)
+    if errors:
+        raise errors[0]
     return out  # type: ignore[return-value]

@@ -23,71 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robinherit.activations import active_grad, unit
 from robinherit.config import Activation
-from robinherit.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
+from robinherit.losses import LOSS_GRADS
 from robinherit.models import LinearHead, TwoLayerNet
-
-# loss(logits, targets) -> (per-example loss (..., n), its gradient with respect to logits (..., n, K))
-LossGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-def _bce_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
-    return loss, (torch.sigmoid(logits) - targets) / logits.shape[-1]
-
-
-def _multilabel_margin_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    signs = 2 * targets - 1
-    loss, idx = (signs * logits).min(dim=-1)  # the worst task carries the whole gradient
-    grad = torch.zeros_like(logits).scatter_(-1, idx[..., None], signs.gather(-1, idx[..., None]))
-    return loss, grad
-
-
-def _cross_entropy_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    logp = torch.log_softmax(logits, dim=-1)
-    loss = -logp.gather(-1, labels[..., None]).squeeze(-1)
-    grad = logp.exp().scatter_add_(-1, labels[..., None], -torch.ones_like(logits[..., :1]))
-    return loss, grad
-
-
-def _class_margin_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    true = logits.gather(-1, labels[..., None])
-    other, idx = logits.scatter(-1, labels[..., None], -torch.inf).max(dim=-1)
-    grad = torch.zeros_like(logits).scatter_(-1, labels[..., None], 1.0)
-    grad.scatter_add_(-1, idx[..., None], -torch.ones_like(true))
-    return true.squeeze(-1) - other, grad
-
-
-# The losses of ``robinherit.losses`` that have a closed-form gradient, keyed by the function itself.
-LOSS_GRADS: dict[Callable[[Tensor, Tensor], Tensor], LossGrad] = {
-    multilabel_bce: _bce_grad,
-    multilabel_margin: _multilabel_margin_grad,
-    cross_entropy: _cross_entropy_grad,
-    class_margin: _class_margin_grad,
-}
-
-
-def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
-    # u - clip(u, -b, b) is ReLU(u - b) - ReLU(-u - b) to the last bit (the same single rounding on each
-    # branch), in two passes over (n, m) instead of four.
-    return u - torch.clamp(u, -b, b)
-
-
-def _relu(u: Tensor, b: Tensor) -> Tensor:
-    return (u - b).clamp_min_(0.0)
-
-
-# Activations for the closed-form passes: h = act(u, b) in as few passes as possible.
-FAST_ACTIVATIONS: dict[Activation, Callable[[Tensor, Tensor], Tensor]] = {
-    Activation.sym_relu: _sym_relu,
-    Activation.relu: _relu,
-}
-
-
-def backprop_active(grad: Tensor, h: Tensor) -> Tensor:
-    """``grad * act'(u)`` given h = act(u, b): act'(u) is 1 where h != 0 and 0 elsewhere (at the kink too, as
-    in autograd). ReLU's own backward kernel does this in one pass; a boolean mask costs 5-20x more on CPU."""
-    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
 
 
 def back_through_head(g_logits: Tensor, head_weight: Tensor) -> Tensor:
@@ -122,9 +61,19 @@ class TwoLayerLoss:
     loss: Callable[[Tensor, Tensor], Tensor]
     targets: Tensor
     sign: float = 1.0
+    center: Tensor | None = None  # (d,) input centre of the model, subtracted before the first layer
 
     def _args(self) -> tuple:
-        return self.weight, self.threshold, self.head_weight, self.head_bias, self.activation, self.loss, self.targets
+        return (
+            self.weight,
+            self.threshold,
+            self.head_weight,
+            self.head_bias,
+            self.activation,
+            self.loss,
+            self.targets,
+            self.center,
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.sign * two_layer_loss(x, *self._args())
@@ -137,8 +86,12 @@ class TwoLayerLoss:
         return loss, g_x
 
 
-def _forward(x: Tensor, weight: Tensor, threshold: Tensor, head_weight: Tensor, head_bias: Tensor, activation):
-    h = FAST_ACTIVATIONS[activation](x @ weight.transpose(-1, -2), threshold)  # (..., n, m)
+def _forward(
+    x: Tensor, weight: Tensor, threshold: Tensor, head_weight: Tensor, head_bias: Tensor, activation, center=None
+):
+    if center is not None:  # an affine map of the input: d/dx of f(x - c) is f'(x - c), so gradients are unchanged
+        x = x - center
+    h = unit(activation).fast(x @ weight.transpose(-1, -2), threshold)  # (..., n, m)
     return h, _linear(h, head_weight, head_bias)
 
 
@@ -151,9 +104,10 @@ def two_layer_loss(
     activation: Activation,
     loss: Callable[[Tensor, Tensor], Tensor],
     targets: Tensor,
+    center: Tensor | None = None,
 ) -> Tensor:
     """:class:`TwoLayerLoss`'s value (sign +1) as a function of tensors (what compiled code calls)."""
-    _, logits = _forward(x, weight, threshold, head_weight, head_bias, activation)
+    _, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
     return LOSS_GRADS[loss](logits, targets)[0]
 
 
@@ -166,11 +120,12 @@ def two_layer_loss_and_grad(
     activation: Activation,
     loss: Callable[[Tensor, Tensor], Tensor],
     targets: Tensor,
+    center: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:class:`TwoLayerLoss`'s value and input gradient (sign +1) as a function of tensors."""
-    h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation)
+    h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
     value, g_logits = LOSS_GRADS[loss](logits, targets)  # (..., n), (..., n, K)
-    g_u = backprop_active(back_through_head(g_logits, head_weight), h)  # (..., n, m)
+    g_u = active_grad(back_through_head(g_logits, head_weight), h)  # (..., n, m)
     return value, g_u @ weight  # (..., n, d)
 
 
@@ -199,6 +154,7 @@ def fused_loss(
         loss=loss_fn,
         targets=targets,
         sign=sign,
+        center=encoder.center,
     )
 
 
@@ -253,9 +209,12 @@ class InfoNCEViewLoss:
     partner: Tensor  # (n, k) the partner view's embeddings, normalised
     partner_z: Tensor  # (n,) sum_{j != i} exp(S_bb[i, j] - 1/t)
     temperature: float
+    center: Tensor | None = None  # (d,) the encoder's input centre
 
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = FAST_ACTIVATIONS[self.activation](x @ self.weight.T, self.threshold)  # (n, m)
+        if self.center is not None:
+            x = x - self.center
+        h = unit(self.activation).fast(x @ self.weight.T, self.threshold)  # (n, m)
         return h, (h if self.projector is None else h @ self.projector.T)
 
     def _terms(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -286,7 +245,7 @@ class InfoNCEViewLoss:
         radial = (a * g_a).sum(dim=-1, keepdim=True) * (r > 1e-12)
         g_e = (g_a - a * radial) / r
         g_h = g_e if self.projector is None else g_e @ self.projector
-        return loss, backprop_active(g_h, h) @ self.weight
+        return loss, active_grad(g_h, h) @ self.weight
 
 
 def _shifted_exp(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -300,7 +259,7 @@ def info_nce_view_loss(
     """:class:`InfoNCEViewLoss` at the current weights of a :class:`TwoLayerNet` encoder and an identity or bias-free
     linear projector, against ``partner_embedding`` (n, k) (raw, detached); None for any other model or for a
     temperature below ``MIN_CLOSED_FORM_TEMPERATURE``."""
-    if type(model) is not TwoLayerNet or model.cfg.activation not in FAST_ACTIVATIONS:
+    if type(model) is not TwoLayerNet:
         return None
     if temperature < MIN_CLOSED_FORM_TEMPERATURE:
         return None
@@ -321,4 +280,5 @@ def info_nce_view_loss(
         partner=b,
         partner_z=e_bb.sum(dim=1),
         temperature=temperature,
+        center=model.center,
     )

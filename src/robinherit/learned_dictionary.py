@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from robinherit.config import DictMethod
 from robinherit.purification import Purity, measure
-
-
-class DictMethod(str, Enum):
-    ica = "ica"
-    dictionary_learning = "dictionary_learning"
 
 
 def _ica(x: np.ndarray, n_atoms: int, seed: int) -> np.ndarray:

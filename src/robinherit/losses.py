@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,3 +53,46 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     loss_a = torch.logaddexp(ab.logsumexp(dim=1), aa.logsumexp(dim=1)) - pos  # anchors a_i
     loss_b = torch.logaddexp(ab.logsumexp(dim=0), bb.logsumexp(dim=1)) - pos  # anchors b_i
     return 0.5 * (loss_a + loss_b)
+
+
+# ---- closed-form gradients with respect to the logits, for the fast paths ----
+
+# loss(logits, targets) -> (per-example loss (..., n), its gradient with respect to logits (..., n, K))
+LossGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _bce_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+    return loss, (torch.sigmoid(logits) - targets) / logits.shape[-1]
+
+
+def _multilabel_margin_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    signs = 2 * targets - 1
+    loss, idx = (signs * logits).min(dim=-1)  # the worst task carries the whole gradient
+    grad = torch.zeros_like(logits).scatter_(-1, idx[..., None], signs.gather(-1, idx[..., None]))
+    return loss, grad
+
+
+def _cross_entropy_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    logp = torch.log_softmax(logits, dim=-1)
+    loss = -logp.gather(-1, labels[..., None]).squeeze(-1)
+    grad = logp.exp().scatter_add_(-1, labels[..., None], -torch.ones_like(logits[..., :1]))
+    return loss, grad
+
+
+def _class_margin_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    true = logits.gather(-1, labels[..., None])
+    other, idx = logits.scatter(-1, labels[..., None], -torch.inf).max(dim=-1)
+    grad = torch.zeros_like(logits).scatter_(-1, labels[..., None], 1.0)
+    grad.scatter_add_(-1, idx[..., None], -torch.ones_like(true))
+    return true.squeeze(-1) - other, grad
+
+
+# The losses above that have a closed-form gradient (the closed-form paths of robinherit.fused and
+# robinherit.batched use them), keyed by the function itself.
+LOSS_GRADS: dict[Callable[[Tensor, Tensor], Tensor], LossGrad] = {
+    multilabel_bce: _bce_grad,
+    multilabel_margin: _multilabel_margin_grad,
+    cross_entropy: _cross_entropy_grad,
+    class_margin: _class_margin_grad,
+}

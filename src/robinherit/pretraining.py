@@ -9,73 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
+from robinherit import batched
 from robinherit.attacks import training_attack
 from robinherit.augment import make_views
-from robinherit.config import AdversarialView, ExperimentConfig, Method, Optimizer, PretrainConfig
+from robinherit.config import AdversarialView, ExperimentConfig, Method
 from robinherit.data import Batch
-from robinherit.errors import NonFiniteLossError
 from robinherit.fused import attack_loss, info_nce_view_loss
 from robinherit.losses import info_nce, multilabel_bce
 from robinherit.seeding import generator
+from robinherit.training import PretrainLog, check_finite, make_optimizer, optimizer_step
 
 StepCallback = Callable[[int, int], None]
 
 
 class Stream(Protocol):
     def next(self) -> Batch: ...
-
-
-@dataclass
-class PretrainLog:
-    losses: list[float] = field(default_factory=list)  # mean loss of every ``log_every``-th step
-    log_every: int = 50
-    _running: float = 0.0
-
-    def add(self, step: int, loss: float) -> None:
-        """Accumulate the loss of ``step`` (0-based); close a window every ``log_every`` steps."""
-        self._running += loss
-        if (step + 1) % self.log_every == 0:
-            self.losses.append(self._running / self.log_every)
-            self._running = 0.0
-
-
-def optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, step: int, cfg: PretrainConfig) -> float:
-    """Check the loss is finite, then one optimiser step on it; returns its value."""
-    check_finite(loss, step, cfg)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
-
-
-def make_optimizer(params: list[nn.Parameter], cfg: PretrainConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """Adam or SGD with momentum 0.9. ``fused``: Adam's one-kernel implementation where torch has it (the same
-    update, rounded differently; the stacked path uses it, the generic loop keeps the per-tensor one)."""
-    params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == Optimizer.adam:
-        if fused:
-            try:
-                return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-            except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
-                pass
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-
-
-def check_finite(loss: Tensor, step: int, cfg: PretrainConfig) -> None:
-    if not math.isfinite(float(loss.detach())):
-        raise NonFiniteLossError(
-            f"pre-training loss became {float(loss.detach())} at step {step} of {cfg.steps} "
-            f"({cfg.method.value}, optimizer={cfg.optimizer.value}, lr={cfg.lr}). Likely cause: the learning "
-            "rate is too large for this optimizer or the inputs are not finite; lower pretrain.lr (e.g. by 10x) "
-            "or check the data. Nothing was stored for this run."
-        )
 
 
 def pretrain_supervised(
@@ -92,8 +45,6 @@ def pretrain_supervised(
     (``robinherit.batched``: closed-form attack and parameter gradients, the same iterates up to float
     rounding); other models, and ``fast=False``, take the generic loop below (autograd training step).
     """
-    from robinherit import batched  # batched builds on this module; imported here to keep the import order
-
     if fast and batched.supports(model, cfg):
         return batched.pretrain_one(model, stream, cfg, loss_fn, on_step)
     pcfg = cfg.pretrain
@@ -210,3 +161,16 @@ PRETRAINERS: dict[Method, Callable[..., PretrainLog]] = {
     Method.supervised: pretrain_supervised,
     Method.contrastive: pretrain_contrastive,
 }
+
+# The training loop's shared pieces live in robinherit.training; they are re-exported here, where callers of the
+# pre-trainers have always found them.
+__all__ = [
+    "PRETRAINERS",
+    "PretrainLog",
+    "adversarial_view",
+    "check_finite",
+    "make_optimizer",
+    "optimizer_step",
+    "pretrain_contrastive",
+    "pretrain_supervised",
+]

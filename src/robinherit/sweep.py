@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from robinherit.config import ExperimentConfig, deep_merge, load_config, load_yaml, set_path
+from robinherit.config import ExperimentConfig, deep_merge, load_config, load_yaml, resolve_path, set_path
 from robinherit.errors import ConfigError, RobinheritError
 from robinherit.seeding import derive_seed
 from robinherit.store import ResultStore
@@ -212,19 +213,24 @@ def _build(raw: dict[str, Any], point: dict[str, Any]) -> ExperimentConfig:
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a spec file; the base config path is taken relative to the spec's folder."""
-    path = Path(path)
-    raw = load_yaml(path)
+    path = resolve_path(path, "sweeps")
+    raw = load_yaml(path, "sweeps")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid sweep spec '{path}': {_fmt(err)}") from None
     base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
-    if not base_path.is_file():
+    if not base_path.is_file() and len(spec.base.parts) == 1:
+        base_path = spec.base  # a shipped config's name, e.g. `base: digits`
+    try:
+        base_path = resolve_path(base_path)
+    except ConfigError:
         raise ConfigError(
             f"sweep spec '{path}': base config '{spec.base}' not found (looked for '{base_path}'; the path is "
-            "relative to the spec file)"
-        )
-    return Sweep(spec=spec, base=load_config(base_path), source=path)
+            "relative to the spec file, or the name of a shipped config)"
+        ) from None
+    base = load_config(base_path)
+    return Sweep(spec=spec, base=base, source=path)
 
 
 def sweep_from_dict(raw: dict[str, Any], base: ExperimentConfig) -> Sweep:
@@ -260,28 +266,21 @@ BATCH = 8  # runs per unit of work: batched pre-training pays off; a killed swee
 
 def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     """Run a group of configs in a worker (local process or Ray task), single-threaded so backends agree bit for
-    bit. Configs that share shapes are pre-trained as one stack (robinherit.batched, equal results); if the stack
-    fails, the configs not finished yet run alone, so one bad run does not take the others with it and no
-    finished run runs twice."""
+    bit, with ``experiment.run_many``: shape-sharing configs pre-trained as one stack, every failure reported
+    with its own error (nothing swallowed)."""
     import torch
 
-    from robinherit.batched import batch_key, iter_experiments
-    from robinherit.experiment import run_experiment
+    from robinherit.config import build_config
+    from robinherit.experiment import run_many
 
     torch.set_num_threads(1)
-    cfgs = [ExperimentConfig.model_validate(c) for c in cfg_jsons]
-    out: GroupResult = []
-    if batch_key(cfgs[0]) is not None:  # ``groups`` gives a stack one batch key, or a run alone
-        try:
-            for res in iter_experiments(cfgs):
-                out.append((res, None))
-        except Exception:  # the runs finished so far are kept; the rest run alone below
-            pass
-    for cfg in cfgs[len(out) :]:
-        try:
-            out.append((run_experiment(cfg), None))
-        except Exception as err:
-            out.append((None, _error_text(err)))
+    cfgs = [build_config(c) for c in cfg_jsons]
+    out: GroupResult = [(None, "not run")] * len(cfgs)
+
+    def on_result(i: int, res: Result | None, err: BaseException | None) -> None:
+        out[i] = (res, None if err is None else _error_text(err))
+
+    run_many(cfgs, on_result, max_stack=len(cfgs))
     return out
 
 
@@ -341,15 +340,39 @@ def run_local(
     if address is not None:
         raise SweepError("--address is for the ray backend; the local backend runs on this machine")
     n = workers or os.cpu_count() or 1
-    ctx = mp.get_context("spawn")
     units = groups(cfgs, batch)
+    while True:
+        suspects = _pool_until_broken(units, n, on_result)
+        # A worker died (killed by the OS, say for memory): every group in flight failed with it. Each of their
+        # runs goes again alone, one at a time in its own process, so only the run that kills its worker is
+        # reported as killed and the others are computed and stored.
+        for cfg in suspects:
+            _pool_until_broken(iter([[cfg]]), 1, on_result, alone=True)
+        if not suspects:
+            return
+
+
+KILLED = (
+    "the worker process running it died (killed by the operating system, e.g. out of memory, or by a signal); "
+    "the other runs went on. Lower its sizes (batch, width, n_test) or give the machine more memory, then rerun"
+)
+
+
+def _pool_until_broken(
+    units: Iterator[list[ExperimentConfig]], n: int, on_result: OnResult, alone: bool = False
+) -> list[ExperimentConfig]:
+    """Run ``units`` on a pool of ``n`` spawned workers until they are done or a worker dies; returns the configs of
+    the groups in flight when it died (to run again; none if all went well). Spawned, not forked, workers: forking
+    a process that holds torch's thread pools can deadlock."""
+    ctx = mp.get_context("spawn")
+    suspects: list[ExperimentConfig] = []
     with ProcessPoolExecutor(
         max_workers=n, mp_context=ctx, initializer=_init_local_worker, initargs=(os.getpid(),)
     ) as ex:
         running: dict[Future, list[ExperimentConfig]] = {}
 
         def fill() -> None:
-            while len(running) < n:
+            while len(running) < n and not suspects:
                 group = next(units, None)
                 if group is None:
                     return
@@ -361,8 +384,15 @@ def run_local(
             for fut in done:
                 group = running.pop(fut)
                 err = fut.exception()
+                if isinstance(err, BrokenProcessPool):
+                    if alone:
+                        _deliver(group, None, KILLED, on_result)
+                    else:
+                        suspects.extend(group)
+                    continue
                 _deliver(group, None if err else fut.result(), _error_text(err) if err else None, on_result)
             fill()
+    return suspects
 
 
 def run_ray(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from robinherit import batched
+from robinherit import batched, experiment
 from robinherit.attacks import fgm, pgd
 from robinherit.config import ExperimentConfig, Norm, with_updates
 from robinherit.data import BatchStream, make_world
@@ -126,7 +126,7 @@ def test_stacked_pretraining_equals_separate_runs(variant):
 
 def test_batched_experiments_equal_run_experiment():
     cfgs = [tiny(seed=0), tiny(seed=1, **{"pretrain.eps": 0.5})]
-    out = batched.run_experiments(cfgs)
+    out = list(experiment.iter_stack(cfgs))
     for c, (rec, art) in zip(cfgs, out, strict=True):
         ref, ref_art = run_experiment(c)
         for key in ("run_id", "seed", "config", "git_commit"):
@@ -159,18 +159,18 @@ def test_group_configs_batches_only_what_shares_shapes():
 
 def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monkeypatch):
     calls = []
-    real = batched.iter_experiments
+    real = experiment.pretrain_stack
 
     def spy(stack, progress=None):
         calls.append([c.seed for c in stack])
-        yield from real(stack, progress)
+        return real(stack, progress)
 
-    monkeypatch.setattr(batched, "iter_experiments", spy)
+    monkeypatch.setattr(experiment, "pretrain_stack", spy)
     store = ResultStore(tmp_path / "runs.db")
     cfgs = [tiny(seed=0), tiny(seed=1, **{"model.width": 12}), tiny(seed=2), tiny(seed=0)]  # last: a repeat
     seen = []
     recs = run_many_or_load(cfgs, store, on_record=lambda r, cached: seen.append((r["run_id"], cached)))
-    assert calls == [[0, 2], [1]]  # the two runs that share shapes went as one stack; the odd one alone
+    assert calls == [[0, 2]]  # the two runs that share shapes went as one stack; the odd one alone
     assert [r["run_id"] for r in recs] == [c.config_hash() for c in cfgs]
     ids = [c.config_hash() for c in cfgs]
     assert seen == [(ids[0], False), (ids[1], False), (ids[2], False), (ids[3], True)]
@@ -178,7 +178,7 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
         assert store.get(c.config_hash()) is not None
     # a second call answers everything from the store and computes nothing
     again = run_many_or_load(cfgs, store)
-    assert calls == [[0, 2], [1]]
+    assert calls == [[0, 2]]
     assert [r["run_id"] for r in again] == [r["run_id"] for r in recs]
 
 
@@ -206,8 +206,9 @@ def test_sweep_group_keeps_finished_runs_when_one_fails(monkeypatch):
     assert [rec is not None for rec, _ in out] == [True, False, True]
     assert "boom" in out[1][1]
     assert [res[0]["run_id"] for res, _ in (out[0], out[2])] == [cfgs[0].config_hash(), cfgs[2].config_hash()]
-    # seed 0 finished inside the stack and is not run again; seed 1 is retried alone, then seed 2 alone
-    assert calls == [0, 1, 1, 2]
+    # an error after the stack's pre-training belongs to that run alone: seed 1 is not retried (a retry would
+    # compute it on another path), seeds 0 and 2 finish from the same stack
+    assert calls == [0, 1, 2]
 
 
 def _train_stack(cfgs):

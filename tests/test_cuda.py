@@ -69,7 +69,7 @@ def test_supervised_run_on_cuda_purifies_and_inherits():
 
 def test_stacked_runs_on_cuda_equal_runs_one_by_one():
     cfgs = [_cuda(MICRO, seed=s) for s in range(3)]
-    for (rec, art), c in zip(batched.run_experiments(cfgs), cfgs, strict=True):
+    for (rec, art), c in zip(list(experiment.iter_stack(cfgs)), cfgs, strict=True):
         ref, ref_art = run_experiment(c)
         assert rec["run_id"] == ref["run_id"]
         torch.testing.assert_close(

@@ -11,7 +11,8 @@ from torch import nn
 import robinherit.certify
 import robinherit.evaluation as evaluation
 from robinherit.config import ModelConfig, Norm, load_config
-from robinherit.evaluation import evaluate, flip_radii, rebuild_run
+from robinherit.evaluation import evaluate, flip_radii
+from robinherit.experiment import rebuild_run
 from robinherit.experiment import run_experiment
 from robinherit.losses import class_margin
 from robinherit.models import LinearHead, TwoLayerNet

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from robinherit.config import ModelConfig
-from robinherit.models import LinearHead, build_model, relu, sym_relu
+from robinherit.activations import UNITS
+from robinherit.config import Activation
+from robinherit.models import LinearHead, build_model
+
+sym_relu = UNITS[Activation.sym_relu].function
+relu = UNITS[Activation.relu].function
 from robinherit.seeding import generator
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from robinherit.config import Norm
 from robinherit.errors import RobinheritError
-from robinherit.evaluation import eps_key
+from robinherit.records import eps_key
 from robinherit.seeding import derive_seed
 
 TOL = 0.01  # one point of accuracy
@@ -60,8 +60,10 @@ def art_pgd_robust_acc(
     steps: int,
     restarts: int,
     seed: int,
+    clip: tuple[float, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Robust accuracy of ``model`` (logits, class labels ``y``) under ART's PGD at each eps.
+    """Robust accuracy of ``model`` (logits, class labels ``y``) under ART's PGD at each eps, inside the input box
+    ``clip`` (None: unbounded, as the synthetic world's inputs are).
 
     Returns ``(robust_acc, max_perturbation)`` keyed by eps; step size 2.5 eps / steps, as the toolkit's PGD.
     """
@@ -81,7 +83,7 @@ def art_pgd_robust_acc(
         loss=nn.CrossEntropyLoss(),
         input_shape=tuple(x.shape[1:]),
         nb_classes=n_classes,
-        clip_values=None,  # unbounded inputs: no clamping anywhere
+        clip_values=clip,  # None: unbounded inputs, no clamping anywhere
         device_type="gpu" if device.type == "cuda" else "cpu",
     )
     x_np = x.detach().cpu().numpy().astype(np.float32)
@@ -137,17 +139,18 @@ def check_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clea
     """A stored run's head evaluated three ways at every eps: certified (IBP, CROWN, best), PGD, ART-PGD.
 
     ``encoder`` is ``ResultStore.artifact(run_id, "encoder")``; the head is retrained exactly as in the run
-    (``evaluation.rebuild_run``), and PGD uses the run's own random stream, so ``pgd`` reproduces the record.
+    (``experiment.rebuild_run``), and PGD uses the run's own random stream, so ``pgd`` reproduces the record.
     """
     from robinherit.certify import BoundMethod, certified_accuracy, certifier_for
-    from robinherit.evaluation import evaluate, rebuild_run
+    from robinherit.evaluation import evaluate
+    from robinherit.experiment import rebuild_run
     from robinherit.losses import class_margin
 
     run = rebuild_run(record, encoder, head=head)
     e = run.cfg.eval
     res = evaluate(
         run.model, run.x, run.y, class_margin, eps_grid=e.eps_grid, norm=e.norm, steps=e.steps,
-        restarts=e.restarts, g=run.eval_generator,
+        restarts=e.restarts, g=run.eval_generator, clip=run.clip,
     )  # fmt: skip
     per_method = {
         f"certified_{m.value}": certified_accuracy(
@@ -158,8 +161,8 @@ def check_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clea
     art_acc, art_pert = None, None
     if art:
         art_acc, art_pert = art_pgd_robust_acc(
-            run.model, run.x, run.y, 2, eps_grid=e.eps_grid, norm=e.norm, steps=e.steps, restarts=e.restarts,
-            seed=run.cfg.seed,
+            run.model, run.x, run.y, run.model.linear.out_features, eps_grid=e.eps_grid, norm=e.norm,
+            steps=e.steps, restarts=e.restarts, seed=run.cfg.seed, clip=run.clip,
         )  # fmt: skip
     stored = record.get("downstream", {}).get(f"{head}_head", {}).get("robust_acc")
     return {

@@ -67,10 +67,16 @@ def pretrain(model: nn.Module, stream: Any, cfg: ExperimentConfig, source: DataS
 
 
 def fit_head(
-    cfg: ExperimentConfig, encoder: nn.Module, source: DataSource, kind: HeadKind, split: Split | None = None
+    cfg: ExperimentConfig,
+    encoder: nn.Module,
+    source: DataSource,
+    kind: HeadKind,
+    split: Split | None = None,
+    stream: str | None = None,
 ) -> LinearHead:
     """A downstream head of ``kind`` on the frozen ``encoder``, trained on ``split`` (default: the source's
-    downstream training split) with the config's downstream settings and the stream ``head-<kind>``."""
+    downstream training split) with the config's downstream settings and the random stream ``head-<kind>``
+    (or ``stream``) of the config's seed."""
     dev = torch.device(cfg.device)
     split = split or source.downstream_train(cfg)
     return train_head(
@@ -82,7 +88,7 @@ def fit_head(
         kind,
         cfg.downstream,
         norm=cfg.eval.norm,
-        g=generator(cfg.seed, f"head-{kind.value}", dev),
+        g=generator(cfg.seed, stream or f"head-{kind.value}", dev),
         clip=source.clip,
     )
 
@@ -209,12 +215,14 @@ def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "cl
 # --- many runs: one scheduler ---------------------------------------------------------------------------------
 
 
-def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None) -> Iterator[Result]:
-    """(record, artifacts) per config of one stack (equal ``batched.batch_key``), in order, each as soon as its
-    post-pre-training stages finish: batched pre-training, the rest per model, as ``run_experiment``."""
+def pretrain_stack(
+    cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
+) -> tuple[list[DataSource], list[TwoLayerNet], list[PretrainLog], float]:
+    """Pre-train the configs of one stack (equal ``batched.batch_key``) as one batched computation: their sources,
+    frozen models, loss logs and each run's share of the time."""
     keys = {batched.batch_key(c) for c in cfgs}
     if None in keys or len(keys) != 1:
-        raise ValueError("iter_stack needs configs with one shared batch_key (see batched.group_configs)")
+        raise ValueError("pretrain_stack needs configs with one shared batch_key (see batched.group_configs)")
     torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
     dev = torch.device(cfgs[0].device)
     t0 = time.perf_counter()
@@ -226,9 +234,15 @@ def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = Non
     logs = batched.pretrain_stacked(net, streams, cfgs, loss_fn=sources[0].pretrain_loss, on_step=on_step)
     models = [m.to(dev) for m in models]
     net.unstack(models)
-    per_model_pretrain = (time.perf_counter() - t0) / len(cfgs)  # the stack's time, shared evenly
+    return sources, [m.freeze().eval() for m in models], logs, (time.perf_counter() - t0) / len(cfgs)
+
+
+def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None) -> Iterator[Result]:
+    """(record, artifacts) per config of one stack, in order, each as soon as its post-pre-training stages finish:
+    batched pre-training, the rest per model, as ``run_experiment``."""
+    sources, models, logs, seconds = pretrain_stack(cfgs, progress)
     for cfg, source, model, log in zip(cfgs, sources, models, logs, strict=True):
-        yield finish_experiment(cfg, source, model.freeze().eval(), log, per_model_pretrain)
+        yield finish_experiment(cfg, source, model, log, seconds)
 
 
 OnResult = Callable[[int, Result | None, BaseException | None], None]  # (index, result, error)
@@ -244,31 +258,38 @@ def run_many(
     """Run every config; ``on_result(i, result, None)`` as each finishes, ``on_result(i, None, error)`` for each
     that fails. Configs that share shapes are pre-trained as one stack, the rest alone.
 
-    A stack keeps the runs it finished. If one model's loss turns non-finite (a per-run problem: its learning
-    rate or data), the configs not finished yet run one by one, so that run reports its own error and the others
-    their results. Any other error of a stack is a bug, not a run's problem: it is reported for every run the
-    stack had not finished, never hidden behind a fallback that would compute something else.
+    After a stack's pre-training, each model finishes (purity, heads, evaluation) on its own: an error there is that
+    run's. If one model's loss turns non-finite during the stack's pre-training (a per-run problem: its learning
+    rate or data), the stack's configs run one by one, so that run reports its own error and the others their
+    results. Any other error of the stacked pre-training is a bug, not a run's problem: it is reported for every
+    run of the stack, never hidden behind a fallback that would compute something else.
     """
+
+    def one(i: int, fn: Callable[[], Result]) -> None:
+        try:
+            res = fn()
+        except Exception as err:  # handed to the caller with the run's index
+            on_result(i, None, err)
+            return
+        on_result(i, res, None)
+
     for group in batched.group_configs(cfgs, max_size=max_stack):
-        done = 0
-        if batched.batch_key(cfgs[group[0]]) is not None and len(group) > 1:
-            try:
-                for res in iter_stack([cfgs[i] for i in group], progress):
-                    on_result(group[done], res, None)
-                    done += 1
-            except NonFiniteLossError:
-                pass  # the rest run one by one below: the failing run raises its own error there
-            except Exception as err:  # reported for each unfinished run of the stack
-                for i in group[done:]:
-                    on_result(i, None, err)
-                continue
-        for i in group[done:]:
-            try:
-                res = run_experiment(cfgs[i], progress)  # a two-layer supervised run is a stack of one inside
-            except Exception as err:  # handed to the caller with the run index
+        if batched.batch_key(cfgs[group[0]]) is None or len(group) == 1:
+            for i in group:  # a two-layer supervised run alone is a stack of one inside pretrain_supervised
+                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+            continue
+        try:
+            sources, models, logs, seconds = pretrain_stack([cfgs[i] for i in group], progress)
+        except NonFiniteLossError:
+            for i in group:  # one model diverged: each runs alone, so it raises its own error and the others finish
+                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+            continue
+        except Exception as err:  # a bug of the stacked path, not a run's problem: reported for every run in it
+            for i in group:
                 on_result(i, None, err)
-                continue
-            on_result(i, res, None)
+            continue
+        for i, source, model, log in zip(group, sources, models, logs, strict=True):
+            one(i, lambda i=i, s=source, m=model, lg=log, t=seconds: finish_experiment(cfgs[i], s, m, lg, t))
 
 
 def run_or_load(

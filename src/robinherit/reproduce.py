@@ -49,6 +49,7 @@ from robinherit.losses import class_margin, multilabel_margin
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
 from robinherit.seeding import generator
+from robinherit.sources import Split, SyntheticSource
 from robinherit.store import ResultStore
 
 CONFIG_DIR = Path(str(resources.files("robinherit") / "configs"))  # the shipped configs, inside the package
@@ -272,12 +273,14 @@ def extra_task(cfg: ExperimentConfig, weights: dict[str, np.ndarray], index: int
     world = make_world(cfg.data, cfg.seed)
     world = dataclasses.replace(world, downstream_task=fresh_task(world, index, cfg.seed))
     dev = torch.device(cfg.device)
-    enc = frozen_encoder(cfg, weights)
+    source = SyntheticSource(world, cfg.seed)
+    enc = frozen_encoder(cfg, weights, source)
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
     x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
     out: dict[str, Any] = {"index": index}
     for kind in (HeadKind.clean, HeadKind.adversarial):
-        head = fit_head(cfg, enc, world, kind, x_tr, z_tr, stream=f"head-{kind.value}-task-{index}")
+        train = Split(x_tr, world.downstream_labels(z_tr), 2)
+        head = fit_head(cfg, enc, source, kind, train, f"head-{kind.value}-task-{index}")
         res = evaluate(
             head,
             x_te.to(dev),
@@ -418,7 +421,7 @@ def clean_head_cost(cfg: ExperimentConfig, weights: dict[str, np.ndarray] | None
     enc = frozen_encoder(cfg, weights)
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
     t0 = time.perf_counter()
-    fit_head(cfg, enc, world, HeadKind.clean, x_tr, z_tr)
+    fit_head(cfg, enc, SyntheticSource(world, cfg.seed), HeadKind.clean, Split(x_tr, world.downstream_labels(z_tr), 2))
     seconds = time.perf_counter() - t0
     # Features are computed once; then each head step is one pass over the training set (of the head only).
     return {"seconds": seconds, "grad_evals": cfg.downstream.n_train * (cfg.downstream.steps + 1)}

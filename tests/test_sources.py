@@ -12,41 +12,49 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from robinherit import realdata
+from robinherit import sources
+from robinherit.autoattack import attack_view, autoattack_correct, autoattack_names
 from robinherit.cli import app
-from robinherit.config import HeadKind, ModelConfig, load_config, with_updates
+from robinherit.config import (
+    AutoAttackSet,
+    DictMethod,
+    ExperimentConfig,
+    ModelConfig,
+    Protocol,
+    Relabel,
+    build_config,
+    load_config,
+    with_updates,
+)
 from robinherit.data import BatchStream, make_world
 from robinherit.datasets import ArrayDataset
 from robinherit.errors import ConfigError
-from robinherit.learned_dictionary import DictMethod, learn_dictionary
+from robinherit.experiment import run_experiment, run_or_load
+from robinherit.learned_dictionary import learn_dictionary
 from robinherit.models import TwoLayerNet, build_model
 from robinherit.pretraining import pretrain_supervised
 from robinherit.purification import measure
-from robinherit.realdata import (
-    AutoAttackSet,
-    Protocol,
-    ProtocolConfig,
-    Relabel,
-    attack_view,
-    autoattack_names,
-    build_real_config,
-    make_tasks,
-    run_real,
-    run_real_or_load,
-)
 from robinherit.seeding import generator
+from robinherit.sources import make_tasks
 from robinherit.store import ResultStore
 from test_datasets import make_cifar_files, make_mnist_files
 
 # A run on the tiny 8x8 MNIST-format files of test_datasets (4 classes): seconds, numbers irrelevant.
 MICRO_REAL = {
-    "data": {"name": "mnist", "n_test": 24},
-    "protocol": {"kind": "same_task"},
-    "encoder": "two_layer",
-    "model": {"width": 16, "threshold": 0.1},
+    "data": {"source": "mnist", "protocol": "same_task"},
+    "model": {"encoder": "two_layer", "width": 16, "threshold": 0.1},
     "pretrain": {"eps": 0.5, "steps": 20, "batch_size": 16, "attack_steps": 2},
     "downstream": {"heads": ["clean", "adversarial"], "steps": 20, "n_train": 40, "attack_steps": 2},
-    "eval": {"norm": "l2", "eps": [0.5, 2.0], "steps": 5, "restarts": 1, "apgd_steps": 5, "square_queries": 20},
+    "eval": {
+        "norm": "l2",
+        "eps_grid": [0, 0.5, 2.0],
+        "steps": 5,
+        "restarts": 1,
+        "n_test": 24,
+        "autoattack": "custom",
+        "apgd_steps": 5,
+        "square_queries": 20,
+    },
 }
 
 needs_torchattacks = pytest.mark.skipif(
@@ -55,33 +63,42 @@ needs_torchattacks = pytest.mark.skipif(
 )
 
 
-def _cfg(root: Path, **updates) -> realdata.RealDataConfig:
+def _cfg(root: Path, **updates) -> ExperimentConfig:
     raw = json.loads(json.dumps(MICRO_REAL))
     raw["data"]["root"] = str(root)
-    cfg = build_real_config(raw)
-    return realdata.with_real_updates(cfg, **updates) if updates else cfg
+    cfg = build_config(raw)
+    return with_updates(cfg, **updates) if updates else cfg
 
 
-def test_config_rejects_unknown_keys_and_zero_eps() -> None:
+def test_real_config_errors_name_the_key_and_the_fix() -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'eval\.epsilon'"):
-        build_real_config({"eval": {"epsilon": 1}})
-    with pytest.raises(ConfigError, match="budget <= 0"):
-        build_real_config({"eval": {"eps": [0, 0.5]}})
-    with pytest.raises(ConfigError, match="allowed values"):
-        build_real_config({"data": {"name": "imagenet"}})
+        build_config({"data": {"source": "digits"}, "eval": {"epsilon": 1}})
+    # a synthetic-only key in a real-data config
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.k'.*synthetic world"):
+        build_config({"data": {"source": "digits", "k": 3}})
+    with pytest.raises(ConfigError, match=r"data\.source='imagenet' is not a data source; allowed values: synthetic"):
+        build_config({"data": {"source": "imagenet"}})
+    with pytest.raises(ConfigError, match=r"model\.encoder=conv needs image data"):
+        build_config({"data": {"source": "mnist1d"}, "model": {"encoder": "conv"}})
+    with pytest.raises(ConfigError, match=r"eval\.autoattack=custom needs inputs in"):
+        build_config({"eval": {"autoattack": "custom"}})
 
 
-def test_config_hash_depends_on_seed_not_device() -> None:
-    a = build_real_config({})
-    assert a.config_hash() == realdata.with_real_updates(a, device="cuda").config_hash()
-    assert a.config_hash() != realdata.with_real_updates(a, seed=1).config_hash()
+def test_run_id_of_real_data_ignores_the_file_location_and_inert_settings() -> None:
+    a = build_config({"data": {"source": "digits"}})
+    assert a.config_hash() != with_updates(a, seed=1).config_hash()
+    assert a.config_hash() == with_updates(a, **{"data.root": "/elsewhere"}).config_hash()
+    assert a.config_hash() == with_updates(a, **{"data.mnist1d_samples": 77}).config_hash()  # not mnist1d
+    assert a.config_hash() == with_updates(a, **{"model.conv.channels": [3]}).config_hash()  # not a conv net
+    assert a.config_hash() != with_updates(a, **{"data.protocol": "relabel"}).config_hash()
 
 
-def test_shipped_configs_load() -> None:
+def test_shipped_configs_load_by_path_and_by_name() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("digits.yaml", "mnist1d.yaml"):
-        cfg = realdata.load_real_config(root / name)
-        assert len(cfg.eval.eps) >= 2
+    for name in ("digits", "mnist1d"):
+        cfg = load_config(root / f"{name}.yaml")
+        assert cfg.is_real and cfg.data.source == name and len(cfg.eval.eps_grid) >= 3
+        assert load_config(name) == cfg
 
 
 def _toy_dataset() -> ArrayDataset:
@@ -92,25 +109,26 @@ def _toy_dataset() -> ArrayDataset:
 
 def test_protocols() -> None:
     ds = _toy_dataset()
-    base = build_real_config({})
-    rel = make_tasks(ds, realdata.with_real_updates(base, **{"protocol.kind": "relabel", "protocol.relabel": "parity"}))
+    base = build_config({"data": {"source": "digits"}, "eval": {"n_test": None}})
+    rel = make_tasks(ds, with_updates(base, **{"data.protocol": "relabel", "data.relabel": "parity"}))
     assert rel.n_down == 2 and torch.equal(rel.y_tr, ds.y_train % 2) and torch.equal(rel.y_pre, ds.y_train)
-    halves = realdata.with_real_updates(base, **{"protocol.kind": "relabel", "protocol.relabel": "halves"})
+    halves = with_updates(base, **{"data.protocol": "relabel", "data.relabel": "halves"})
     assert torch.equal(make_tasks(ds, halves).y_te, (ds.y_test >= 5).long())
-    split = make_tasks(ds, realdata.with_real_updates(base, **{"protocol.kind": "class_split"}))
+    split = make_tasks(ds, with_updates(base, **{"data.protocol": "class_split"}))
     # pre-training sees classes 0-4, the head 5-9, both relabelled to 0..4, and no input is shared
     assert split.n_pre == 5 and split.n_down == 5
     assert set(split.y_pre.tolist()) == set(range(5)) and set(split.y_tr.tolist()) == set(range(5))
     pre_rows = {tuple(r.tolist()) for r in split.x_pre}
     assert not pre_rows & {tuple(r.tolist()) for r in split.x_tr}
-    bad = realdata.with_real_updates(base, **{"protocol.kind": "class_split", "protocol.pretrain_classes": [0]})
+    # the pre-training task's test set is the seen classes' test inputs, with their own labels
+    assert set(split.y_te_pre.tolist()) == set(range(5)) and split.x_te_pre.shape[0] == int((ds.y_test < 5).sum())
+    bad = with_updates(base, **{"data.protocol": "class_split", "data.pretrain_classes": [0]})
     with pytest.raises(ConfigError, match="pretrain_classes"):
         make_tasks(ds, bad)
 
 
 def test_protocol_registry_covers_enum() -> None:
-    assert set(realdata.PROTOCOLS) == set(Protocol) and set(realdata.RELABELS) == set(Relabel)
-    assert ProtocolConfig().kind == Protocol.same_task
+    assert set(sources.PROTOCOLS) == set(Protocol) and set(sources.RELABELS) == set(Relabel)
 
 
 def test_attack_view_and_names() -> None:
@@ -135,8 +153,19 @@ def test_autoattack_breaks_a_linear_model_and_stays_in_budget() -> None:
     with torch.no_grad():
         model.weight.copy_(torch.stack([-w, w]))
         model.bias.copy_(torch.tensor([0.5, -0.5]))
-    cfg = build_real_config({"eval": {"norm": "linf", "eps": [0.2], "apgd_steps": 20, "square_queries": 100}})
-    masks = realdata.autoattack_correct(
+    cfg = build_config(
+        {
+            "data": {"source": "digits"},
+            "eval": {
+                "norm": "linf",
+                "eps_grid": [0.2],
+                "autoattack": "custom",
+                "apgd_steps": 20,
+                "square_queries": 100,
+            },
+        }
+    )
+    masks = autoattack_correct(
         model, x, y, eps=0.2, norm=cfg.eval.norm, n_classes=2, image_shape=(1, 4, 4), ecfg=cfg.eval, seed=0
     )
     margin = (x[:, 0] - 0.5).abs()
@@ -149,13 +178,17 @@ def test_autoattack_breaks_a_linear_model_and_stays_in_budget() -> None:
 @pytest.mark.parametrize("encoder", ["two_layer", "conv"])
 def test_end_to_end_on_tiny_mnist_files(tmp_path: Path, encoder: str) -> None:
     make_mnist_files(tmp_path, n_train=80, n_test=40)
-    cfg = _cfg(tmp_path, encoder=encoder, **{"conv.channels": [4, 8]})
-    rec, art = run_real(cfg)
+    cfg = _cfg(tmp_path, **{"model.encoder": encoder, "model.conv.channels": [4, 8]})
+    rec, art = run_experiment(cfg)
     assert rec["dataset"]["n_test"] == 24 and rec["dataset"]["downstream_classes"] == 4
-    for head in ("clean_head", "adversarial_head"):
-        r = rec["downstream"][head]
-        assert r["autoattack_not_above_pgd"] or any("AutoAttack" in w for w in r["warnings"])
-        assert set(r["robust_acc"]) == {"0.5", "2"} and r["attacks"][1:] == ["apgd-ce", "apgd-t", "square"]
+    for head in ("pretrain", "clean_head", "adversarial_head"):
+        r = rec["pretrain"] if head == "pretrain" else rec["downstream"][head]
+        # the flag says what the numbers say, and a warning is raised exactly when it is False
+        consistent = all(r["autoattack_robust_acc"][k] <= r["pgd_robust_acc"][k] for k in r["pgd_robust_acc"])
+        assert r["autoattack_not_above_pgd"] == consistent
+        assert any("AutoAttack robust accuracy" in w for w in r["warnings"]) == (not consistent)
+        assert set(r["per_attack_robust_acc"]["2"]) == {"apgd-ce", "apgd-t", "square"}
+        assert set(r["robust_acc"]) == {"0", "0.5", "2"} and r["attacks"][1:] == ["apgd-ce", "apgd-t", "square"]
         for k in ("0.5", "2"):
             # robust accuracy is the per-example worst case: never above either attack's, never above clean
             assert r["robust_acc"][k] <= min(r["pgd_robust_acc"][k], r["autoattack_robust_acc"][k]) + 1e-9
@@ -164,6 +197,13 @@ def test_end_to_end_on_tiny_mnist_files(tmp_path: Path, encoder: str) -> None:
     assert 0 < rec["purification"]["top1_share_mean"] <= 1 and rec["purification"]["atoms"] >= 1
     assert 0 <= rec["sparsity"]["zero_share"] <= 1
     assert "encoder" in art
+    # the pre-trained model's own robustness is in every record, and a two-layer encoder is certified
+    if encoder == "two_layer":
+        cert = rec["pretrain"]["certified_acc"]
+        assert all(cert[k] <= rec["pretrain"]["robust_acc"][k] + 1e-9 for k in cert)
+        assert "certified_acc" in rec["downstream"]["clean_head"]
+    else:
+        assert "certified_acc" not in rec["pretrain"]  # no certifier for a conv net: said by absence, not faked
 
 
 @needs_torchattacks
@@ -171,20 +211,23 @@ def test_end_to_end_on_tiny_cifar_files_with_class_split(tmp_path: Path) -> None
     make_cifar_files(tmp_path, per_batch=12)
     cfg = _cfg(
         tmp_path,
-        encoder="conv",
         **{
-            "data.name": "cifar10",
-            "data.n_test": None,
-            "protocol.kind": "class_split",
-            "conv.channels": [4],
+            "model.encoder": "conv",
+            "data.source": "cifar10",
+            "eval.n_test": None,
+            "data.protocol": "class_split",
+            "model.conv.channels": [4],
             "eval.norm": "linf",
-            "eval.eps": [0.01, 0.03],
+            "eval.eps_grid": [0, 0.01, 0.03],
             "downstream.eps": 0.03,
             "pretrain.eps": 0.03,
         },
     )
-    rec, _ = run_real(cfg)
+    rec, _ = run_experiment(cfg)
     assert rec["dataset"]["image_shape"] == [3, 32, 32] and rec["dataset"]["pretrain_classes"] == 5
+    # under class_split the pre-trained model is evaluated on the seen classes' test images (5 classes)
+    assert rec["dataset"]["n_test_pretrain_task"] == int((torch.tensor(_cifar_test_labels(tmp_path)) < 5).sum())
+    assert rec["pretrain"]["clean_acc"] is not None
     assert rec["dataset"]["n_test"] == int((torch.tensor(_cifar_test_labels(tmp_path)) >= 5).sum())
 
 
@@ -199,13 +242,13 @@ def test_store_answers_second_call(tmp_path: Path) -> None:
     make_mnist_files(tmp_path / "data")
     cfg = _cfg(tmp_path / "data", **{"eval.autoattack": "none", "downstream.heads": ["clean"]})
     store = ResultStore(tmp_path / "runs.db")
-    rec, cached = run_real_or_load(cfg, store)
-    assert not cached and rec["downstream"]["clean_head"]["autoattack_robust_acc"] == {}
-    again, cached = run_real_or_load(cfg, store)
+    rec, cached = run_or_load(cfg, store)
+    assert not cached and "autoattack_robust_acc" not in rec["downstream"]["clean_head"]
+    again, cached = run_or_load(cfg, store)
     assert cached and again["run_id"] == rec["run_id"] == cfg.config_hash()
 
 
-def test_cli_real_and_missing_file(tmp_path: Path) -> None:
+def test_cli_run_on_real_data_and_missing_file(tmp_path: Path) -> None:
     make_mnist_files(tmp_path / "data")
     raw = json.loads(json.dumps(MICRO_REAL))
     raw["data"]["root"] = str(tmp_path / "data")
@@ -215,13 +258,16 @@ def test_cli_real_and_missing_file(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     runner = CliRunner()
     store = str(tmp_path / "runs.db")
-    res = runner.invoke(app, ["real", str(path), "--seeds", "0,1", "--json", "--store", store])
+    res = runner.invoke(app, ["run", str(path), "--seeds", "0,1", "--json", "--store", store])
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout.strip().splitlines()]
     assert [r["seed"] for r in lines] == [0, 1]
     (tmp_path / "data" / "train-images-idx3-ubyte.gz").unlink()
-    res = runner.invoke(app, ["real", str(path), "--seeds", "2", "--store", store])
+    res = runner.invoke(app, ["run", str(path), "--seeds", "2", "--store", store])
     assert res.exit_code == 2 and "train-images-idx3-ubyte" in res.output
+    # the old command still works for one release, and says what to use
+    res = runner.invoke(app, ["real", str(path), "--seeds", "0", "--store", store])
+    assert res.exit_code == 0 and "robinherit run" in res.output
 
 
 def test_learned_dictionary_ranks_clean_vs_at_like_the_true_one() -> None:
@@ -274,24 +320,3 @@ def test_pure_weights_score_one_on_learned_dictionary() -> None:
     with torch.no_grad():
         net.W.copy_(world.M.T)  # node i = feature i: pure
     assert measure(net.weight(), m_hat).summary()["top1_share_mean"] > 0.9
-
-
-def test_claim7_shape_and_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """claim7's contract with reproduce, with the runs replaced by fakes keyed on the config."""
-    calls = []
-
-    def fake(cfg, store):
-        calls.append(cfg)
-        robust = 0.3 if cfg.pretrain.eps > 0 else 0.1
-        head = {"robust_acc": {"1": robust}, "clean_acc": 0.9, "autoattack_not_above_pgd": True}
-        return {"downstream": {"clean_head": head}, "purification": {"top1_share_mean": 0.2}}, False
-
-    monkeypatch.setattr(realdata, "run_real_or_load", fake)
-    out = realdata.claim7([0, 1, 2], True, None)
-    assert out["per_seed"] == {"clean_pretrain": [0.1] * 3, "at_pretrain": [0.3] * 3}
-    assert out["eps"] == 1.0 and out["norm"] == "l2" and "statement" in out and "extra" in out
-    clean, at = calls[:3], calls[3:]
-    assert [c.seed for c in clean] == [0, 1, 2] and all(c.pretrain.eps == 0 for c in clean)
-    assert all(c.pretrain.eps > 0 and c.downstream.heads == (HeadKind.clean,) for c in at)
-    assert len({c.config_hash() for c in calls}) == 6  # distinct store keys
-    assert realdata.claim7_base(False) == realdata.load_real_config(Path(__file__).parents[1] / "configs/digits.yaml")

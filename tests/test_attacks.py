@@ -156,11 +156,21 @@ def test_random_start_and_projection_stay_in_the_ball(norm: Norm):
     assert torch.allclose(project(small, EPS, norm), small)  # points inside are left alone
 
 
-def test_training_attack_binds_its_settings():
+@pytest.mark.parametrize("kind", list(AttackKind))
+@pytest.mark.parametrize("norm", list(Norm))
+def test_training_attack_binds_its_settings(norm: Norm, kind: AttackKind):
+    """The bound attack is the attack called with the bound eps, norm, steps and generator, whatever they are."""
     _, x, _, loss_fn = setup()
-    run = training_attack(AttackKind.fgm, eps=EPS, norm=Norm.linf, steps=5)
+    steps = 3  # neither pgd's default (10) nor the config's (5): a dropped ``steps`` changes the iterates
+    run = training_attack(kind, eps=EPS, norm=norm, steps=steps, generator=generator(0, "atk"))
     x_adv = run(loss_fn, x)
-    assert torch.allclose((x_adv - x).abs(), torch.full_like(x, EPS), atol=1e-6) or (
-        (x_adv - x).abs().max() <= EPS + 1e-6
+    expected = ATTACKS[kind](loss_fn, x, eps=EPS, norm=norm, steps=steps, generator=generator(0, "atk"))
+    assert torch.equal(x_adv, expected)
+    assert (lp(x_adv - x, norm) <= EPS * (1 + 1e-6)).all()
+    # the comparison can tell the settings apart: the other norm, or pgd's default steps, give other points
+    other = Norm.linf if norm == Norm.l2 else Norm.l2
+    assert not torch.equal(
+        x_adv, ATTACKS[kind](loss_fn, x, eps=EPS, norm=other, steps=steps, generator=generator(0, "atk"))
     )
-    assert torch.equal(x_adv, fgm(loss_fn, x, eps=EPS, norm=Norm.linf))
+    if kind == AttackKind.pgd:
+        assert not torch.equal(x_adv, pgd(loss_fn, x, eps=EPS, norm=norm, generator=generator(0, "atk")))

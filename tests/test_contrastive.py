@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from robinherit.attacks import training_attack
+from robinherit.augment import make_views
 from robinherit.config import AttackKind, Augmentation, ExperimentConfig, Method, Norm, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.errors import ConfigError
-from robinherit.experiment import run_experiment
+from robinherit.experiment import frozen_encoder, run_experiment
 from robinherit.losses import info_nce
 from robinherit.models import build_model
 from robinherit.pretraining import PRETRAINERS, adversarial_view
@@ -157,6 +158,22 @@ def test_feature_dropout_on_real_data_is_a_config_error():
 def test_run_experiment_end_to_end(updates):
     cfg = _tiny_cfg(**updates)
     record, artifacts = run_experiment(cfg)
+    # pre-training really trained: the encoder left its initialisation and lowers InfoNCE on held-out pairs of
+    # views (made as in training) below the untrained encoder's; a skipped optimiser step fails both
+    init, trained = frozen_encoder(cfg, None), frozen_encoder(cfg, artifacts["encoder"])
+    assert float((trained.weight() - init.weight()).norm() / init.weight().norm()) > 0.1
+    world = make_world(cfg.data, cfg.seed)
+    stream, views = BatchStream(world, 64, seed=1), make_views(cfg.pretrain, world, seed=1)
+    held_out = [(views(batch), views(batch)) for batch in (stream.next() for _ in range(4))]
+
+    def held_out_loss(encoder) -> float:  # mean InfoNCE over the four batches
+        with torch.no_grad():
+            return (
+                sum(float(info_nce(encoder.features(v1), encoder.features(v2), 0.2).mean()) for v1, v2 in held_out) / 4
+            )
+
+    # measured: 0.11, 0.23 and 0.27 lower than the untrained encoder's on these three configs
+    assert held_out_loss(trained) < held_out_loss(init) - 0.05
     assert record["config"]["pretrain"]["method"] == "contrastive"
     assert Augmentation(record["config"]["pretrain"]["augmentation"])
     head = record["downstream"]["clean_head"]

@@ -1,0 +1,175 @@
+"""Downstream heads (train_head): the encoder stays frozen, a clean head learns a separable task, an adversarial head
+is robust where a clean one cannot be, and the adversarial head's training attack respects the input box."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robinherit.config import HeadKind, Norm, load_config
+from robinherit.convnet import ConvConfig, ConvNet
+from robinherit.downstream import train_head
+from robinherit.losses import class_margin
+from robinherit.models import build_model
+
+
+def downstream_cfg(*overrides: str):
+    return load_config(overrides=["downstream.steps=50", "downstream.attack_steps=3", *overrides]).downstream
+
+
+def model_cfg(width: int, threshold: float = 0.0):
+    return load_config(overrides=[f"model.width={width}", f"model.threshold={threshold}"]).model
+
+
+def accuracy(head, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((class_margin(head(x), y) > 0).float().mean())
+
+
+def two_layer(d: int, width: int, threshold: float = 0.0):
+    return build_model(d, model_cfg(width, threshold), 1, g=torch.Generator().manual_seed(0))
+
+
+def conv(width: int):
+    return ConvNet((1, 4, 4), ConvConfig(channels=(2,)), model_cfg(width), 1, g=torch.Generator().manual_seed(0))
+
+
+# ---- the encoder is frozen ----
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+@pytest.mark.parametrize("encoder", ["two_layer", "conv"])
+def test_the_encoder_stays_frozen(kind, encoder):
+    enc = two_layer(16, 12, threshold=0.3) if encoder == "two_layer" else conv(12)
+    before = {name: p.detach().clone() for name, p in enc.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 16, generator=g), torch.randint(0, 2, (40,), generator=g)
+    head = train_head(enc, 12, 2, x, y, kind, downstream_cfg("downstream.steps=5"), norm=Norm.l2, g=g)
+    for name, p in enc.named_parameters():
+        assert torch.equal(p, before[name]), name
+        assert not p.requires_grad and p.grad is None, name  # no gradient work reaches the encoder
+    assert head.encoder is enc
+    assert any(not torch.equal(p, torch.zeros_like(p)) for p in head.linear.parameters()), "the head trained"
+
+
+# ---- a clean head learns ----
+
+
+def test_a_clean_head_learns_a_separable_task():
+    """A linear encoder (threshold 0) of full rank: a linear task of the inputs is linear in the features."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(6, generator=g)
+    x, x_test = torch.randn(300, 6, generator=g), torch.randn(500, 6, generator=g)
+    y, y_test = (x @ u > 0).long(), (x_test @ u > 0).long()
+    enc = two_layer(6, 16)
+    head = train_head(enc, 16, 2, x, y, HeadKind.clean, downstream_cfg("downstream.steps=100"), norm=Norm.l2, g=g)
+    assert accuracy(head, x, y) > 0.95
+    assert accuracy(head, x_test, y_test) > 0.95  # measured: 0.99
+
+
+def test_a_clean_head_on_more_classes():
+    g = torch.Generator().manual_seed(3)
+    centres = 3 * torch.eye(4)
+    y = torch.randint(0, 4, (200,), generator=g)
+    x = centres[y] + 0.3 * torch.randn(200, 4, generator=g)
+    head = train_head(
+        two_layer(4, 8), 8, 4, x, y, HeadKind.clean, downstream_cfg("downstream.steps=100"), norm="l2", g=g
+    )
+    assert head(x).shape == (200, 4)
+    assert accuracy(head, x, y) > 0.95
+
+
+# ---- an adversarial head is robust where a clean one is not ----
+
+WEAK = 20  # weak features next to the strong one
+
+
+def robust_world(n: int, seed: int):
+    """x = s (1, 0.3, ..., 0.3) + noise, label 1[s > 0]: one strong feature and 20 weak ones, all predictive.
+
+    Under an l-inf budget eps = 0.5 the weak features can all be flipped, the strong one cannot: the head
+    w = e_1 is robust (margin 1 against a worst-case drop of 0.5). A clean head spreads weight over every feature
+    (measured: equal weights), whose worst-case drop eps ||w||_1 exceeds its margin everywhere.
+    """
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    v = torch.tensor([1.0] + [0.3] * WEAK)
+    return s[:, None] * v + 0.05 * torch.randn(n, WEAK + 1, generator=g), (s > 0).long()
+
+
+def identity_encoder(d: int):
+    enc = two_layer(d, d)
+    with torch.no_grad():
+        enc.W.copy_(torch.eye(d))
+    return enc
+
+
+def linf_robust_accuracy(head, x: torch.Tensor, y: torch.Tensor, eps: float) -> float:
+    """Exact for a linear head on an identity encoder: correct under every perturbation iff the logit margin
+    exceeds eps times the l1 norm of the weight difference (the dual of l-inf)."""
+    with torch.no_grad():
+        w = head.linear.weight
+        drop = eps * (w[1] - w[0]).abs().sum()
+        return float((class_margin(head(x), y) > drop).float().mean())
+
+
+def test_an_adversarial_head_is_robust_where_a_clean_one_is_not():
+    x, y = robust_world(200, 0)
+    x_test, y_test = robust_world(500, 1)
+    cfg = downstream_cfg("downstream.eps=0.5")
+    heads = {
+        kind: train_head(
+            identity_encoder(WEAK + 1), WEAK + 1, 2, x, y, kind, cfg, norm=Norm.linf, g=torch.Generator().manual_seed(2)
+        )
+        for kind in HeadKind
+    }
+    for head in heads.values():
+        assert accuracy(head, x_test, y_test) > 0.99
+    clean = linf_robust_accuracy(heads[HeadKind.clean], x_test, y_test, 0.5)
+    adversarial = linf_robust_accuracy(heads[HeadKind.adversarial], x_test, y_test, 0.5)
+    assert clean < 0.1  # measured: 0.0
+    assert adversarial > 0.9  # measured: 1.0
+    # the adversarial head's robustness comes from leaning on the strong feature
+    w = heads[HeadKind.adversarial].linear.weight.detach()
+    diff = (w[1] - w[0]).abs()
+    assert float(diff[0]) > 10 * float(diff[1:].max())
+
+
+# ---- the input box ----
+
+
+def spy_on_attack(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Records (x, x_adv) of every attack the adversarial head trains on."""
+    import robinherit.downstream as downstream
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = downstream.pgd
+
+    def spy(loss_fn, x, **kwargs):
+        out = real(loss_fn, x, **kwargs)
+        seen.append((x, out))
+        return out
+
+    monkeypatch.setattr(downstream, "pgd", spy)
+    return seen
+
+
+@pytest.mark.parametrize("clip", [(0.0, 1.0), None])
+def test_the_adversarial_head_attack_respects_clip(monkeypatch, clip):
+    seen = spy_on_attack(monkeypatch)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(60, 8, generator=g)  # images in [0, 1]: many coordinates near the box's faces
+    y = (x[:, 0] > 0.5).long()
+    eps = 0.3
+    cfg = downstream_cfg("downstream.steps=4", f"downstream.eps={eps}")
+    train_head(two_layer(8, 8), 8, 2, x, y, HeadKind.adversarial, cfg, norm=Norm.linf, g=g, clip=clip)
+    assert len(seen) == 4  # one attack per step
+    for x_in, x_adv in seen:
+        assert float((x_adv - x_in).abs().max()) <= eps + 1e-6
+        assert float((x_adv - x_in).abs().max()) > 0.5 * eps  # it attacked
+    lo = min(float(x_adv.min()) for _, x_adv in seen)
+    hi = max(float(x_adv.max()) for _, x_adv in seen)
+    if clip is None:  # the control: without the box the attack leaves [0, 1], so the clipped case tests something
+        assert lo < 0.0 and hi > 1.0
+    else:
+        assert lo >= 0.0 and hi <= 1.0

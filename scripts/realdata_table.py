@@ -1,7 +1,7 @@
-"""Real-data acceptance tables: {clean, AT} pre-training x {clean, adversarial} head, PGD and AutoAttack,
-two budgets per norm, >= 3 seeds, mean and 95% t-interval; runs resume from the store.
+"""Real-data acceptance tables: {clean, AT} pre-training x {pre-trained model, clean head, adversarial head}, PGD
+and AutoAttack, two budgets per norm, >= 3 seeds, mean and 95% t-interval; runs are ordinary runs of the store.
 
-    .venv/bin/python scripts/realdata_table.py --config configs/digits.yaml --seeds 0,1,2 \
+    .venv/bin/python scripts/realdata_table.py --config digits --seeds 0,1,2 \
         --store results/realdata.db [--set KEY=VALUE ...] [--norm l2 --eps 0.5,1.0 --at-eps 1.0]
 
 Prints a Markdown table (paste into docs/realdata.md) and, with --json, the per-seed numbers.
@@ -19,7 +19,8 @@ import time
 import torch
 from scipy import stats
 
-from robinherit.realdata import load_real_config, run_real_or_load, with_real_updates
+from robinherit.config import load_config, with_updates
+from robinherit.experiment import run_or_load
 from robinherit.store import ResultStore
 
 
@@ -51,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.norm:
         overrides += [f"eval.norm={args.norm}", f"pretrain.norm={args.norm}"]
     if args.eps:
-        overrides.append(f"eval.eps=[{args.eps}]")
+        overrides.append(f"eval.eps_grid=[0,{args.eps}]")
     if args.at_eps is not None:
         overrides += [f"pretrain.eps={args.at_eps}", f"downstream.eps={args.at_eps}"]
-    base = load_real_config(args.config, overrides)
+    base = load_config(args.config, overrides)
     seeds = [int(s) for s in args.seeds.split(",")]
     store = ResultStore(args.store)
 
@@ -65,18 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     for arm, eps in arms.items():
         recs = []
         for s in seeds:
-            cfg = with_real_updates(base, **{"pretrain.eps": eps, "seed": s})
+            cfg = with_updates(base, **{"pretrain.eps": eps, "seed": s})
             t0 = time.perf_counter()
-            rec, cached = run_real_or_load(cfg, store)
+            rec, cached = run_or_load(cfg, store)
             where = "store" if cached else f"{time.perf_counter() - t0:.0f} s"
             print(f"# {arm} seed {s}: {rec['run_id']} ({where})", file=sys.stderr, flush=True)
             recs.append(rec)
         per_seed[arm] = recs
-        for head in recs[0]["downstream"]:
-            cells = [arm, head.replace("_head", ""), interval([r["downstream"][head]["clean_acc"] for r in recs])]
-            for k in recs[0]["downstream"][head]["pgd_robust_acc"]:
+        models = {"pre-trained": lambda r: r["pretrain"]} | {
+            h.replace("_head", " head"): (lambda r, h=h: r["downstream"][h]) for h in recs[0]["downstream"]
+        }
+        for name, get in models.items():
+            cells = [arm, name, interval([get(r)["clean_acc"] for r in recs])]
+            for k in [k for k in get(recs[0])["pgd_robust_acc"] if k != "0"]:
                 for field in ("pgd_robust_acc", "autoattack_robust_acc", "robust_acc"):
-                    vals = [r["downstream"][head][field].get(k) for r in recs]
+                    vals = [get(r)[field].get(k) for r in recs]
                     cells.append(interval(vals) if None not in vals else "-")
             cells.append(interval([r["purification"]["top1_share_mean"] for r in recs]))
             cells.append(interval([r["purification_pixel"]["top1_share_mean"] for r in recs]))
@@ -85,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.arm != "both":
         return 0
-    eps_keys = list(per_seed[next(iter(per_seed))][0]["downstream"]["clean_head"]["pgd_robust_acc"])
+    eps_keys = [k for k in per_seed[next(iter(per_seed))][0]["downstream"]["clean_head"]["pgd_robust_acc"] if k != "0"]
     norm = base.eval.norm.value
-    header = ["pre-training", "head", "clean acc"]
+    header = ["pre-training", "model", "clean acc"]
     for k in eps_keys:
         header += [f"PGD {norm} {k}", f"AA {norm} {k}", f"worst {norm} {k}"]
     header += ["top-1 share (ICA dict)", "top-1 share (pixels)", "zero activations"]
-    print(f"\n{base.data.name.value}, protocol {base.protocol.kind.value}, encoder {base.encoder.value}, seeds {seeds}")
+    d = base.data
+    print(f"\n{d.source}, protocol {d.protocol.value}, encoder {base.model.encoder.value}, seeds {seeds}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for cells in rows:

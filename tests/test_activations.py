@@ -3,6 +3,8 @@ agree with each other and with autograd."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ def test_unit_is_linear_between_its_kinks(act):
     pts = sorted(float(k) for k in UNITS[act].kinks(b))
     edges = [-3.0, *pts, 3.0]
     f = UNITS[act].function
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         t = torch.linspace(lo, hi, 7)
         vals = f(t, b)
         chord = vals[0] + (vals[-1] - vals[0]) * (t - lo) / (hi - lo)

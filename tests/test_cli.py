@@ -164,7 +164,7 @@ def test_cuda_without_a_gpu_is_a_user_error(micro_yaml_module: Path, tmp_path: P
     assert not (tmp_path / "r.db").exists()
 
 
-@pytest.mark.parametrize("command", ["real", "reproduce", "sweep", "evaluate"])
+@pytest.mark.parametrize("command", ["run-real-data", "reproduce", "sweep", "evaluate"])
 def test_every_computing_command_refuses_a_cuda_device_it_cannot_see(command, micro_yaml_module: Path, tmp_path):
     """The same clear error as `run`, before a store is created or anything runs."""
     import torch
@@ -173,8 +173,8 @@ def test_every_computing_command_refuses_a_cuda_device_it_cannot_see(command, mi
         pytest.skip("a GPU is present")
     root = Path(__file__).resolve().parents[1]
     store = tmp_path / "r.db"
-    if command == "real":
-        args = ["real", root / "configs" / "digits.yaml", "--set", "device=cuda"]
+    if command == "run-real-data":
+        args = ["run", root / "configs" / "digits.yaml", "--set", "device=cuda"]
     elif command == "reproduce":
         args = ["reproduce", "--quick", "--claims", "1", "--set", "device=cuda", "--out", tmp_path / "out"]
     elif command == "sweep":

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+import robinherit.config as config_module
 from robinherit.config import (
     DataConfig,
     ExperimentConfig,
@@ -133,9 +134,47 @@ def test_hash_identifies_the_resolved_config():
     a = ExperimentConfig()
     assert a.config_hash() == ExperimentConfig().config_hash()
     assert a.config_hash() == load_config(None, ["data.n_features=64"]).config_hash()  # same resolved config
-    assert a.config_hash() == load_config(None, ["device=cuda"]).config_hash()  # device does not change results
+    assert a.config_hash() == load_config(None, ["data.source=synthetic"]).config_hash()  # the default source
     assert a.config_hash() != with_updates(a, seed=1).config_hash()
     assert a.config_hash() != with_updates(a, **{"pretrain.eps": 0}).config_hash()
+
+
+def test_run_id_covers_the_device_type_and_the_numerics_version(monkeypatch):
+    a = ExperimentConfig()
+    cuda = load_config(None, ["device=cuda"])
+    # CUDA draws other random streams than the CPU: a stored CPU run must never answer a CUDA request
+    assert a.config_hash() != cuda.config_hash()
+    assert cuda.config_hash() == load_config(None, ["device=cuda:1"]).config_hash()  # which GPU does not matter
+    before = a.config_hash()
+    monkeypatch.setattr(config_module, "NUMERICS_VERSION", config_module.NUMERICS_VERSION + 1)
+    assert a.config_hash() != before  # a change of numerics gives every run a new id
+
+
+@pytest.mark.parametrize(
+    ("base", "inert"),
+    [
+        ([], {"pretrain.temperature": 0.9, "pretrain.augmentation": "mask", "pretrain.projector_dim": 8}),
+        (["pretrain.eps=0"], {"pretrain.attack_steps": 9, "pretrain.norm": "linf", "pretrain.attack": "fgm"}),
+        (["downstream.heads=[clean]"], {"downstream.eps": 0.7, "downstream.attack_steps": 9}),
+        ([], {"model.conv.channels": [3, 5], "eval.apgd_steps": 7, "eval.dictionary_atoms": 5}),
+    ],
+)
+def test_inert_settings_do_not_change_the_run_id(base, inert):
+    cfg = load_config(None, base)
+    assert with_updates(cfg, **inert).config_hash() == cfg.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("base", "live"),
+    [
+        (["pretrain.method=contrastive"], {"pretrain.temperature": 0.9}),
+        ([], {"pretrain.attack_steps": 9}),
+        ([], {"downstream.eps": 0.7}),
+    ],
+)
+def test_live_settings_change_the_run_id(base, live):
+    cfg = load_config(None, base)
+    assert with_updates(cfg, **live).config_hash() != cfg.config_hash()
 
 
 def test_missing_and_malformed_files(tmp_path: Path):

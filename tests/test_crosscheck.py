@@ -15,8 +15,7 @@ from robinherit.config import Norm, load_config
 from robinherit.crosscheck import art_available, art_pgd_robust_acc, check_run, sandwich_violations
 from robinherit.errors import RobinheritError
 from robinherit.evaluation import evaluate
-from robinherit.experiment import rebuild_run
-from robinherit.experiment import run_experiment
+from robinherit.experiment import rebuild_run, run_experiment
 from robinherit.losses import class_margin
 from robinherit.store import ResultStore
 

@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from conftest import MICRO, TINY
-from robinherit import batched
 from robinherit.config import Activation, ExperimentConfig, ModelConfig, build_config, with_updates
-from robinherit.experiment import run_experiment
+from robinherit.experiment import iter_stack, run_experiment
 from robinherit.fused import fused_loss
 from robinherit.losses import class_margin, cross_entropy, multilabel_bce
 from robinherit.models import LinearHead, build_model
@@ -69,7 +68,7 @@ def test_supervised_run_on_cuda_purifies_and_inherits():
 
 def test_stacked_runs_on_cuda_equal_runs_one_by_one():
     cfgs = [_cuda(MICRO, seed=s) for s in range(3)]
-    for (rec, art), c in zip(list(experiment.iter_stack(cfgs)), cfgs, strict=True):
+    for (rec, art), c in zip(list(iter_stack(cfgs)), cfgs, strict=True):
         ref, ref_art = run_experiment(c)
         assert rec["run_id"] == ref["run_id"]
         torch.testing.assert_close(
@@ -96,11 +95,11 @@ def test_reproduce_on_cuda(tmp_path: Path):
 
 @pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="torchattacks not installed")
 def test_real_data_on_cuda(tmp_path: Path):
-    from robinherit.realdata import run_real, with_real_updates
-    from test_realdata import _cfg, make_mnist_files
+    from test_sources import _cfg, make_mnist_files
 
     make_mnist_files(tmp_path, n_train=80, n_test=40)
     for encoder in ("two_layer", "conv"):
-        cfg = with_real_updates(_cfg(tmp_path, encoder=encoder, **{"conv.channels": [4, 8]}), device="cuda")
-        rec, _ = run_real(cfg)
+        cfg = _cfg(tmp_path, **{"model.encoder": encoder, "model.conv.channels": [4, 8], "device": "cuda"})
+        rec, _ = run_experiment(cfg)
         assert _finite_numbers(rec) and rec["downstream"]["clean_head"]["robust_acc"]
+        assert rec["pretrain"]["robust_acc"]  # the pre-trained model's own robustness, on CUDA too

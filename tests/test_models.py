@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from robinherit.config import ModelConfig
 from robinherit.activations import UNITS
-from robinherit.config import Activation
+from robinherit.config import Activation, ModelConfig
 from robinherit.models import LinearHead, build_model
+from robinherit.seeding import generator
 
 sym_relu = UNITS[Activation.sym_relu].function
 relu = UNITS[Activation.relu].function
-from robinherit.seeding import generator
 
 
 def test_sym_relu_is_zero_inside_the_threshold_and_shifted_outside():

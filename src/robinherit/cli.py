@@ -192,7 +192,7 @@ def runs(
 
     if not store.exists():
         raise fail(f"results store '{store}' does not exist; run an experiment first or pass --store")
-    records = ResultStore(store).runs()
+    records = ResultStore(store, read_only=True).runs()
     if json_out:
         for rec in records:
             print(json.dumps(summary_line(rec)))
@@ -229,7 +229,7 @@ def show(
 
     if not store.exists():
         raise fail(f"results store '{store}' does not exist; pass --store")
-    rec = ResultStore(store).find(run_id)
+    rec = ResultStore(store, read_only=True).find(run_id)
     if rec is None:
         raise fail(f"no run '{run_id}' in {store}; `robinherit runs --store {store}` lists the stored ids")
     print(json.dumps(rec, indent=2))
@@ -473,7 +473,7 @@ def evaluate(
     else:
         if not store.exists():
             raise fail(f"results store '{store}' does not exist; pass --store, or a YAML config as TARGET")
-        db = ResultStore(store)
+        db = ResultStore(store, read_only=True)
         rec = db.find(target)
         if rec is None:
             raise fail(f"'{target}' is neither a config file nor a run id in {store}; `robinherit runs` lists ids")

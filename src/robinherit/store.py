@@ -4,7 +4,11 @@ Rows carry the full resolved config, the metrics, package versions, the git comm
 rerun of the same config and seed is answered from the store and a resumed sweep runs nothing twice.
 Small arrays (encoder weights) go to an ``artifacts`` table as compressed ``.npz`` blobs.
 
-A file that is not a robinherit store is refused before anything is written to it.
+A file that is not a robinherit store is refused before anything is written to it. A store written by an older
+version (its ``user_version`` below ``SCHEMA_VERSION``: run ids of version 1 did not cover the device type, the
+numerics version or inert settings, so its records cannot answer for this code) opens read-only: ``runs``,
+``show``, ``export`` and ``plot`` read it as it is, and a command that would add runs is refused with what to do.
+Nothing in an old store is changed or lost.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 from robinherit.errors import StoreError
 
 APPLICATION_ID = 0x52424852  # "RBHR": marks a file as a robinherit store
-SCHEMA_VERSION = 1
+# 2: run ids hash the identity of a run (inert settings left out; device type and numerics version in); 1: before.
+SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -54,13 +59,14 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
-def _check_existing(path: Path) -> None:
-    """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database."""
+def _check_existing(path: Path) -> int | None:
+    """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database; its schema version
+    (None for an empty file)."""
     if path.is_dir():
         raise StoreError(f"results store '{path}' is a directory; pass a file path such as {path / 'runs.db'}")
     size = path.stat().st_size
     if size == 0:
-        return
+        return None
     with path.open("rb") as fh:
         head = fh.read(16)
     if head != SQLITE_MAGIC:
@@ -72,6 +78,7 @@ def _check_existing(path: Path) -> None:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             # quick_check reports most damage as rows of text rather than raising
             check = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
@@ -89,17 +96,38 @@ def _check_existing(path: Path) -> None:
             f"'{path}' is an SQLite database of another application (tables: {', '.join(sorted(tables))}). "
             "It was not modified; pass --store with a new path or the robinherit store you meant"
         )
+    return version if tables else None
 
 
 class ResultStore:
-    """``ResultStore(path)``: open or create; ``get``/``put``/``runs``/``artifacts``."""
+    """``ResultStore(path)``: open or create; ``get``/``put``/``runs``/``artifacts``. ``read_only``: open an existing
+    store without writing anything to it (what listing and exporting commands do; a store of an older schema
+    opens only so)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 60.0):
+    def __init__(self, path: str | Path, timeout_s: float = 60.0, read_only: bool = False):
         self.path = Path(path)
         self.timeout_s = timeout_s
-        if self.path.exists():
-            _check_existing(self.path)
-        else:
+        self.read_only = read_only
+        self.version: int | None = _check_existing(self.path) if self.path.exists() else None
+        if self.version is not None and self.version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store '{self.path}' was written by a newer robinherit (store schema {self.version}, this "
+                f"version reads {SCHEMA_VERSION} and older). It was not modified; upgrade robinherit or pass --store "
+                "with another path"
+            )
+        if read_only:
+            if not self.path.exists():
+                raise StoreError(f"results store '{self.path}' does not exist; pass --store with an existing store")
+            return
+        if self.version is not None and self.version < SCHEMA_VERSION:
+            raise StoreError(
+                f"results store '{self.path}' was written by an older robinherit (store schema {self.version}): its "
+                "run ids do not cover the device or the numerics version, so its runs cannot answer for this version "
+                "and no new run is added to it. It was not modified, and `robinherit runs`, `show`, `export` and "
+                "`plot` still read it. Pass --store with a new file to run (e.g. --store results/runs-v2.db), or move "
+                "the old file aside"
+            )
+        if not self.path.exists():
             parent = self.path.parent
             if not parent.exists():
                 try:
@@ -121,16 +149,22 @@ class ResultStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=self.timeout_s)
+        if self.read_only:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout_s)
+        else:
+            con = sqlite3.connect(self.path, timeout=self.timeout_s)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            if not self.read_only:
+                con.execute("PRAGMA journal_mode=WAL")
             con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             with con:
                 yield con
         finally:
             con.close()
 
-    def _retry(self, fn, *args):
+    def _retry(self, fn, *args, write: bool = False):
+        if write and self.read_only:
+            raise StoreError(f"results store '{self.path}' is open read-only; nothing was written")
         # busy_timeout covers most contention; a retry loop covers the WAL-upgrade races it does not.
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -177,7 +211,7 @@ class ResultStore:
             for name, blob in blobs.items():
                 con.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (record["run_id"], name, blob))
 
-        self._retry(write)
+        self._retry(write, write=True)
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self._retry(lambda con: con.execute("SELECT result FROM runs ORDER BY created_at").fetchall())
@@ -205,7 +239,8 @@ class ResultStore:
         self._retry(
             lambda con: con.execute(
                 "INSERT OR REPLACE INTO aux VALUES (?, ?, ?, ?)", (kind, key, json.dumps(value), time.time())
-            )
+            ),
+            write=True,
         )
 
     def find(self, prefix: str) -> dict[str, Any] | None:

@@ -543,4 +543,4 @@ def _open_existing(path: str | Path) -> ResultStore:
     path = Path(path)
     if not path.exists():
         raise SweepError(f"results store '{path}' does not exist; run the sweep first or pass the right path")
-    return ResultStore(path)
+    return ResultStore(path, read_only=True)

@@ -12,7 +12,7 @@ from robinherit.activations import UNITS, active_grad, unit_rows
 from robinherit.config import Activation
 
 
-@pytest.mark.parametrize("act", list(Activation))
+@pytest.mark.parametrize("act", [a.value for a in Activation])
 def test_every_config_activation_has_a_unit(act):
     assert act in UNITS  # a name in config.Activation without a unit would fail mid-run
 

@@ -78,8 +78,8 @@ def test_real_config_errors_name_the_key_and_the_fix() -> None:
         build_config({"data": {"source": "digits", "k": 3}})
     with pytest.raises(ConfigError, match=r"data\.source='imagenet' is not a data source; allowed values: synthetic"):
         build_config({"data": {"source": "imagenet"}})
-    with pytest.raises(ConfigError, match=r"model\.encoder=conv needs image data"):
-        build_config({"data": {"source": "mnist1d"}, "model": {"encoder": "conv"}})
+    with pytest.raises(ConfigError, match=r"model\.encoder=conv needs a real data set"):
+        build_config({"model": {"encoder": "conv"}})
     with pytest.raises(ConfigError, match=r"eval\.autoattack=custom needs inputs in"):
         build_config({"eval": {"autoattack": "custom"}})
 

@@ -1,11 +1,13 @@
 """The hidden units of the two-layer network, each defined once: its function, a fast form, its derivative rule
 and its kinks. The model, the closed-form gradients (``robinherit.fused``), the stacked path
 (``robinherit.batched``) and the certifier (``robinherit.certify``) all read this registry, so a new unit is one
-entry here plus its name in ``config.Activation``.
+entry here (``model.activation`` accepts every name of ``UNITS``).
 
 The default unit is the symmetric thresholded ReLU of Allen-Zhu & Li (2020, "Feature purification"),
 ReLU(u - b) - ReLU(-u - b): zero on [-b, b], linear outside. With b = 0 it is the identity, so the whole
 network is linear.
+
+This module is a leaf (it imports only torch), so the config validates ``model.activation`` against ``UNITS``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from robinherit.config import Activation
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,20 @@ def _relu_fast(u: Tensor, b: Tensor) -> Tensor:
     return (u - b).clamp_min_(0.0)
 
 
-UNITS: dict[Activation, Unit] = {
-    Activation.sym_relu: Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign),
-    Activation.relu: Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like),
+# model.activation -> unit. A new unit is one entry here: the config accepts every name of this registry
+# (docs/extending.md).
+UNITS: dict[str, Unit] = {
+    "sym_relu": Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign),
+    "relu": Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like),
 }
 
 
-def unit(activation: Activation | str) -> Unit:
-    return UNITS[Activation(activation)]
+def unit(activation: str) -> Unit:
+    name = getattr(activation, "value", activation)  # a config.Activation member or its name
+    try:
+        return UNITS[name]
+    except KeyError:
+        raise KeyError(f"no unit '{name}'; units: {', '.join(UNITS)}") from None
 
 
 def active_grad(grad: Tensor, h: Tensor) -> Tensor:

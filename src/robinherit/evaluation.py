@@ -25,14 +25,34 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import _flat_norm, input_grad, pgd
-from robinherit.autoattack import autoattack_correct, autoattack_names
+from robinherit.autoattack import TORCHATTACKS, autoattack_names
 from robinherit.certify import certified_accuracy, certifier_for
-from robinherit.config import AutoAttackSet, EvalConfig, Norm
+from robinherit.config import EvalConfig, Norm
+from robinherit.errors import ConfigError
 from robinherit.fused import fused_loss
 from robinherit.records import eps_key
 from robinherit.seeding import derive_seed
 
 MarginFn = Callable[[Tensor, Tensor], Tensor]
+# (model, x, y, *, margin, eps, norm, n_classes, image_shape, ecfg, seed) -> (n,) bool: still correct after the
+# attack; ``margin(logits, y) > 0`` means correct (class labels, or the K binary tasks of the synthetic world)
+EvalAttack = Callable[..., Tensor]
+
+# Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them) and whatever
+# ``eval.attacks`` names. A new evaluation attack is one function and one entry here (docs/extending.md).
+EVAL_ATTACKS: dict[str, EvalAttack] = dict(TORCHATTACKS)
+
+
+def attack_names(ecfg: EvalConfig, n_classes: int) -> list[str]:
+    """The attacks ``ecfg`` runs beside PGD, each checked against ``EVAL_ATTACKS``."""
+    names = [*autoattack_names(ecfg.autoattack, n_classes), *ecfg.attacks]
+    unknown = [n for n in names if n not in EVAL_ATTACKS]
+    if unknown:
+        raise ConfigError(
+            f"eval.attacks names {', '.join(unknown)}, which is not an evaluation attack; attacks: "
+            f"{', '.join(EVAL_ATTACKS)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 # An input gradient whose dual norm is below this is "vanishing": no gradient step can move the margin.
@@ -255,12 +275,14 @@ def robust_eval(
     clip: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """The record of one model's evaluation on ``eval.eps_grid``: :func:`evaluate` (PGD, self-checks, certified
-    accuracy where the model is certifiable) and, with ``eval.autoattack``, AutoAttack's components too.
+    accuracy where the model is certifiable) and the attacks of :func:`attack_names` (AutoAttack's components with
+    ``eval.autoattack``, and those of ``eval.attacks``).
 
-    With AutoAttack, ``robust_acc`` is the per-example worst case over every attack run, cumulative over budgets
+    With other attacks, ``robust_acc`` is the per-example worst case over every attack run, cumulative over budgets
     (an example broken at a smaller eps counts as broken at every larger one); ``pgd_robust_acc`` and
-    ``autoattack_robust_acc`` keep each family's own numbers. AutoAttack is the stronger attack, so a robust
-    accuracy above PGD's means it is not working on that model: that becomes a warning.
+    ``autoattack_robust_acc`` (every attack beside PGD together) keep each family's own numbers. Those attacks are
+    meant to be stronger than PGD, so a robust accuracy above PGD's means one is not working on that model: that
+    becomes a warning.
     """
     res = evaluate(
         model,
@@ -275,45 +297,41 @@ def robust_eval(
         clip=clip,
     )
     out = res.to_dict()
-    names = autoattack_names(ecfg.autoattack, n_classes) if ecfg.autoattack != AutoAttackSet.none else []
+    names = attack_names(ecfg, n_classes)
     if not names:
         return out
-    if image_shape is None:
-        raise ValueError("AutoAttack needs the inputs' image shape")
     correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
     aa_still, worst_still = correct.clone(), correct.clone()
-    pgd_acc, aa_acc, worst_acc, per_attack = {}, {}, {}, {}
+    pgd_acc, aa_acc, worst_acc, per_attack, worst_masks = {}, {}, {}, {}, {}
     for eps in ecfg.eps_grid:
         key = eps_key(eps)
         pgd_acc[key] = res.robust_acc[key]
         worst_still &= res.robust_mask[key]
         if eps > 0:
-            masks = autoattack_correct(
-                model,
-                x,
-                y,
-                eps=eps,
-                norm=ecfg.norm,
-                n_classes=n_classes,
-                image_shape=image_shape,
-                ecfg=ecfg,
-                seed=derive_seed(seed, f"aa-{tag}-{key}"),
-            )
+            kw = dict(eps=eps, norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg)
+            masks = {
+                n: EVAL_ATTACKS[n](model, x, y, margin=margin_fn, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw)
+                for n in names
+            }
             per_attack[key] = {n: float((m & correct).float().mean()) for n, m in masks.items()}
             for m in masks.values():
                 aa_still &= m
             worst_still &= aa_still
         aa_acc[key] = float(aa_still.float().mean())
         worst_acc[key] = float(worst_still.float().mean())
+        worst_masks[key] = worst_still.clone()
         if aa_acc[key] > pgd_acc[key]:
             out["warnings"].append(
                 f"AutoAttack robust accuracy {aa_acc[key]:.4f} is above PGD's {pgd_acc[key]:.4f} at eps={key}: "
-                "AutoAttack is not working on this model (the reported number is the per-example worst case)"
+                f"one of {', '.join(names)} is not working on this model (the reported number is the per-example "
+                "worst case)"
             )
-    if res.certified_acc is not None and any(res.certified_acc[k] > worst_acc[k] + 1e-12 for k in worst_acc):
+    unsound = {k: int((res.certified_mask[k] & ~worst_masks[k]).sum()) for k in res.certified_mask}
+    if any(unsound.values()):
         out["warnings"].append(
-            "an attack broke examples the bound certified: a certificate is a proof, so this is a bug in "
-            "robinherit.certify or the model"
+            "an attack broke examples the bound certified ("
+            + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
+            + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
         )
     return {
         **out,
@@ -326,4 +344,4 @@ def robust_eval(
     }
 
 
-__all__ = ["EvalResult", "eps_key", "evaluate", "flip_radii", "robust_eval"]
+__all__ = ["EVAL_ATTACKS", "EvalResult", "attack_names", "eps_key", "evaluate", "flip_radii", "robust_eval"]

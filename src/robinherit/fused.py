@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robinherit.activations import active_grad, unit
-from robinherit.config import Activation
 from robinherit.losses import LOSS_GRADS
 from robinherit.models import LinearHead, TwoLayerNet
 
@@ -57,7 +56,7 @@ class TwoLayerLoss:
     threshold: Tensor
     head_weight: Tensor
     head_bias: Tensor
-    activation: Activation
+    activation: str  # a name of activations.UNITS
     loss: Callable[[Tensor, Tensor], Tensor]
     targets: Tensor
     sign: float = 1.0
@@ -101,7 +100,7 @@ def two_layer_loss(
     threshold: Tensor,
     head_weight: Tensor,
     head_bias: Tensor,
-    activation: Activation,
+    activation: str,
     loss: Callable[[Tensor, Tensor], Tensor],
     targets: Tensor,
     center: Tensor | None = None,
@@ -117,7 +116,7 @@ def two_layer_loss_and_grad(
     threshold: Tensor,
     head_weight: Tensor,
     head_bias: Tensor,
-    activation: Activation,
+    activation: str,
     loss: Callable[[Tensor, Tensor], Tensor],
     targets: Tensor,
     center: Tensor | None = None,
@@ -204,7 +203,7 @@ class InfoNCEViewLoss:
 
     weight: Tensor  # (m, d) effective (row-normalised) first-layer weights
     threshold: Tensor  # (m,)
-    activation: Activation
+    activation: str  # a name of activations.UNITS
     projector: Tensor | None  # (k, m), or None for the identity
     partner: Tensor  # (n, k) the partner view's embeddings, normalised
     partner_z: Tensor  # (n,) sum_{j != i} exp(S_bb[i, j] - 1/t)

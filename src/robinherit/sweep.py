@@ -333,6 +333,7 @@ def run_local(
     workers: int | None = None,
     address: str | None = None,
     batch: int = BATCH,
+    execute_fn: Callable[[list[dict[str, Any]]], GroupResult] | None = None,
 ) -> None:
     """Process pool on this machine. Spawned (not forked) workers: forking a process that holds torch's thread
     pools can deadlock. At most ``workers`` runs are in flight, so each is checked against the store just
@@ -342,12 +343,12 @@ def run_local(
     n = workers or os.cpu_count() or 1
     units = groups(cfgs, batch)
     while True:
-        suspects = _pool_until_broken(units, n, on_result)
+        suspects = _pool_until_broken(units, n, on_result, fn=execute_fn or execute)
         # A worker died (killed by the OS, say for memory): every group in flight failed with it. Each of their
         # runs goes again alone, one at a time in its own process, so only the run that kills its worker is
         # reported as killed and the others are computed and stored.
         for cfg in suspects:
-            _pool_until_broken(iter([[cfg]]), 1, on_result, alone=True)
+            _pool_until_broken(iter([[cfg]]), 1, on_result, alone=True, fn=execute_fn or execute)
         if not suspects:
             return
 
@@ -359,7 +360,11 @@ KILLED = (
 
 
 def _pool_until_broken(
-    units: Iterator[list[ExperimentConfig]], n: int, on_result: OnResult, alone: bool = False
+    units: Iterator[list[ExperimentConfig]],
+    n: int,
+    on_result: OnResult,
+    alone: bool = False,
+    fn: Callable[[list[dict[str, Any]]], GroupResult] = execute,
 ) -> list[ExperimentConfig]:
     """Run ``units`` on a pool of ``n`` spawned workers until they are done or a worker dies; returns the configs of
     the groups in flight when it died (to run again; none if all went well). Spawned, not forked, workers: forking
@@ -376,7 +381,7 @@ def _pool_until_broken(
                 group = next(units, None)
                 if group is None:
                     return
-                running[ex.submit(execute, [c.model_dump(mode="json") for c in group])] = group
+                running[ex.submit(fn, [c.model_dump(mode="json") for c in group])] = group
 
         fill()
         while running:

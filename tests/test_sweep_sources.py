@@ -1,0 +1,156 @@
+"""Sweeps on every source (a real-data base config, local and Ray backends, then export and plot), a worker the OS
+kills, and a store written by an older version."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from killing_worker import DOOMED_SEED, execute_or_die
+from robinherit.cli import app
+from robinherit.config import load_config
+from robinherit.errors import StoreError
+from robinherit.store import ResultStore
+from robinherit.sweep import KILLED, load_sweep, run_local, run_sweep, sweep_from_dict
+
+DIGITS_SET = {
+    "model.width": 16,
+    "pretrain.steps": 30,
+    "pretrain.batch_size": 64,
+    "pretrain.attack_steps": 2,
+    "downstream.heads": ["clean"],
+    "downstream.steps": 20,
+    "downstream.n_train": 200,
+    "eval.n_test": 80,
+    "eval.eps_grid": [0, 0.5],
+    "eval.steps": 3,
+    "eval.restarts": 1,
+    "eval.autoattack": "none",
+}
+
+
+def digits_spec(tmp_path: Path) -> Path:
+    # `base: digits` is the shipped config's name: a spec needs no path into the package
+    spec = {"name": "digits eps", "base": "digits", "set": DIGITS_SET, "grid": {"pretrain.eps": [0, 0.5]}, "seeds": 1}
+    path = tmp_path / "digits_sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "local",
+        pytest.param(
+            "ray",
+            marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed"),
+        ),
+    ],
+)
+def test_a_sweep_over_a_real_data_config_runs_and_export_and_plot_read_it(tmp_path, backend):
+    spec = digits_spec(tmp_path)
+    store = tmp_path / f"{backend}.db"
+    runner = CliRunner()
+    res = runner.invoke(app, ["sweep", str(spec), "--store", str(store), "--backend", backend, "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    cfgs = load_sweep(spec).configs()
+    assert all(c.is_real and c.data.source == "digits" for c in cfgs)
+    db = ResultStore(store)
+    assert db.run_ids() == {c.config_hash() for c in cfgs}
+    for rec in db.runs():
+        assert rec["dataset"]["name"] == "digits" and "0.5" in rec["pretrain"]["robust_acc"]
+        assert "certified_acc" in rec["downstream"]["clean_head"]
+    res = runner.invoke(app, ["export", str(store), "--out", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert len(rows) == 2 and {r["config.pretrain.eps"] for r in rows} == {"0.0", "0.5"}
+    assert all(r["pretrain.robust_acc.0.5"] != "" for r in rows)
+    res = runner.invoke(
+        app,
+        ["plot", str(store), "--x", "pretrain.eps", "--y", "downstream.clean_head.robust_acc.0.5",
+         "--out", str(tmp_path / "fig")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_a_worker_killed_by_the_os_is_reported_and_the_other_runs_are_stored(tmp_path, micro_yaml):
+    base = load_config(micro_yaml)
+    sw = sweep_from_dict({"seeds": [0, 1, DOOMED_SEED, 3]}, base)
+    cfgs = sw.configs()
+    got: dict[str, tuple] = {}
+    run_local(iter(cfgs), lambda c, r, e: got.setdefault(c.config_hash(), (r, e)),
+              workers=2, batch=1, execute_fn=execute_or_die)  # fmt: skip
+    doomed = next(c for c in cfgs if c.seed == DOOMED_SEED)
+    assert set(got) == {c.config_hash() for c in cfgs}  # every run answered, none lost
+    assert got[doomed.config_hash()] == (None, KILLED)
+    others = [got[c.config_hash()] for c in cfgs if c is not doomed]
+    assert all(r is not None and e is None for r, e in others)
+
+
+def test_cli_sweep_with_a_killed_worker_exits_2_without_a_traceback(tmp_path, micro_yaml, monkeypatch):
+    from robinherit import sweep
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0, DOOMED_SEED]}))
+    real = sweep.run_local
+    monkeypatch.setitem(sweep.BACKENDS, sweep.Backend.local, lambda *a, **k: real(*a, **k, execute_fn=execute_or_die))
+    res = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(tmp_path / "k.db"), "--quiet", "--batch", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "killed by the operating system" in res.output and "1 of 2 runs failed" in res.output
+    assert len(ResultStore(tmp_path / "k.db").run_ids()) == 1  # the other run is stored
+
+
+def _old_store(path: Path, micro_yaml: Path) -> None:
+    """A store as an older robinherit left it: schema version 1, one run."""
+    rec = {"run_id": "0123456789abcdef", "seed": 0, "config": load_config(micro_yaml).resolved(), "timing_s": {}}
+    rec["purification"] = {"top1_share_mean": 0.5, "frac_pure": {"0.5": 0.5}, "neff_median": 2.0, "dead_nodes": 0}
+    rec["downstream"] = {"clean_head": {"clean_acc": 1.0, "robust_acc": {"0": 1.0}}}
+    rec["timing_s"] = {"total": 1.0}
+    ResultStore(path).put(rec)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+
+
+def test_a_store_of_an_older_version_is_read_and_never_written(tmp_path, micro_yaml):
+    path = tmp_path / "old.db"
+    _old_store(path, micro_yaml)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(StoreError, match=r"older robinherit.*--store with a new file"):
+        ResultStore(path)
+    assert [r["run_id"] for r in ResultStore(path, read_only=True).runs()] == ["0123456789abcdef"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["runs", "--store", str(path)])
+    assert res.exit_code == 0 and "0123456789abcdef" in res.output
+    res = runner.invoke(app, ["run", str(micro_yaml), "--store", str(path)])
+    assert res.exit_code == 2 and "older robinherit" in res.output and "Traceback" not in res.output
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # nothing in it changed
+
+
+def test_a_store_of_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "new.db"
+    ResultStore(path)
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version = 99")
+    con.commit()
+    con.close()
+    for read_only in (False, True):
+        with pytest.raises(StoreError, match="newer robinherit"):
+            ResultStore(path, read_only=read_only)
+
+
+def test_sweep_over_a_missing_shipped_name_says_where_it_looked(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": "no_such_config"}))
+    with pytest.raises(Exception, match="base config 'no_such_config' not found"):
+        load_sweep(spec)
+    assert run_sweep([], ResultStore(tmp_path / "e.db")).total == 0

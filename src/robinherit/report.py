@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robinherit.reproduce import CLAIMS, EPS_REF, Figure, ReproduceResult
+from robinherit.reproduce import CLAIMS, Figure, ReproduceResult
 from robinherit.store import ResultStore
 
-__all__ = ["EPS_REF", "build_figures", "claims_markdown", "self_check_warnings", "write_report"]
+__all__ = ["build_figures", "claims_markdown", "self_check_warnings", "write_report"]
 
 STATUS_TEXT = {"pass": "PASS", "fail": "FAIL", "not run": "NOT RUN"}
 

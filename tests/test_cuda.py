@@ -88,9 +88,9 @@ def test_reproduce_on_cuda(tmp_path: Path):
     from test_reproduce import TINY as SMALL_WORLD  # the small world where the claims show, on the CPU
 
     over = (*SMALL_WORLD, "device=cuda")
-    settings = ReproduceSettings(seeds=(0, 1, 2), quick=False, overrides=over, claims=(1, 3, 4, 5, 6))
+    settings = ReproduceSettings(seeds=(0, 1, 2), quick=False, overrides=over, rows=("1", "3", "4", "5", "6"))
     claims = {c["id"]: c for c in reproduce(settings, ResultStore(tmp_path / "r.db")).claims}
-    assert claims[1]["passed"] and claims[3]["passed"] and claims[5]["passed"], claims
+    assert claims["1"]["passed"] and claims["3"]["passed"] and claims["5"]["passed"], claims
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="torchattacks not installed")

@@ -1,21 +1,35 @@
-"""reproduce: statistics, the report's structure, and that a non-purifying pre-training fails the claims."""
+"""reproduce: the statistic, each claim's decision, derived-result keys, the registry, and that a non-purifying
+pre-training fails the claims."""
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from robinherit import reproduce as rep
 from robinherit.config import ExperimentConfig
 from robinherit.data import make_world
-from robinherit.errors import RobinheritError
+from robinherit.errors import ConfigError, DataError, RobinheritError
 from robinherit.report import write_report
-from robinherit.reproduce import ReproduceSettings, paired_stats, reproduce, write_claims
+from robinherit.reproduce import (
+    CLAIMS,
+    AuxJob,
+    Claim,
+    ClaimSpec,
+    Evidence,
+    Figure,
+    ReproduceSettings,
+    paired_stats,
+    reproduce,
+    run_aux,
+    write_claims,
+)
+from robinherit.reproduce.claims import c4_clean_head, c5_mechanism, c6_cost
+from robinherit.reproduce.driver import claim_row
+from robinherit.reproduce.jobs import derived_job
+from robinherit.reproduce.spec import SideCondition, Statistic
 from robinherit.store import ResultStore
 
 # A small world where the phenomenon still shows (see docs/claims.md), fast enough for CI.
@@ -32,6 +46,10 @@ TINY = (
     "eval.eps_grid=[0,0.25,0.5,1.0]",
 )
 SEEDS = (0, 1, 2)
+SUPERVISED_ROWS = ("1", "3", "4", "5", "6")  # the contrastive rows 3c/4c need contrastive runs: not here
+
+
+# --------------------------------------------------------------------------------------------- statistics
 
 
 def test_paired_stats_matches_t_interval():
@@ -46,17 +64,83 @@ def test_paired_stats_matches_t_interval():
     assert hi2 < 0 and p2 > 0.5
 
 
+def test_paired_stats_on_hand_data():
+    # d = 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t(0.975, 2) = 4.302653, half width 4.302653 * 0.1 / sqrt(3) = 0.248414;
+    # t statistic 0.2 / (0.1 / sqrt(3)) = 3.4641, one-sided p = 0.03709
+    mean, (lo, hi), p = paired_stats([0.1, 0.2, 0.3])
+    assert mean == pytest.approx(0.2)
+    assert (lo, hi) == pytest.approx((0.2 - 0.248414, 0.2 + 0.248414), abs=1e-6)
+    assert p == pytest.approx(0.03709, abs=1e-5)
+
+
 def test_paired_stats_degenerate_cases():
     assert paired_stats([0.3, 0.3, 0.3]) == (pytest.approx(0.3), (pytest.approx(0.3), pytest.approx(0.3)), 0.0)
     _mean, (lo, hi), _ = paired_stats([0.2])
     assert lo == -np.inf and hi == np.inf  # one seed never passes a claim
 
 
+def _row(differences, side_ok=True):
+    return Claim("x", 0, "x", "x", {}, list(differences), side_condition="s", side_ok=side_ok).to_dict()
+
+
+def test_a_claim_passes_only_when_its_interval_excludes_zero_and_its_side_condition_holds():
+    assert _row([0.5, 0.6, 0.4])["passed"]
+    # every seed positive and p < 0.05 one-sided, yet the 95% interval includes 0 (see the hand data above)
+    assert not _row([0.1, 0.2, 0.3])["passed"]
+    assert not _row([-0.5, -0.6, -0.4])["passed"]  # wrong direction
+    assert not _row([0.5, 0.6, 0.4], side_ok=False)["passed"]
+    assert not _row([0.5])["passed"]  # one seed has no interval
+    assert _row([0.5, 0.6, 0.4])["status"] == "pass" and _row([0.1, 0.2, 0.3])["status"] == "fail"
+
+
+def _rec(top1, frac_pure, robust=0.9, clean_acc=0.95, adv_robust=None):
+    heads = {"clean_head": {"clean_acc": clean_acc, "robust_acc": {"0.25": robust}}}
+    if adv_robust is not None:
+        heads["adversarial_head"] = {"clean_acc": clean_acc, "robust_acc": {"0.25": adv_robust}}
+    return {"purification": {"top1_share_mean": top1, "frac_pure": {"0.5": frac_pure}}, "downstream": heads}
+
+
+def _evidence(family, at, clean):
+    settings = ReproduceSettings(seeds=tuple(range(len(at))), quick=False)
+    return Evidence(settings, store=None, configs={}, records={family: {"at": at, "clean": clean}})
+
+
+def test_purification_fails_when_at_nodes_are_purer_but_not_pure():
+    spec = CLAIMS["1"]
+    pure = _evidence("supervised", [_rec(0.8, 0.9), _rec(0.82, 0.95), _rec(0.79, 0.9)], [_rec(0.2, 0.0)] * 3)
+    row = claim_row(spec, pure, tick=lambda _w: None)
+    assert row["passed"] and row["side_condition_ok"]
+    assert row["per_seed"]["difference"] == pytest.approx([0.6, 0.62, 0.59])
+    # the same consistent difference, but most AT nodes mix features (a linear network trained adversarially)
+    purer = _evidence("supervised", [_rec(0.3, 0.1), _rec(0.32, 0.1), _rec(0.31, 0.0)], [_rec(0.2, 0.0)] * 3)
+    row = claim_row(spec, purer, tick=lambda _w: None)
+    assert row["ci95"][0] > 0 and not row["side_condition_ok"] and not row["passed"]
+
+
+def test_inheritance_fails_when_the_head_on_at_features_loses_its_accuracy_under_attack():
+    spec = CLAIMS["3"]
+    fragile = [_rec(0.8, 0.9, robust=r, clean_acc=0.95) for r in (0.5, 0.55, 0.52)]  # kept 0.55 < 0.8
+    ev = _evidence("supervised", fragile, [_rec(0.2, 0.0, robust=r) for r in (0.1, 0.12, 0.08)])
+    row = claim_row(spec, ev, tick=lambda _w: None)
+    assert row["ci95"][0] > 0 and not row["side_condition_ok"] and not row["passed"]
+
+
+def test_clean_head_claim_fails_when_the_adversarial_head_helps_on_at_features():
+    spec = c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=1)  # the run's own task only
+    at = [_rec(0.8, 0.9, robust=0.8, adv_robust=0.9)] * 3  # the adversarial head adds 0.10 > 0.05
+    clean = [_rec(0.2, 0.0, robust=0.1, adv_robust=r) for r in (0.5, 0.55, 0.45)]
+    row = claim_row(spec, _evidence("supervised", at, clean), tick=lambda _w: None)
+    assert row["ci95"][0] > 0 and not row["side_condition_ok"] and not row["passed"]
+
+
+# --------------------------------------------------------------------------------------------- a small world
+
+
 @pytest.fixture(scope="module")
 def good(tmp_path_factory):
     out = tmp_path_factory.mktemp("repro")
     store = ResultStore(out / "runs.db")
-    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=TINY, claims=(1, 3, 4, 5, 6))
+    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=TINY, rows=SUPERVISED_ROWS)
     result = reproduce(settings, store)
     write_claims(result, out)
     write_report(result, store, out)
@@ -67,43 +151,59 @@ def _claims(result):
     return {c["id"]: c for c in result.claims}
 
 
-def test_claims_json_shape(good):
-    out, _result, _, _ = good
+def test_claims_json_holds_the_rows_and_their_statistics(good):
+    out, result, _, _ = good
     data = json.loads((out / "claims.json").read_text())
-    assert [c["id"] for c in data["claims"]] == [1, 3, 4, 5, 6]
+    assert [c["id"] for c in data["claims"]] == list(SUPERVISED_ROWS)
     for c in data["claims"]:
-        assert set(c) >= {"id", "statement", "passed", "effect", "ci95", "p_value", "n_seeds", "per_seed"}
-        assert c["n_seeds"] == len(SEEDS)
-        lo, hi = c["ci95"]
-        assert lo <= c["effect"] <= hi
-        assert c["passed"] == (lo > 0 and c["side_condition_ok"])
+        assert c["n_seeds"] == len(SEEDS) and c["status"] in ("pass", "fail")
+        d = c["per_seed"]["difference"]
+        ref = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
+        assert c["effect"] == pytest.approx(np.mean(d)) and c["ci95"] == pytest.approx(list(ref))
+    # the differences are the claimed comparisons of the runs, AT minus clean on the same seed
+    recs = result.records["supervised"]
+    c1, c3 = _claims(result)["1"], _claims(result)["3"]
+    at, clean = recs["at"], recs["clean"]
+    assert c1["per_seed"]["difference"] == pytest.approx(
+        [
+            a["purification"]["top1_share_mean"] - b["purification"]["top1_share_mean"]
+            for a, b in zip(at, clean, strict=True)
+        ]
+    )
+    assert c3["per_seed"]["difference"] == pytest.approx(
+        [
+            a["downstream"]["clean_head"]["robust_acc"]["0.25"] - b["downstream"]["clean_head"]["robust_acc"]["0.25"]
+            for a, b in zip(at, clean, strict=True)
+        ]
+    )
+    assert [r["seed"] for r in at] == [r["seed"] for r in clean] == list(SEEDS)
 
 
 def test_purification_and_inheritance_pass_on_the_small_world(good):
     _, result, _, _ = good
     claims = _claims(result)
-    assert claims[1]["passed"], claims[1]
-    assert claims[3]["passed"], claims[3]
-    assert claims[5]["passed"], claims[5]
+    for cid in ("1", "3", "5"):
+        assert claims[cid]["passed"], claims[cid]
 
 
 def test_report_html_structure(good):
+    import base64
+    import re
+
     out, result, _, _ = good
     page = (out / "report.html").read_text()
-    # the claims table comes before the first figure
-    assert page.index('<table id="claims">') < page.index("<figure")
+    assert page.index('<table id="claims">') < page.index("<figure")  # the claims table comes first
     rows = re.findall(r"<tr class='(pass|fail)'>", page)
     assert len(rows) == len(result.claims)
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     figures = re.findall(r"<figure", page)
-    assert len(images) == len(figures) >= 5
+    assert len(images) == len(figures) >= 6  # purity, heatmaps, robust curves, mechanism, cost, vs e2e
     for b64 in images:
         png = base64.b64decode(b64)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert len(captions) == len(figures) and all(len(c) > 40 for c in captions)
-    md = (out / "report.md").read_text()
-    assert "| # | claim | passed |" in md
+    assert "| # | claim | passed |" in (out / "report.md").read_text()
 
 
 def test_second_call_only_renders(good, monkeypatch):
@@ -114,10 +214,10 @@ def test_second_call_only_renders(good, monkeypatch):
         raise AssertionError("a stored run was computed again")
 
     monkeypatch.setattr(experiment, "run_experiment", boom)
-    monkeypatch.setattr(rep, "mechanism_curve", boom)
-    monkeypatch.setattr(rep, "end_to_end_at", boom)
-    monkeypatch.setattr(rep, "extra_task", boom)
-    monkeypatch.setattr(rep, "clean_head_cost", boom)
+    monkeypatch.setattr(c5_mechanism, "mechanism_curve", boom)
+    monkeypatch.setattr(c6_cost, "end_to_end_at", boom)
+    monkeypatch.setattr(c4_clean_head, "extra_task", boom)
+    monkeypatch.setattr(c6_cost, "clean_head_cost", boom)
     again = reproduce(settings, store)
     assert [c["effect"] for c in again.claims] == [c["effect"] for c in result.claims]
 
@@ -125,22 +225,24 @@ def test_second_call_only_renders(good, monkeypatch):
 def test_non_purifying_pretraining_fails_the_claims(tmp_path):
     # threshold 0 makes every unit linear: neither purification nor robustness can appear
     store = ResultStore(tmp_path / "runs.db")
-    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=(*TINY, "model.threshold=0"), claims=(1, 3, 4))
+    over = (*TINY, "model.threshold=0")
+    settings = ReproduceSettings(seeds=SEEDS, quick=False, overrides=over, rows=("1", "3"))
     claims = _claims(reproduce(settings, store))
-    assert not claims[1]["passed"], claims[1]
-    assert not claims[3]["passed"], claims[3]
+    assert not claims["1"]["passed"], claims["1"]
+    assert not claims["3"]["passed"], claims["3"]
 
 
 def test_claim4_averages_the_gap_over_downstream_tasks(good):
     _, result, _, _ = good
-    c4 = _claims(result)[4]
-    assert c4["details"]["n_tasks"] == rep.CLAIM4_TASKS
+    c4 = _claims(result)["4"]
+    n = c4_clean_head.CLAIM4_TASKS
+    assert c4["details"]["n_tasks"] == n
     for arm, key in (("at", "gap_on_at_features"), ("clean", "gap_on_clean_features")):
         per_task = c4["details"][f"gap_per_task_{arm}"]
-        assert len(per_task) == len(SEEDS) and all(len(t) == rep.CLAIM4_TASKS for t in per_task)
+        assert len(per_task) == len(SEEDS) and all(len(t) == n for t in per_task)
         assert c4["per_seed"][key] == pytest.approx([np.mean(t) for t in per_task])
-        # the tasks are different problems, so their gaps are not all the same number
-        assert len({round(g, 6) for t in per_task for g in t}) > len(SEEDS)
+        # the tasks are different problems, so the extra tasks' gaps are not one number per seed
+        assert len({round(g, 6) for t in per_task for g in t[1:]}) > len(SEEDS)
     # the run's own task comes first, read from the run record
     rec = result.records["supervised"]["clean"][0]["downstream"]
     own = rec["adversarial_head"]["robust_acc"]["0.25"] - rec["clean_head"]["robust_acc"]["0.25"]
@@ -151,26 +253,31 @@ def test_fresh_tasks_are_new_and_fixed_by_the_seed():
     cfg = ExperimentConfig().data.model_copy(update={"d": 8})
     world = make_world(cfg, 0)
     taken = [*world.pretrain_tasks, world.downstream_task]
-    tasks = [rep.fresh_task(world, i, 0) for i in range(1, 6)]
+    tasks = [c4_clean_head.fresh_task(world, i, 0) for i in range(1, 6)]
     for w in tasks:
         assert set(w.tolist()) <= {-1.0, 1.0}
         assert not any(bool((w == t).all() or (w == -t).all()) for t in taken)
     assert len({tuple(w.tolist()) for w in tasks}) > 1
-    again = [rep.fresh_task(world, i, 0) for i in range(1, 6)]
+    again = [c4_clean_head.fresh_task(world, i, 0) for i in range(1, 6)]
     assert all(bool((a == b).all()) for a, b in zip(tasks, again, strict=True))
+
+
+# --------------------------------------------------------------------------------------------- derived results
 
 
 def test_derived_results_are_stored_one_by_one_and_failures_named(tmp_path):
     store = ResultStore(tmp_path / "runs.db")
 
-    jobs = [rep.AuxJob("t", str(i), f"job {i}", _square_or_fail, lambda i=i: (i,)) for i in range(4)]
+    jobs = [AuxJob("t", str(i), f"job {i}", _square_or_fail, lambda i=i: (i,)) for i in range(4)]
     ticks: list[str] = []
     with pytest.raises(RobinheritError, match=r"1 derived result\(s\) failed \(job 2: ValueError: no 2"):
-        rep.run_aux(store, jobs, workers=1, tick=ticks.append)
-    # every job but the failed one is stored, the ones after it included
-    assert [store.get_aux("t", str(i)) for i in range(4)] == [{"v": 0}, {"v": 1}, None, {"v": 9}]
+        run_aux(store, jobs, workers=1, tick=ticks.append)
+    # every job but the failed one is stored, the ones after it included, with the versions and commit
+    stored = [store.get_aux("t", str(i)) for i in range(4)]
+    assert [s and s["value"] for s in stored] == [{"v": 0}, {"v": 1}, None, {"v": 9}]
+    assert all({"versions", "git_commit"} <= set(s) for s in stored if s)
     ok = [j for j in jobs if j.key != "2"]
-    out = rep.run_aux(store, ok, workers=2, tick=ticks.append)  # all stored: nothing runs, no pool
+    out = run_aux(store, ok, workers=2, tick=ticks.append)  # all stored: nothing runs, no pool
     assert out[("t", "3")] == {"v": 9} and ticks[-1] == "job 3 (stored)"
 
 
@@ -180,12 +287,194 @@ def _square_or_fail(i: int) -> dict:
     return {"v": i * i}
 
 
+def _mechanism_job(settings):
+    ev = Evidence(settings, store=None, configs={})
+    return CLAIMS["5"].jobs(ev)[0]
+
+
+def test_a_derived_result_is_keyed_by_what_it_reads(good, monkeypatch):
+    _out, _result, store, settings = good
+    job = _mechanism_job(settings)
+    assert store.get_aux(job.kind, job.key) is not None  # the fixture computed it under this key
+    assert job.key.startswith(settings.base("supervised").config_hash() + "/")
+
+    with monkeypatch.context() as m:
+        m.setattr(c5_mechanism, "GAMMAS", (0.0, 1.0, 3.0))
+        changed = _mechanism_job(settings)
+    assert changed.key != job.key and changed.params["gammas"] == [0.0, 1.0, 3.0]
+    assert store.get_aux(changed.kind, changed.key) is None  # no stale hit: the new curve would be computed
+    for name, value in (("EPS_REF", 0.5), ("DERIVED_VERSION", c5_mechanism.DERIVED_VERSION + 1)):
+        with monkeypatch.context() as m:
+            m.setattr(c5_mechanism, name, value)
+            assert _mechanism_job(settings).key != job.key, name
+    assert _mechanism_job(settings).key == job.key
+
+
+def test_the_extra_tasks_key_holds_the_task_index_not_the_number_of_tasks(good):
+    _out, _result, _store, settings = good
+    ev = Evidence(settings, store=None, configs={"supervised": {"at": [settings.base("supervised")], "clean": []}})
+    few = c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=3).jobs(ev)
+    many = c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=5).jobs(ev)
+    assert [j.key for j in few] == [j.key for j in many[:2]]  # more tasks add jobs and keep the others' values
+    assert len({j.key for j in many}) == 4
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def _count(cfg, weights, *, scale: float) -> dict:
+    return {"value": scale * float(np.asarray(weights["W"]).shape[0]), "seed": cfg.seed}
+
+
+class Dummy(ClaimSpec):
+    """A claim that exists only in this test: reads the supervised AT runs and one derived job per seed."""
+
+    id = "99"
+    number = 99
+    name = "dummy <claim>"
+    family = "supervised"
+    arms = ("at",)
+
+    def jobs(self, ev):
+        return [
+            derived_job(
+                "dummy",
+                c,
+                f"dummy seed {c.seed}",
+                _count,
+                lambda c=c: (c, ev.store.artifact(c.config_hash(), "encoder")),
+                params={"scale": 0.5},
+                version=1,
+                tag=s,
+            )
+            for s, c in enumerate(self.cfgs(ev, "at"))
+        ]
+
+    def statistic(self, ev):
+        vals = [ev.results(self.id)[s]["value"] for s in range(len(ev.settings.seeds))]
+        return Statistic("Dummy: half the width is positive.", {"half_width": vals}, vals)
+
+    def side_condition(self, ev, stat):
+        return SideCondition("always", True)
+
+    def figures(self, row, ev):
+        from robinherit.reproduce.figures import plt, png
+
+        fig, ax = plt.subplots()
+        ax.plot(row["per_seed"]["half_width"])
+        return [Figure("Dummy figure", png(fig), "The dummy claim's only figure, drawn by its own module.")]
+
+
+def test_a_claim_added_to_the_registry_is_run_and_reported(good, monkeypatch, tmp_path):
+    _out, _result, store, _settings = good
+    monkeypatch.setitem(CLAIMS, "99", Dummy())
+    mine = ReproduceSettings(seeds=SEEDS, quick=False, overrides=TINY, rows=("1", "99"))
+    result = reproduce(mine, store)
+    write_claims(result, tmp_path)
+    write_report(result, store, tmp_path)
+    rows = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    assert [r["id"] for r in rows] == ["1", "99"]
+    assert rows[1]["per_seed"]["half_width"] == [16.0] * len(SEEDS) and rows[1]["passed"]
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert "| 99 | dummy <claim> | PASS |" in md and "*Dummy figure*" in md
+    assert "dummy &lt;claim&gt;" in page and "Figure 3. Dummy figure" in page
+
+
+def test_registry_ids_are_unique_and_claims_3_and_4_cover_both_families():
+    assert all(spec.id == key for key, spec in CLAIMS.items())
+    assert [s.id for s in ReproduceSettings(seeds=(0,), quick=True, claims=(3, 4)).selected()] == ["3", "3c", "4", "4c"]
+    assert {CLAIMS[i].family for i in ("3c", "4c")} == {"contrastive"}
+    assert ReproduceSettings(seeds=(0,), quick=True, claims=(5,)).families() == ["supervised"]
+
+
+# --------------------------------------------------------------------------------------------- claim 7
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (ImportError("No module named 'sklearn'", name="sklearn"), "could not be imported"),
+        (DataError("'data/mnist/train-images-idx3-ubyte' is missing"), "not available"),
+        (ConfigError("eval.autoattack needs torchattacks; install it with ..."), "torchattacks"),
+    ],
+)
+def test_claim7_without_its_optional_parts_is_reported_not_run(error, reason, monkeypatch, tmp_path):
+    from robinherit.reproduce.claims import c7_real_data
+
+    def missing(*a, **k):
+        raise error
+
+    monkeypatch.setattr(c7_real_data, "claim7", missing)
+    store = ResultStore(tmp_path / "r.db")
+    result = reproduce(ReproduceSettings(seeds=SEEDS, quick=True, claims=(7,)), store)
+    write_claims(result, tmp_path)
+    write_report(result, store, tmp_path)
+    (row,) = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    assert row["id"] == "7" and row["status"] == "not run" and not row["passed"]
+    assert reason in row["reason"] and row["fix"]
+    assert row["effect"] is None and row["ci95"] == [None, None]  # strict JSON: null, not NaN
+    assert f"Not run: {row['reason']}" in (tmp_path / "report.md").read_text()
+    assert "<tr class='not-run'>" in (tmp_path / "report.html").read_text()
+
+
+def test_claim7_config_mistakes_are_errors_not_a_missing_dependency(monkeypatch, tmp_path):
+    from robinherit.reproduce.claims import c7_real_data
+
+    def broken(*a, **k):
+        raise ConfigError("unknown key 'eval.stpes'")
+
+    monkeypatch.setattr(c7_real_data, "claim7", broken)
+    with pytest.raises(ConfigError, match="stpes"):
+        reproduce(ReproduceSettings(seeds=SEEDS, quick=True, claims=(7,)), ResultStore(tmp_path / "r.db"))
+
+
+def test_claim7_is_ordinary_runs_of_the_shipped_config_with_the_pretrained_robustness(monkeypatch):
+    from robinherit.config import load_config
+    from robinherit.reproduce.claims import c7_real_data
+
+    seen = []
+
+    def fake(cfgs, store, on_record=None, **_):
+        seen.extend(cfgs)
+        out = []
+        for c in cfgs:
+            at = c.pretrain.eps > 0
+            rec = {
+                "seed": c.seed,
+                "downstream": {"clean_head": {"clean_acc": 0.9, "robust_acc": {"1": 0.4 if at else 0.1}}},
+                "pretrain": {"clean_acc": 0.95, "robust_acc": {"1": 0.5 if at else 0.0}, "certified_acc": {"1": 0.2}},
+                "purification": {"top1_share_mean": 0.3},
+            }
+            out.append(rec)
+            on_record(rec, False)
+        return out
+
+    monkeypatch.setattr(c7_real_data, "run_many_or_load", fake)
+    ticks = []
+    out = c7_real_data.claim7([0, 1], False, None, ticks.append)
+    # full mode: the shipped config itself, so `robinherit run digits` answers the same runs from the store
+    shipped = load_config("digits")
+    assert {c.config_hash() for c in seen} == {
+        load_config("digits", [f"seed={s}", f"pretrain.eps={e}"]).config_hash() for s in (0, 1) for e in (0, 1.0)
+    }
+    assert all(c.data == shipped.data and c.model == shipped.model for c in seen)
+    assert out["per_seed"] == {"clean_pretrain": [0.1, 0.1], "at_pretrain": [0.4, 0.4]}
+    assert out["extra"]["at_pretrain"]["pretrained_robust_acc"] == [0.5, 0.5]  # anything to inherit?
+    assert out["extra"]["clean_pretrain"]["pretrained_certified_acc"] == [0.2, 0.2]
+    assert len(ticks) == 4
+
+
+# --------------------------------------------------------------------------------------------- quick mode
+
+
 def test_quick_mode_shortens_only_what_it_says():
     quick = ReproduceSettings(seeds=(0,), quick=True)
     full = ReproduceSettings(seeds=(0,), quick=False)
     assert quick.base("contrastive").pretrain.steps == full.base("contrastive").pretrain.steps // 2
-    assert [h.value for h in quick.base("contrastive").downstream.heads] == ["clean"]
-    assert len(full.base("contrastive").downstream.heads) == 2
+    # claims 3c and 4c read both heads of the contrastive runs; 4c averages over fewer tasks in quick mode only
+    assert quick.base("contrastive").downstream == full.base("contrastive").downstream
+    assert (CLAIMS["4c"].tasks(quick), CLAIMS["4c"].tasks(full)) == (2, 4)
+    assert CLAIMS["4"].tasks(quick) == CLAIMS["4"].tasks(full) == 4
     assert quick.base("supervised").pretrain.steps == full.base("supervised").pretrain.steps
     assert quick.base("supervised").downstream == full.base("supervised").downstream
     assert quick.base("supervised").eval.n_test == 500 < full.base("supervised").eval.n_test
@@ -198,7 +487,8 @@ def test_report_lists_every_evaluation_self_check_with_its_origin(good, tmp_path
     import copy
 
     _out, result, store, _settings = good
-    quiet = copy.deepcopy(result)
+    quiet = copy.copy(result)
+    quiet.records = copy.deepcopy(result.records)
     for arms in quiet.records.values():
         for recs in arms.values():
             for rec in recs:
@@ -208,7 +498,8 @@ def test_report_lists_every_evaluation_self_check_with_its_origin(good, tmp_path
     assert "Self-checks: 0 warning(s)." in (tmp_path / "quiet" / "report.md").read_text()
     assert "No evaluation self-check fired" in (tmp_path / "quiet" / "report.html").read_text()
 
-    loud = copy.deepcopy(quiet)
+    loud = copy.copy(quiet)
+    loud.records = copy.deepcopy(quiet.records)
     fam = next(iter(loud.records))
     arm = next(iter(loud.records[fam]))
     rec = loud.records[fam][arm][1]
@@ -221,3 +512,12 @@ def test_report_lists_every_evaluation_self_check_with_its_origin(good, tmp_path
     page = (tmp_path / "loud" / "report.html").read_text()
     assert "No evaluation self-check fired" not in page
     assert "at eps &lt;0.5&gt;" in page and "at eps <0.5>" not in page  # the warning is escaped in HTML
+
+
+def test_jobs_a_claim_tells_apart_may_not_share_a_key(tmp_path):
+    from robinherit.reproduce.driver import run_derived
+
+    # the index reaches the job through make_args, outside its params: both tasks would get one key
+    jobs = [AuxJob("t", "run/abc", f"task {i}", _square_or_fail, lambda i=i: (i,), tag=i) for i in (1, 3)]
+    with pytest.raises(RobinheritError, match="share the store key run/abc"):
+        run_derived({"4": jobs}, ResultStore(tmp_path / "r.db"), workers=1, tick=lambda _w: None)

@@ -305,16 +305,7 @@ def reproduce(
     html_path, md_path = write_report(result, db, out_dir)
     table = Table("#", "claim", "result", "effect", "95% CI", "p", "seeds")
     for c in result.claims:
-        mark = "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]"
-        table.add_row(
-            str(c["id"]),
-            c["name"],
-            mark,
-            f"{c['effect']:+.3f}",
-            f"[{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]",
-            f"{c['p_value']:.2g}",
-            str(c["n_seeds"]),
-        )
+        table.add_row(*_claim_cells(c))
     out.print(table)
     out.print(f"wrote {claims_path}, {html_path}, {md_path}")
 
@@ -322,7 +313,9 @@ def reproduce(
 @app.command()
 @user_errors
 def sweep(
-    spec: Path = typer.Argument(..., help="sweep spec YAML, e.g. sweeps/supervised_eps_threshold.yaml"),
+    spec: str = typer.Argument(
+        ..., help="sweep spec YAML, or a shipped spec's name, e.g. sweeps/supervised_eps_threshold.yaml"
+    ),
     backend: str = typer.Option("local", help="local (process pool here) or ray (Ray tasks on a cluster)"),
     workers: int | None = typer.Option(None, help="runs in flight (default: all CPUs here / 2x the cluster's)"),
     address: str | None = typer.Option(None, help="Ray cluster address; 'auto' finds `ray start --head`"),
@@ -375,6 +368,26 @@ def sweep(
         for run_id, err in rep.failed:
             console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
         raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
+
+
+def _claim_cells(c: dict[str, Any]) -> list[str]:
+    """One row of the claims table: a claim that could not run says so, with its reason, instead of FAIL."""
+    if c.get("status") == "not run":
+        return [str(c["id"]), c["name"], "[yellow]NOT RUN[/]", c.get("reason", ""), c.get("fix", ""), "", ""]
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    lo, hi = c["ci95"]
+    return [
+        str(c["id"]),
+        c["name"],
+        "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]",
+        num(c["effect"], "+.3f"),
+        f"[{num(lo, '+.3f')}, {num(hi, '+.3f')}]",
+        num(c["p_value"], ".2g"),
+        str(c["n_seeds"]),
+    ]
 
 
 def _dig(tree: dict[str, Any], path: str) -> Any:

@@ -278,7 +278,7 @@ def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     out: GroupResult = [(None, "not run")] * len(cfgs)
 
     def on_result(i: int, res: Result | None, err: BaseException | None) -> None:
-        out[i] = (res, None if err is None else _error_text(err))
+        out[i] = (res, None if err is None else error_text(err))
 
     run_many(cfgs, on_result, max_stack=len(cfgs))
     return out
@@ -322,8 +322,17 @@ def _init_local_worker(parent_pid: int) -> None:
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
 
 
-def _error_text(err: BaseException) -> str:
+def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
+
+
+def local_pool(n: int) -> ProcessPoolExecutor:
+    """The process pool every local parallel job uses (sweeps, and reproduce's derived results): ``n`` spawned,
+    single-threaded workers that leave when the driver dies. Spawned, not forked: forking a process that holds
+    torch's thread pools can deadlock."""
+    return ProcessPoolExecutor(
+        max_workers=n, mp_context=mp.get_context("spawn"), initializer=_init_local_worker, initargs=(os.getpid(),)
+    )
 
 
 def run_local(
@@ -367,13 +376,9 @@ def _pool_until_broken(
     fn: Callable[[list[dict[str, Any]]], GroupResult] = execute,
 ) -> list[ExperimentConfig]:
     """Run ``units`` on a pool of ``n`` spawned workers until they are done or a worker dies; returns the configs of
-    the groups in flight when it died (to run again; none if all went well). Spawned, not forked, workers: forking
-    a process that holds torch's thread pools can deadlock."""
-    ctx = mp.get_context("spawn")
+    the groups in flight when it died (to run again; none if all went well)."""
     suspects: list[ExperimentConfig] = []
-    with ProcessPoolExecutor(
-        max_workers=n, mp_context=ctx, initializer=_init_local_worker, initargs=(os.getpid(),)
-    ) as ex:
+    with local_pool(n) as ex:
         running: dict[Future, list[ExperimentConfig]] = {}
 
         def fill() -> None:
@@ -395,7 +400,7 @@ def _pool_until_broken(
                     else:
                         suspects.extend(group)
                     continue
-                _deliver(group, None if err else fut.result(), _error_text(err) if err else None, on_result)
+                _deliver(group, None if err else fut.result(), error_text(err) if err else None, on_result)
             fill()
     return suspects
 
@@ -453,7 +458,7 @@ def run_ray(
                 try:
                     result, err = ray.get(ref), None
                 except Exception as exc:  # RayTaskError wraps the worker's exception
-                    result, err = None, _error_text(getattr(exc, "cause", None) or exc)
+                    result, err = None, error_text(getattr(exc, "cause", None) or exc)
                 _deliver(group, result, err, on_result)
             fill()
     finally:

@@ -15,6 +15,16 @@ from robinherit.config import ExperimentConfig, build_config
 # core tests take ~8x the CPU time (measured: 201 s vs 24 s user) and over 15 minutes of wall time.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _dictionary_cache(tmp_path_factory):
+    """Learned dictionaries go to a folder of this test session, never to the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ROBINHERIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 # d=32 keeps ||theta|| = sqrt(32) > 4, so a linear classifier's margin on half the samples (1/sqrt(32) ~ 0.18)
 # is below eps = 0.25: the regime where only purified, thresholded nodes can be robust.
 TINY: dict[str, Any] = {

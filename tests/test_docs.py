@@ -7,15 +7,16 @@ import re
 from pathlib import Path
 
 from robinherit import activations, datasets, evaluation
+from robinherit.reproduce import CLAIMS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 def test_extending_md_examples_run(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 4  # shared settings, a unit, a data set, an attack
+    assert len(blocks) >= 5  # shared settings, a unit, a data set, an attack, a claim
     # the examples register at run time; give every registry back as it was afterwards
-    saved = [(r, dict(r)) for r in (activations.UNITS, datasets.LOADERS, evaluation.EVAL_ATTACKS)]
+    saved = [(r, dict(r)) for r in (activations.UNITS, datasets.LOADERS, evaluation.EVAL_ATTACKS, CLAIMS)]
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     try:
@@ -26,5 +27,5 @@ def test_extending_md_examples_run(tmp_path, monkeypatch, capsys):
             registry.clear()
             registry.update(before)
     out = capsys.readouterr().out
-    for name in ("neg_relu:", "blobs:", "fgsm:"):
+    for name in ("neg_relu:", "blobs:", "fgsm:", "claim 8:"):
         assert name in out

@@ -320,3 +320,33 @@ def test_pure_weights_score_one_on_learned_dictionary() -> None:
     with torch.no_grad():
         net.W.copy_(world.M.T)  # node i = feature i: pure
     assert measure(net.weight(), m_hat).summary()["top1_share_mean"] > 0.9
+
+
+def test_learned_dictionary_is_fitted_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    from robinherit import learned_dictionary as ld
+
+    monkeypatch.setenv("ROBINHERIT_CACHE", str(tmp_path))
+    fits = []
+    real = ld.LEARNERS[DictMethod.ica]
+    monkeypatch.setitem(ld.LEARNERS, DictMethod.ica, lambda *a: fits.append(1) or real(*a))
+    x = torch.rand(300, 12, generator=torch.Generator().manual_seed(0))
+    first, hit1 = ld.cached_dictionary(x, 6, DictMethod.ica)
+    second, hit2 = ld.cached_dictionary(x, 6, DictMethod.ica)
+    assert (hit1, hit2) == (False, True) and len(fits) == 1
+    assert torch.equal(first, second)
+    # other samples (a changed split or centring) are another key: never a stale answer
+    _, hit3 = ld.cached_dictionary(x + 0.01, 6, DictMethod.ica)
+    assert not hit3 and len(fits) == 2
+    # a damaged file is fitted again, not an error
+    for f in (tmp_path / "dictionaries").iterdir():
+        f.write_bytes(b"broken")
+    _, hit4 = ld.cached_dictionary(x, 6, DictMethod.ica)
+    assert not hit4 and len(fits) == 3
+
+
+def test_default_atoms_are_capped_for_large_inputs():
+    from robinherit import learned_dictionary as ld
+
+    x = torch.rand(400, 200, generator=torch.Generator().manual_seed(1))  # full rank 200
+    assert ld.effective_rank(x.double().numpy()) > ld.MAX_DEFAULT_ATOMS
+    assert ld.learn_dictionary(x, None, DictMethod.ica).shape == (200, ld.MAX_DEFAULT_ATOMS)

@@ -28,7 +28,7 @@ from robinherit.config import EncoderKind, ExperimentConfig, Protocol, RealDataC
 from robinherit.data import BatchStream, World, make_world
 from robinherit.datasets import ArrayDataset, LoadSpec, load_dataset
 from robinherit.errors import ConfigError
-from robinherit.learned_dictionary import activation_sparsity, image_patches, learn_dictionary, measure_learned
+from robinherit.learned_dictionary import activation_sparsity, cached_dictionary, image_patches, measure_learned
 from robinherit.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
 from robinherit.seeding import derive_seed, generator
 
@@ -261,7 +261,7 @@ class ArraySource:
         else:
             samples = centred
         # The dictionary depends on the data only (fixed seed), not on the run: encoders are compared on one M_hat.
-        m_hat = learn_dictionary(samples, ecfg.dictionary_atoms, ecfg.dictionary, seed=0)
+        m_hat, _ = cached_dictionary(samples, ecfg.dictionary_atoms, ecfg.dictionary, seed=0)
         dev = next(model.parameters()).device
         with torch.no_grad():
             feats = model.features(self.tasks.x_te.to(dev)).cpu()

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.errors import RobinheritError
 from robinherit.records import eps_key
+from robinherit.reproduce.jobs import AuxJob
 from robinherit.store import ResultStore
 
-if TYPE_CHECKING:  # the driver imports the claims, so only type checkers see this cycle
-    from robinherit.reproduce.driver import ReproduceSettings
-    from robinherit.reproduce.jobs import AuxJob
+
+class ReproduceSettings(Protocol):
+    """What a claim reads of ``driver.ReproduceSettings`` (a protocol, so this module need not import the driver,
+    which imports the claims: the import graph stays a DAG)."""
+
+    seeds: tuple[int, ...]
+    quick: bool
+    overrides: tuple[str, ...]
+
+    def base(self, name: str) -> ExperimentConfig: ...
+
 
 EPS_REF = 0.25  # the budget the claims are stated at (THEORY.md's prototype)
 AT_EPS = 0.25  # pre-training budget of the adversarial arm; the clean arm has 0

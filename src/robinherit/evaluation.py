@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -134,51 +135,63 @@ def evaluate(
     norm = Norm(norm)
     warnings: list[str] = []
     checks: dict[str, Any] = {}
-
-    def autograd_loss(xa: Tensor) -> Tensor:
-        return -margin_fn(model(xa), y)
-
-    # The closed-form input gradient where the model is the two-layer network (or a head on it): the same
-    # attack without an autograd graph per step.
-    fused = fused_loss(model, margin_fn, y, sign=-1.0) if isinstance(model, nn.Module) else None
-    attack_loss = fused if fused is not None else autograd_loss
-
-    def attack(eps: float) -> Tensor:
-        # With restarts, the first starts at x (l2 steps of 2.5 eps / steps from a random start orthogonal to the
-        # best direction fall a few percent short of the worst case) and the others at random points.
-        x_adv = pgd(
-            attack_loss,
-            x,
-            eps=eps,
-            norm=norm,
-            steps=steps,
-            restarts=restarts,
-            random_init=restarts == 1,
-            generator=g,
-            clip=clip,
-        )
-        dist = _flat_norm(x_adv - x, norm).flatten()
-        if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
-            warnings.append(f"perturbation outside the eps={eps:g} ball (max {float(dist.max()):.4g})")
-        with torch.no_grad():
-            return margin_fn(model(x_adv), y) > 0
-
+    attack_loss = _attack_loss(model, margin_fn, y)
+    attack = partial(_attack, model, margin_fn, attack_loss, x, y, norm, steps, restarts, g, clip, warnings)
     with torch.no_grad():
         correct = margin_fn(model(x), y) > 0
     clean_acc = float(correct.float().mean())
+    _gradient_masking_check(attack_loss, x, correct, zero_grad_warn_share, warnings, checks)
+    robust, masks = _robust_curve(attack, correct, eps_grid, clean_acc, warnings)
+    if flip_check:
+        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks)
+    certified, cert_masks = (
+        _certificates(model, margin_fn, norm, x, y, eps_grid, masks, warnings) if certify else (None, {})
+    )
+    return EvalResult(clean_acc, robust, warnings, masks, certified, cert_masks, checks)
 
-    # gradient masking: an attack that follows the gradient cannot move examples whose gradient vanishes
+
+def _attack_loss(model: Callable[[Tensor], Tensor], margin_fn: MarginFn, y: Tensor) -> Callable[[Tensor], Tensor]:
+    """The loss PGD ascends: minus the margin, with the closed-form input gradient where the model is the two-layer
+    network (or a head on it): the same attack without an autograd graph per step."""
+    fused = fused_loss(model, margin_fn, y, sign=-1.0) if isinstance(model, nn.Module) else None
+    return fused if fused is not None else (lambda xa: -margin_fn(model(xa), y))
+
+
+def _attack(
+    model, margin_fn, attack_loss, x, y, norm, steps, restarts, g, clip, warnings: list[str], eps: float
+) -> Tensor:
+    """(n,) still correct after PGD at ``eps``. With restarts, the first starts at x (l2 steps of 2.5 eps / steps
+    from a random start orthogonal to the best direction fall a few percent short of the worst case) and the
+    others at random points."""
+    x_adv = pgd(
+        attack_loss, x, eps=eps, norm=norm, steps=steps, restarts=restarts, random_init=restarts == 1, generator=g,
+        clip=clip,
+    )  # fmt: skip
+    dist = _flat_norm(x_adv - x, norm).flatten()
+    if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
+        warnings.append(f"perturbation outside the eps={eps:g} ball (max {float(dist.max()):.4g})")
+    with torch.no_grad():
+        return margin_fn(model(x_adv), y) > 0
+
+
+def _gradient_masking_check(attack_loss, x, correct, warn_share, warnings: list[str], checks: dict) -> None:
+    """An attack that follows the gradient cannot move examples whose gradient vanishes: say how many do."""
     _, grad = input_grad(attack_loss, x)
     vanishing = (_flat_norm(grad, Norm.l2).flatten() <= VANISHING_GRAD)[correct]  # only examples to break
     zero_share = float(vanishing.float().mean()) if vanishing.numel() else 0.0
     checks["vanishing_grad_share"] = zero_share
-    if zero_share > zero_grad_warn_share:
+    if zero_share > warn_share:
         warnings.append(
             f"input gradient is zero or vanishing on {zero_share:.0%} of correctly classified test examples: "
             "gradient-based attacks are blind there (gradient masking); treat robust accuracy as a loose upper "
             "bound and compare with certified_acc"
         )
 
+
+def _robust_curve(
+    attack: Callable[[float], Tensor], correct: Tensor, eps_grid, clean_acc: float, warnings: list[str]
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Robust accuracy per eps, cumulative over budgets (non-increasing by construction), and its masks."""
     robust: dict[str, float] = {}
     masks: dict[str, Tensor] = {}
     still = correct.clone()
@@ -198,23 +211,28 @@ def evaluate(
         )
     if any(v > clean_acc + 1e-9 for v in robust.values()):
         warnings.append("robust accuracy above clean accuracy: the evaluation is inconsistent")
+    return robust, masks
 
-    if flip_check:
-        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks)
 
-    certified, cert_masks = None, {}
-    if certify:
-        certifier = certifier_for(model, margin_fn, norm)
-        if certifier is not None:
-            certified, cert_masks = certified_accuracy(certifier, x, y, eps_grid=tuple(eps_grid))
-            unsound = {k: int((cert_masks[k] & ~masks[k]).sum()) for k in masks}
-            if any(unsound.values()):
-                warnings.append(
-                    "the attack broke examples the bound certified ("
-                    + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
-                    + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
-                )
-    return EvalResult(clean_acc, robust, warnings, masks, certified, cert_masks, checks)
+def _certificates(model, margin_fn, norm, x, y, eps_grid, masks, warnings: list[str]):
+    """Certified accuracy per eps where the model has a certifier (``robinherit.certify``), and the check that no
+    attack broke a certified example."""
+    certifier = certifier_for(model, margin_fn, norm)
+    if certifier is None:
+        return None, {}
+    certified, cert_masks = certified_accuracy(certifier, x, y, eps_grid=tuple(eps_grid))
+    _unsound_warning(cert_masks, masks, warnings)
+    return certified, cert_masks
+
+
+def _unsound_warning(cert_masks: dict[str, Tensor], masks: dict[str, Tensor], warnings: list[str]) -> None:
+    unsound = {k: int((cert_masks[k] & ~masks[k]).sum()) for k in cert_masks if k in masks}
+    if any(unsound.values()):
+        warnings.append(
+            "the attack broke examples the bound certified ("
+            + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
+            + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
+        )
 
 
 def _flip_check(
@@ -301,38 +319,20 @@ def robust_eval(
     if not names:
         return out
     correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
-    aa_still, worst_still = correct.clone(), correct.clone()
-    pgd_acc, aa_acc, worst_acc, per_attack, worst_masks = {}, {}, {}, {}, {}
-    for eps in ecfg.eps_grid:
-        key = eps_key(eps)
-        pgd_acc[key] = res.robust_acc[key]
-        worst_still &= res.robust_mask[key]
-        if eps > 0:
-            kw = dict(eps=eps, norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg)
-            masks = {
-                n: EVAL_ATTACKS[n](model, x, y, margin=margin_fn, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw)
-                for n in names
-            }
-            per_attack[key] = {n: float((m & correct).float().mean()) for n, m in masks.items()}
-            for m in masks.values():
-                aa_still &= m
-            worst_still &= aa_still
-        aa_acc[key] = float(aa_still.float().mean())
-        worst_acc[key] = float(worst_still.float().mean())
-        worst_masks[key] = worst_still.clone()
+    kw = dict(norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, margin=margin_fn)
+    per_attack, aa_masks = _extra_attacks(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
+    pgd_acc = dict(res.robust_acc)
+    aa_acc = {k: float(m.float().mean()) for k, m in aa_masks.items()}
+    worst_masks = {k: res.robust_mask[k] & aa_masks[k] for k in aa_masks}  # both masks are cumulative already
+    worst_acc = {k: float(m.float().mean()) for k, m in worst_masks.items()}
+    for key in aa_acc:
         if aa_acc[key] > pgd_acc[key]:
             out["warnings"].append(
                 f"AutoAttack robust accuracy {aa_acc[key]:.4f} is above PGD's {pgd_acc[key]:.4f} at eps={key}: "
                 f"one of {', '.join(names)} is not working on this model (the reported number is the per-example "
                 "worst case)"
             )
-    unsound = {k: int((res.certified_mask[k] & ~worst_masks[k]).sum()) for k in res.certified_mask}
-    if any(unsound.values()):
-        out["warnings"].append(
-            "an attack broke examples the bound certified ("
-            + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
-            + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
-        )
+    _unsound_warning(res.certified_mask, worst_masks, out["warnings"])
     return {
         **out,
         "robust_acc": worst_acc,
@@ -342,6 +342,25 @@ def robust_eval(
         "autoattack_not_above_pgd": all(aa_acc[k] <= pgd_acc[k] for k in aa_acc),
         "attacks": [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names],
     }
+
+
+def _extra_attacks(model, x, y, names, eps_grid, correct, seed: int, tag: str, kw: dict):
+    """Per eps: each extra attack's robust accuracy, and the examples that every one of them (at this eps and every
+    smaller one) left correct -- cumulative over budgets, as PGD's curve."""
+    still = correct.clone()
+    per_attack: dict[str, dict[str, float]] = {}
+    masks: dict[str, Tensor] = {}
+    for eps in sorted(eps_grid):
+        key = eps_key(eps)
+        if eps > 0:
+            ok = {
+                n: EVAL_ATTACKS[n](model, x, y, eps=eps, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw) for n in names
+            }
+            per_attack[key] = {n: float((m & correct).float().mean()) for n, m in ok.items()}
+            for m in ok.values():
+                still &= m
+        masks[key] = still.clone()
+    return per_attack, masks
 
 
 __all__ = ["EVAL_ATTACKS", "EvalResult", "attack_names", "eps_key", "evaluate", "flip_radii", "robust_eval"]

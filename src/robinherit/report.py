@@ -105,11 +105,19 @@ def _summary(result: ReproduceResult) -> str:
 
 
 def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> tuple[Path, Path]:
+    """report.md and report.html (figures embedded) in ``out_dir``; returns (html, md)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = build_figures(result, store)
     summary = _summary(result)
     warnings = self_check_warnings(result)
+    md_path = out_dir / "report.md"
+    md_path.write_text(_markdown(result, summary, warnings, figs))
+    html_path = out_dir / "report.html"
+    html_path.write_text(_html(result, summary, warnings, figs))
+    return html_path, md_path
 
+
+def _markdown(result: ReproduceResult, summary: str, warnings: list[str], figs: list) -> str:
     md = [
         "# robinherit reproduction report",
         "",
@@ -128,34 +136,31 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
     md.append("")
     for f in figs:
         md.append(f"- *{f.title}*: {f.caption}")
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
 
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.4em; text-align: left; vertical-align: top; }
+tr.pass td.status { color: #1a7f37; font-weight: bold; } tr.fail td.status { color: #c0392b; font-weight: bold; }
+tr.not-run td.status { color: #8a6d00; font-weight: bold; }
+figure { margin: 2em 0; } img { max-width: 100%; } figcaption { color: #444; font-size: 0.95em; }
+small { color: #555; }
+"""
+
+
+def _html(result: ReproduceResult, summary: str, warnings: list[str], figs: list) -> str:
     check_html = (
         "<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>"
         if warnings
         else "<p>No evaluation self-check fired (robust &le; clean, non-increasing in eps, within budget, "
         "no vanishing gradients, certified &le; attacked).</p>"
     )
-    sections = []
-    for i, f in enumerate(figs, 1):
-        b64 = base64.b64encode(f.png).decode()
-        sections.append(
-            f"<figure id='fig{i}'><h3>Figure {i}. {html.escape(f.title)}</h3>"
-            f"<img alt='{html.escape(f.title)}' src='data:image/png;base64,{b64}'>"
-            f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
-        )
-    page = f"""<!doctype html>
+    sections = [_html_figure(i, f) for i, f in enumerate(figs, 1)]
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>robinherit reproduction report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; font-size: 0.92em; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 0.4em; text-align: left; vertical-align: top; }}
-tr.pass td.status {{ color: #1a7f37; font-weight: bold; }} tr.fail td.status {{ color: #c0392b; font-weight: bold; }}
-tr.not-run td.status {{ color: #8a6d00; font-weight: bold; }}
-figure {{ margin: 2em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #444; font-size: 0.95em; }}
-small {{ color: #555; }}
-</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>robinherit reproduction report</h1>
 <table id="claims"><thead><tr><th>#</th><th>claim</th><th>result</th><th>effect</th><th>95% CI</th><th>p</th>
 <th>seeds</th></tr></thead><tbody>
@@ -169,6 +174,12 @@ restarts, worst case per example.</p>
 {"".join(sections)}
 </body></html>
 """
-    html_path = out_dir / "report.html"
-    html_path.write_text(page)
-    return html_path, md_path
+
+
+def _html_figure(i: int, f: Any) -> str:
+    b64 = base64.b64encode(f.png).decode()
+    return (
+        f"<figure id='fig{i}'><h3>Figure {i}. {html.escape(f.title)}</h3>"
+        f"<img alt='{html.escape(f.title)}' src='data:image/png;base64,{b64}'>"
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+    )

@@ -344,9 +344,11 @@ def test_learned_dictionary_is_fitted_once_and_then_read_from_the_cache(tmp_path
     assert not hit4 and len(fits) == 3
 
 
-def test_default_atoms_are_capped_for_large_inputs():
+def test_default_atoms_are_capped_for_large_inputs(monkeypatch):
     from robinherit import learned_dictionary as ld
 
-    x = torch.rand(400, 200, generator=torch.Generator().manual_seed(1))  # full rank 200
-    assert ld.effective_rank(x.double().numpy()) > ld.MAX_DEFAULT_ATOMS
-    assert ld.learn_dictionary(x, None, DictMethod.ica).shape == (200, ld.MAX_DEFAULT_ATOMS)
+    monkeypatch.setattr(ld, "MAX_DEFAULT_ATOMS", 4)
+    x = torch.rand(300, 12, generator=torch.Generator().manual_seed(1))  # full rank 12
+    assert ld.effective_rank(x.double().numpy()) > 4
+    assert ld.learn_dictionary(x, None, DictMethod.ica).shape == (12, 4)
+    assert ld.learn_dictionary(x, 6, DictMethod.ica).shape == (12, 6)  # an explicit count is kept

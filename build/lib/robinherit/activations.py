@@ -1,0 +1,85 @@
+"""The hidden units of the two-layer network, each defined once: its function, a fast form, its derivative rule
+and its kinks. The model, the closed-form gradients (``robinherit.fused``), the stacked path
+(``robinherit.batched``) and the certifier (``robinherit.certify``) all read this registry, so a new unit is one
+entry here (``model.activation`` accepts every name of ``UNITS``).
+
+The default unit is the symmetric thresholded ReLU of Allen-Zhu & Li (2020, "Feature purification"),
+ReLU(u - b) - ReLU(-u - b): zero on [-b, b], linear outside. With b = 0 it is the identity, so the whole
+network is linear.
+
+This module is a leaf (it imports only torch), so the config validates ``model.activation`` against ``UNITS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A thresholded, piecewise-linear unit h = f(u, b) with slope 1 where it is active and 0 elsewhere.
+
+    ``function`` is the reference form; ``fast`` gives the same values to the bit in fewer passes (what the
+    closed-form paths call); ``kinks(b)`` are the points between which it is linear (the certifier's relaxation
+    is built on them); ``threshold_sign(u)`` is -dh/db where the unit is active (for a learned threshold).
+    """
+
+    function: Callable[[Tensor, Tensor], Tensor]
+    fast: Callable[[Tensor, Tensor], Tensor]
+    kinks: Callable[[Tensor], tuple[Tensor, ...]]
+    threshold_sign: Callable[[Tensor], Tensor]
+
+
+def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
+    return torch.relu(u - b) - torch.relu(-u - b)
+
+
+def _sym_relu_fast(u: Tensor, b: Tensor) -> Tensor:
+    # u - clip(u, -b, b) is ReLU(u - b) - ReLU(-u - b) to the last bit (the same single rounding on each
+    # branch), in two passes over (n, m) instead of four.
+    return u - torch.clamp(u, -b, b)
+
+
+def _relu(u: Tensor, b: Tensor) -> Tensor:
+    return torch.relu(u - b)
+
+
+def _relu_fast(u: Tensor, b: Tensor) -> Tensor:
+    return (u - b).clamp_min_(0.0)
+
+
+# model.activation -> unit. A new unit is one entry here: the config accepts every name of this registry
+# (docs/extending.md).
+UNITS: dict[str, Unit] = {
+    "sym_relu": Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign),
+    "relu": Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like),
+}
+
+
+def unit(activation: str) -> Unit:
+    name = getattr(activation, "value", activation)  # a config.Activation member or its name
+    try:
+        return UNITS[name]
+    except KeyError:
+        raise KeyError(f"no unit '{name}'; units: {', '.join(UNITS)}") from None
+
+
+def active_grad(grad: Tensor, h: Tensor) -> Tensor:
+    """``grad * f'(u)`` given h = f(u, b) for every unit of ``UNITS``: the slope is 1 where h != 0 and 0 elsewhere
+    (at the kink too, as in autograd). ReLU's own backward kernel does this in one pass; a boolean mask costs
+    5-20x more on CPU."""
+    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
+
+
+def unit_rows(W: Tensor) -> Tensor:
+    """Rows of W (..., m, d) scaled to unit l2 norm: the effective weights of ``model.normalize_rows``."""
+    return W / row_norms(W)
+
+
+def row_norms(W: Tensor) -> Tensor:
+    """(..., m, 1) l2 norms of W's rows, clamped away from 0 (a zero row stays zero instead of NaN)."""
+    return W.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -1,0 +1,472 @@
+"""S independent runs as one batched computation: supervised (adversarial) pre-training of stacked models.
+
+At the default sizes one two-layer step is far too small to keep a CPU busy: time goes to Python and
+autograd overhead. Stacking S models that share shapes (weights (S, m, d), inputs (S, n, d)) turns S
+small matmuls into one batched matmul, with the overhead paid once per step instead of S times.
+
+Every model keeps its own run: its own named random streams (``seeding.generator(seed, name)``), so its
+own init, data batches and attack random starts; Adam and SGD act elementwise, so one optimiser over the
+stacked tensors is S independent optimisers. A model's result equals the one ``run_experiment`` gives for
+its config (to float rounding: a batched matmul sums in another order). Adversarial training is
+Madry et al. (2018), with PGD/FGM run per model on the stack using closed-form input gradients
+(``robinherit.fused``). Only pre-training is batched (it is the dominant cost); purification, downstream
+heads and evaluation run per model, exactly as in ``run_experiment``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from robinherit.activations import active_grad, row_norms, unit, unit_rows
+from robinherit.attacks import random_start
+from robinherit.config import AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
+from robinherit.data import BatchStream
+from robinherit.fused import (
+    TwoLayerLoss,
+    back_through_head,
+    two_layer_loss,
+    two_layer_loss_and_grad,
+)
+from robinherit.losses import LOSS_GRADS, multilabel_bce
+from robinherit.models import TwoLayerNet
+from robinherit.seeding import generator
+from robinherit.training import PretrainLog, check_finite, make_optimizer
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# Methods whose pre-training has a batched implementation; others run one model at a time.
+BATCHED_METHODS = frozenset({Method.supervised})
+
+
+def batch_key(cfg: ExperimentConfig) -> str | None:
+    """Configs with the same key can be pre-trained as one stack; None where there is no batched path.
+
+    Everything that shapes pre-training must agree except the seed and the attack budget (kept per model);
+    clean and adversarial runs go to different stacks, so clean ones do not pay for an attack.
+    """
+    if cfg.pretrain.method not in BATCHED_METHODS or cfg.model.encoder != EncoderKind.two_layer:
+        return None
+    raw = cfg.resolved()
+    pre = dict(raw["pretrain"], eps=None, adversarial=cfg.pretrain.eps > 0)
+    return json.dumps([raw["data"], raw["model"], pre, raw["device"]], sort_keys=True)
+
+
+def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped into stacks of at most ``max_size`` (order kept); unsupported ones alone."""
+    groups: dict[str, list[list[int]]] = {}
+    out: list[list[int]] = []
+    for i, cfg in enumerate(cfgs):
+        key = batch_key(cfg)
+        if key is None:
+            out.append([i])
+            continue
+        stacks = groups.setdefault(key, [])
+        if not stacks or len(stacks[-1]) >= max_size:
+            stacks.append([])
+            out.append(stacks[-1])
+        stacks[-1].append(i)
+    return out
+
+
+class StackedTwoLayer(nn.Module):
+    """S two-layer networks with the same shapes: W (S, m, d), b (S, m), head V (S, K, m), c (S, K).
+
+    The stack works in the models' centred coordinates: where the models have an input centre (one for the whole
+    stack, since stacked runs share their data), callers pass x - center, which ``centred`` gives.
+    """
+
+    def __init__(self, models: Sequence[TwoLayerNet]):
+        super().__init__()
+        self.cfg: ModelConfig = models[0].cfg
+        centers = [m.center for m in models]
+        same = [(c is None and centers[0] is None) or (c is not None and torch.equal(c, centers[0])) for c in centers]
+        if not all(same):
+            raise ValueError("a stack's models must share one input centre (stacked runs share their data)")
+        self.register_buffer("center", None if centers[0] is None else centers[0].clone())
+        self.W = nn.Parameter(torch.stack([m.W.detach() for m in models]))
+        self.b = nn.Parameter(torch.stack([m.b.detach() for m in models]), requires_grad=self.cfg.learn_threshold)
+        self.V = nn.Parameter(torch.stack([m.head.weight.detach() for m in models]))
+        self.c = nn.Parameter(torch.stack([m.head.bias.detach() for m in models]))
+
+    def weight(self) -> Tensor:
+        """(S, m, d) effective weights, row-normalised as in ``TwoLayerNet.weight``."""
+        return unit_rows(self.W) if self.cfg.normalize_rows else self.W
+
+    def threshold(self) -> Tensor:
+        return self.b.clamp_min(0.0)[:, None, :]  # (S, 1, m)
+
+    def centred(self, x: Tensor) -> Tensor:
+        """Raw (S, n, d) inputs in the stack's coordinates."""
+        return x if self.center is None else x - self.center
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(S, n, d) centred inputs -> (S, n, K) logits."""
+        h = unit(self.cfg.activation).function(x @ self.weight().transpose(1, 2), self.threshold())  # (S, n, m)
+        return torch.baddbmm(self.c[:, None, :], h, self.V.transpose(1, 2))
+
+    def attack_loss(self, loss_fn: Callable[[Tensor, Tensor], Tensor], targets: Tensor) -> TwoLayerLoss:
+        """The per-model loss (S, n) at the current weights, with closed-form input gradients."""
+        return TwoLayerLoss(
+            weight=self.weight().detach(),
+            threshold=self.threshold().detach(),
+            head_weight=self.V.detach(),
+            head_bias=self.c.detach()[:, None, :],
+            activation=self.cfg.activation,
+            loss=loss_fn,
+            targets=targets,
+        )
+
+    @torch.no_grad()
+    def loss_and_grads(self, x: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """Mean loss per model (S,) on (S, n, d) inputs; sets every trainable parameter's ``.grad`` in closed form
+        (:func:`closed_form_grads`)."""
+        loss, (g_w, g_b, g_v, g_c) = closed_form_grads(
+            self.W, self.b, self.V, self.c, x, targets, LOSS_GRADS[loss_fn], self.cfg, self.b.requires_grad
+        )
+        self.W.grad, self.V.grad, self.c.grad = g_w, g_v, g_c
+        if g_b is not None:
+            self.b.grad = g_b
+        return loss
+
+    @torch.no_grad()
+    def unstack(self, models: Sequence[TwoLayerNet]) -> None:
+        """Copy each model's trained weights back into ``models``."""
+        for s, m in enumerate(models):
+            m.W.copy_(self.W[s])
+            m.b.copy_(self.b[s])
+            m.head.weight.copy_(self.V[s])
+            m.head.bias.copy_(self.c[s])
+
+
+def closed_form_grads(
+    W: Tensor,
+    b: Tensor,
+    V: Tensor,
+    c: Tensor,
+    x: Tensor,
+    targets: Tensor,
+    loss_grad: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    cfg: ModelConfig,
+    learn_b: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    """Mean loss per model (S,) and the gradients (dW, db or None, dV, dc) of the stack's summed mean losses.
+
+    The backward pass of ``StackedTwoLayer.forward`` written out (what autograd would compute), which spares
+    the graph and the four-op activation of the autograd path: with g = dL/dlogits / n, dV = g^T h,
+    dc = sum_n g, dU = (g V) * act'(u), dW_eff = dU^T x, and through w / ||w||:
+    dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||. A pure function of tensors, so it can be compiled.
+    """
+    n = x.shape[1]
+    norms = row_norms(W)  # (S, m, 1)
+    w = W / norms if cfg.normalize_rows else W
+    u = x @ w.transpose(1, 2)  # (S, n, m)
+    h = unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
+    logits = torch.baddbmm(c[:, None, :], h, V.transpose(1, 2))  # (S, n, K)
+    loss, g = loss_grad(logits, targets)  # (S, n), (S, n, K)
+    g = g / n
+    g_v = g.transpose(1, 2) @ h  # (S, K, m)
+    g_c = g.sum(dim=1)  # (S, K)
+    g_u = active_grad(back_through_head(g, V), h)  # (S, n, m)
+    g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
+    if cfg.normalize_rows:
+        g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms
+    g_b = None
+    if learn_b:
+        # dh/db = -threshold_sign(u) where the unit is active (g_u is 0 elsewhere); clamp_min(0) passes b >= 0.
+        g_b = -(g_u * unit(cfg.activation).threshold_sign(u)).sum(dim=1) * (b >= 0)
+    return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
+
+
+def adversarial_grads(
+    W: Tensor,
+    b: Tensor,
+    V: Tensor,
+    c: Tensor,
+    x: Tensor,
+    targets: Tensor,
+    delta: Tensor,
+    eps: Tensor,
+    alpha: Tensor,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    cfg: ModelConfig,
+    learn_b: bool,
+    norm: Norm,
+    steps: int,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    """One adversarial training step's loss and gradients as a pure function of tensors: PGD from the random
+    start ``delta`` (:func:`pgd_from`), then :func:`closed_form_grads` at the attack's points. What
+    ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same."""
+    with torch.no_grad():
+        w = unit_rows(W) if cfg.normalize_rows else W
+        # functools.partial of module-level functions, not a TwoLayerLoss: older torch.compile versions failed
+        # on building that frozen dataclass inside the compiled function
+        args = {
+            "weight": w,
+            "threshold": b.clamp_min(0.0)[:, None, :],
+            "head_weight": V,
+            "head_bias": c[:, None, :],
+            "activation": cfg.activation,
+            "loss": loss_fn,
+            "targets": targets,
+        }
+        adv_loss = _Loss(partial(two_layer_loss, **args), partial(two_layer_loss_and_grad, **args))
+        x_adv = pgd_from(adv_loss, x, delta, eps, alpha, norm, steps)
+        return closed_form_grads(W, b, V, c, x_adv, targets, LOSS_GRADS[loss_fn], cfg, learn_b)
+
+
+class _Loss(NamedTuple):
+    """What ``pgd_from`` needs of a loss: its value and its value with the input gradient."""
+
+    value: Callable[[Tensor], Tensor]
+    value_and_grad: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.value(x)
+
+
+def compile_requested() -> bool:
+    """``ROBINHERIT_COMPILE=1`` in the environment: compile the adversarial step with ``torch.compile``.
+
+    Off by default: compiling costs tens of seconds per process and per stack shape, which a single run or
+    ``reproduce --quick`` does not win back; long runs and sweeps do (see docs/performance.md)."""
+    return os.environ.get("ROBINHERIT_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_compiled_step: Callable[..., Any] | None = None
+_compile_failed = False
+
+
+def _step_fn() -> Callable[..., Any]:
+    """``adversarial_grads``, compiled when asked for and possible. If compiling fails (no C++ compiler, an
+    unsupported backend), a warning says why and every later step runs eagerly: same results, no speed-up."""
+    global _compiled_step
+    if not compile_requested() or _compile_failed:
+        return adversarial_grads
+    if _compiled_step is None:
+        _compiled_step = torch.compile(adversarial_grads, dynamic=False)
+    return _compiled_step
+
+
+def _run_step(*args: Any, **kwargs: Any) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
+    global _compile_failed
+    fn = _step_fn()
+    if fn is adversarial_grads:
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # a compiler problem must not lose a run: fall back to the same step, eager
+        _compile_failed = True
+        warnings.warn(
+            f"ROBINHERIT_COMPILE=1 but torch.compile failed ({type(err).__name__}: {str(err)[:200]}); "
+            "running eagerly (same results, no speed-up). Unset ROBINHERIT_COMPILE to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return adversarial_grads(*args, **kwargs)
+
+
+def per_example(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, targets: Tensor) -> Tensor:
+    """A per-example loss of ``robinherit.losses`` on stacked (S, n, ...) inputs -> (S, n)."""
+    S, n = logits.shape[:2]
+    return loss_fn(logits.reshape(S * n, *logits.shape[2:]), targets.reshape(S * n, *targets.shape[2:])).reshape(S, n)
+
+
+# ---- attacks on a stack: the same steps as robinherit.attacks, one budget and one generator per model ----
+
+
+def _norm_last(t: Tensor, norm: Norm) -> Tensor:
+    """Per-example norm over the last dim of (S, n, d), shaped (S, n, 1)."""
+    return t.norm(dim=-1, keepdim=True) if norm == Norm.l2 else t.abs().amax(dim=-1, keepdim=True)
+
+
+def _project(delta: Tensor, eps: Tensor, norm: Norm) -> Tensor:
+    """``attacks.project`` with a per-model budget ``eps`` of shape (S, 1, 1)."""
+    if norm == Norm.linf:
+        return torch.clamp(delta, -eps, eps)
+    return delta * torch.clamp(eps * (1 - 1e-6) / _norm_last(delta, Norm.l2).clamp_min(1e-12), max=1.0)
+
+
+def _ascent(grad: Tensor, norm: Norm) -> Tensor:
+    return grad.sign() if norm == Norm.linf else grad / _norm_last(grad, Norm.l2).clamp_min(1e-12)
+
+
+def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators: Sequence[torch.Generator]) -> Tensor:
+    """Each model's PGD random start, drawn from its own generator as its single run draws it."""
+    return torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
+
+
+def _budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(eps, step size 2.5 eps / steps) per model, shaped (S, 1, 1)."""
+    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]
+    alpha = torch.tensor([2.5 * e / steps for e in eps], dtype=x.dtype, device=x.device)[:, None, None]
+    return eps_t, alpha
+
+
+def stacked_pgd(
+    loss: TwoLayerLoss,
+    x: Tensor,
+    *,
+    eps: Sequence[float],
+    norm: Norm,
+    steps: int,
+    generators: Sequence[torch.Generator],
+) -> Tensor:
+    """``attacks.pgd`` (one restart, random start) on a stack: x (S, n, d), model s attacked with eps[s]."""
+    x = x.detach()
+    eps_t, alpha = _budgets(eps, steps, x)
+    return pgd_from(loss, x, stacked_random_start(x, eps, norm, generators), eps_t, alpha, norm, steps)
+
+
+def pgd_from(
+    loss: TwoLayerLoss | _Loss, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, norm: Norm, steps: int
+) -> Tensor:
+    """PGD on a stack from the start ``delta``, with per-model budgets ``eps`` and step sizes ``alpha`` (S, 1, 1);
+    the point of highest loss per example over the iterates. A pure function of tensors.
+
+    The same iterates as ``attacks.pgd`` up to rounding; the step is folded into one multiply-add per
+    element (delta + grad * (alpha / ||grad||)) because at these sizes elementwise passes cost as much
+    as the matmuls.
+    """
+    best_x = x.clone()
+    best_loss = torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)  # (S, n)
+    for t in range(steps + 1):
+        x_adv = x + delta
+        if t < steps:
+            value, grad = loss.value_and_grad(x_adv)
+        else:
+            value = loss(x_adv)
+        better = value > best_loss  # (S, n)
+        best_loss = torch.where(better, value, best_loss)
+        best_x = torch.lerp(best_x, x_adv, better[..., None].to(x.dtype))  # exact copy where better; 5x cheaper
+        if t == steps:
+            break
+        if norm == Norm.linf:
+            delta = torch.clamp(delta + grad.sign() * alpha, -eps, eps)
+        else:
+            delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            delta = delta * torch.clamp(eps * (1 - 1e-6) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
+    return best_x
+
+
+def stacked_fgm(
+    loss: TwoLayerLoss, x: Tensor, *, eps: Sequence[float], norm: Norm, steps: int, generators: Sequence
+) -> Tensor:
+    """``attacks.fgm`` on a stack (no randomness, so ``generators`` is unused)."""
+    eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]
+    _, grad = loss.value_and_grad(x.detach())
+    return x.detach() + _project(eps_t * _ascent(grad, norm), eps_t, norm)
+
+
+STACKED_ATTACKS: dict[AttackKind, Callable[..., Tensor]] = {AttackKind.pgd: stacked_pgd, AttackKind.fgm: stacked_fgm}
+
+
+def pretrain_stacked(
+    net: StackedTwoLayer,
+    streams: Sequence[BatchStream],
+    cfgs: Sequence[ExperimentConfig],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = multilabel_bce,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[PretrainLog]:
+    """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
+    pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
+    eps = [c.pretrain.eps for c in cfgs]
+    # PGD with closed-form gradients: attack and gradients as one pure function (adversarial_grads), compiled
+    # with ROBINHERIT_COMPILE=1; eager, it is bit for bit the step below. Adam takes its one-kernel form (the same
+    # update up to float rounding; `python -m benchmarks.profile_step single` shows what the optimiser costs).
+    fuse_step = pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
+    opt = make_optimizer(list(net.parameters()), pcfg, fused=True)
+    gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]
+    attack = STACKED_ATTACKS[pcfg.attack]
+    logs = [PretrainLog() for _ in cfgs]
+    running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
+    eps_t, alpha = _budgets(eps, pcfg.attack_steps, net.W)
+    for step in range(pcfg.steps):
+        batches = [s.next() for s in streams]
+        x = net.centred(torch.stack([b.x for b in batches]))  # (S, n, d); no clip in training, so delta is the same
+        y = torch.stack([b.y for b in batches])  # (S, n, K)
+        opt.zero_grad(set_to_none=True)
+        if fuse_step:
+            loss, grads = _run_step(
+                *(p.detach() for p in (net.W, net.b, net.V, net.c)),
+                x,
+                y,
+                stacked_random_start(x, eps, pcfg.norm, gens),
+                eps_t,
+                alpha,
+                loss_fn=loss_fn,
+                cfg=net.cfg,
+                learn_b=net.b.requires_grad,
+                norm=pcfg.norm,
+                steps=pcfg.attack_steps,
+            )
+            net.W.grad, net.V.grad, net.c.grad = grads[0], grads[2], grads[3]
+            if grads[1] is not None:
+                net.b.grad = grads[1]
+        else:
+            if pcfg.eps > 0:  # FGM (PGD with a closed-form loss takes the fused step above)
+                x = attack(
+                    net.attack_loss(loss_fn, y), x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens
+                )
+            if loss_fn in LOSS_GRADS:
+                loss = net.loss_and_grads(x, y, loss_fn)  # (S,), .grad set in closed form
+            else:
+                loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
+                loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
+        finite = torch.isfinite(loss.detach())
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0])
+            check_finite(loss[bad], step, cfgs[bad].pretrain)
+        opt.step()
+        running += loss.detach().cpu().double()
+        if (step + 1) % logs[0].log_every == 0:
+            for s, log in enumerate(logs):
+                log.losses.append(float(running[s]) / log.log_every)
+            running.zero_()
+        if on_step is not None:
+            on_step(step + 1, pcfg.steps)
+    return logs
+
+
+def supports(model: nn.Module, cfg: ExperimentConfig) -> bool:
+    """Whether ``pretrain_stacked`` can train ``model`` under ``cfg`` (supervised pre-training of the two-layer net)."""
+    return (
+        type(model) is TwoLayerNet
+        and cfg.pretrain.method in BATCHED_METHODS
+        and (cfg.pretrain.eps == 0 or cfg.pretrain.attack in STACKED_ATTACKS)
+    )
+
+
+def pretrain_one(
+    model: TwoLayerNet,
+    stream: BatchStream,
+    cfg: ExperimentConfig,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = multilabel_bce,
+    on_step: Callable[[int, int], None] | None = None,
+) -> PretrainLog:
+    """One model through the stacked path (a stack of one): what ``pretraining.pretrain_supervised`` runs for the
+    two-layer network. The stack's fused steps cost fewer passes than the generic autograd loop."""
+    net = StackedTwoLayer([model]).to(model.W.device)
+    (log,) = pretrain_stacked(net, [stream], [cfg], loss_fn, on_step)
+    net.unstack([model])
+    return log
+
+
+__all__ = [
+    "StackedTwoLayer",
+    "batch_key",
+    "group_configs",
+    "pretrain_one",
+    "pretrain_stacked",
+    "stacked_fgm",
+    "stacked_pgd",
+    "supports",
+]

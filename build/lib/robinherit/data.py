@@ -1,0 +1,165 @@
+"""The sparse-coding world (after Allen-Zhu & Li 2020, "Feature purification"; Wen & Li 2021).
+
+x = M z + xi with a dictionary M in R^{d x D}, a sparse latent code z in R^D and small Gaussian noise
+xi ~ N(0, sigma^2/d I). Tasks are linear-threshold functions of z: y = 1[<w*, z> > 0] for dense sign
+vectors w*. Everything is a pure function of the seed (see ``robinherit.seeding``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from robinherit.config import DataConfig, Dictionary, Sparsity, Values
+from robinherit.errors import DataError
+from robinherit.seeding import generator
+
+
+def _orthogonal(d: int, g: torch.Generator) -> Tensor:
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    # Sign fix makes Q Haar-distributed instead of biased by the QR convention.
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def _overcomplete(d: int, n: int, g: torch.Generator) -> Tensor:
+    cols = torch.randn(d, n, generator=g)
+    return cols / cols.norm(dim=0, keepdim=True)
+
+
+DICTIONARIES: dict[Dictionary, Callable[[int, int, torch.Generator], Tensor]] = {
+    Dictionary.orthogonal: lambda d, n, g: _orthogonal(d, g),
+    Dictionary.identity: lambda d, n, g: torch.eye(d),
+    Dictionary.overcomplete: _overcomplete,
+}
+
+
+def make_dictionary(cfg: DataConfig, g: torch.Generator) -> Tensor:
+    """(d, D) dictionary with unit-norm columns; ``coherence`` mixes a shared direction into each column."""
+    m = DICTIONARIES[cfg.dictionary](cfg.d, cfg.D, g)
+    if cfg.coherence > 0:
+        u = torch.randn(cfg.d, 1, generator=g)
+        u = u / u.norm()
+        m = math.sqrt(1 - cfg.coherence) * m + math.sqrt(cfg.coherence) * u
+        m = m / m.norm(dim=0, keepdim=True)
+    return m
+
+
+def sample_codes(cfg: DataConfig, n: int, g: torch.Generator) -> Tensor:
+    """(n, D) sparse codes.
+
+    Draws, in order: D uniform keys per row (exact: the k smallest pick the support) or D Bernoulli draws,
+    D random signs, and with uniform values D magnitudes. For exact sparsity only the k chosen entries are
+    kept and written into zeros: the same codes as support * signs * magnitudes, in a third of the passes
+    over (n, D); the generator is consumed exactly as before, so every stream is unchanged.
+    """
+    if cfg.sparsity == Sparsity.exact:
+        # k distinct coordinates per row: the k smallest of D uniform keys.
+        keys = torch.rand(n, cfg.D, generator=g)
+        idx = keys.topk(cfg.k, dim=1, largest=False).indices  # (n, k)
+        vals = torch.randint(0, 2, (n, cfg.D), generator=g, dtype=torch.float32).gather(1, idx) * 2 - 1
+        if cfg.values != Values.sign:
+            mags = torch.rand(n, cfg.D, generator=g).gather(1, idx)
+            vals = vals * (cfg.value_low + (1 - cfg.value_low) * mags)
+        return torch.zeros(n, cfg.D).scatter_(1, idx, vals)
+    support = (torch.rand(n, cfg.D, generator=g) < cfg.k / cfg.D).float()
+    signs = torch.randint(0, 2, (n, cfg.D), generator=g).float() * 2 - 1
+    if cfg.values == Values.sign:
+        return support * signs
+    return support * signs * (cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.D, generator=g))
+
+
+def sign_vectors(count: int, dim: int, g: torch.Generator) -> Tensor:
+    return torch.randint(0, 2, (count, dim), generator=g).float() * 2 - 1
+
+
+@dataclass(frozen=True)
+class World:
+    """Dictionary and tasks of one seed. ``sample`` draws fresh (x, z) from a caller's generator."""
+
+    cfg: DataConfig
+    M: Tensor  # (d, D)
+    pretrain_tasks: Tensor  # (K, D), entries +-1
+    downstream_task: Tensor  # (D,), entries +-1
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        z = sample_codes(self.cfg, n, g)  # (n, D)
+        x = self.encode(z, g)
+        return x, z
+
+    def encode(self, z: Tensor, g: torch.Generator) -> Tensor:
+        noise = torch.randn(z.shape[0], self.cfg.d, generator=g) * (self.cfg.noise / math.sqrt(self.cfg.d))
+        return z @ self.M.T + noise  # (n, d)
+
+    def pretrain_labels(self, z: Tensor) -> Tensor:
+        """(n, K) labels in {0, 1}; a tie <w*, z> = 0 counts as positive."""
+        return (z @ self.pretrain_tasks.T >= 0).float()
+
+    def downstream_labels(self, z: Tensor) -> Tensor:
+        """(n,) class indices in {0, 1}."""
+        return (z @ self.downstream_task >= 0).long()
+
+
+def make_world(cfg: DataConfig, seed: int) -> World:
+    g = generator(seed, "world")
+    m = make_dictionary(cfg, g)
+    tasks = sign_vectors(cfg.n_tasks + 1, cfg.D, g)
+    # The downstream task is a fresh vector, different from every pre-training task (and its negation).
+    # There are 2^(D-1) sign vectors up to sign; when the pre-training tasks use them all, no draw can succeed.
+    if cfg.D <= 62 and cfg.n_tasks >= 2 ** (cfg.D - 1):
+        raise DataError(
+            f"data.n_features={cfg.D} allows only {2 ** (cfg.D - 1)} distinct +-1 tasks up to sign, too few for "
+            f"{cfg.n_tasks} pre-training task(s) and a different downstream task; raise data.n_features (or data.d)"
+        )
+    while any(torch.equal(tasks[-1], t) or torch.equal(tasks[-1], -t) for t in tasks[:-1]):
+        tasks[-1] = sign_vectors(1, cfg.D, g)[0]
+    return World(cfg=cfg, M=m, pretrain_tasks=tasks[:-1], downstream_task=tasks[-1])
+
+
+class Batch(NamedTuple):
+    x: Tensor  # (n, d) inputs
+    y: Tensor  # pre-training targets: (n, K) in {0, 1} here; (n,) class indices on real data
+    z: Tensor | None = None  # (n, D) latent codes, where the data has them
+
+
+class BatchStream:
+    """Pre-training batches: fresh samples of a world every step (online), or minibatches drawn with replacement
+    from a fixed training set (a world's, with ``n_train``, or any arrays, :meth:`from_arrays`). One stream for
+    every data source: the draws come from the seed's ``pretrain-batches`` generator either way."""
+
+    def __init__(
+        self, world: World, batch_size: int, seed: int, n_train: int | None = None, device: str | torch.device = "cpu"
+    ):
+        self.world: World | None = world
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.g = generator(seed, "pretrain-batches")
+        self.fixed: tuple[Tensor, Tensor, Tensor | None] | None = None
+        if n_train is not None:
+            x, z = world.sample(n_train, generator(seed, "pretrain-trainset"))
+            self.fixed = (x, world.pretrain_labels(z), z)
+
+    @classmethod
+    def from_arrays(
+        cls, x: Tensor, y: Tensor, batch_size: int, seed: int, device: str | torch.device = "cpu"
+    ) -> BatchStream:
+        """Minibatches of a fixed training set (x (n, d), targets y) with no world behind it (real data)."""
+        stream = cls.__new__(cls)
+        stream.world, stream.device, stream.batch_size = None, torch.device(device), batch_size
+        stream.g = generator(seed, "pretrain-batches")
+        stream.fixed = (x, y, None)
+        return stream
+
+    def next(self) -> Batch:
+        dev = self.device
+        if self.fixed is None:
+            assert self.world is not None  # an online stream always has its world
+            x, z = self.world.sample(self.batch_size, self.g)
+            return Batch(x.to(dev), self.world.pretrain_labels(z).to(dev), z.to(dev))
+        x, y, z = self.fixed
+        idx = torch.randint(0, x.shape[0], (self.batch_size,), generator=self.g)
+        return Batch(x[idx].to(dev), y[idx].to(dev), None if z is None else z[idx].to(dev))

@@ -1,0 +1,359 @@
+"""One experiment, top to bottom, for every data source:
+config -> source -> pre-train -> purification -> downstream heads -> evaluation -> record.
+
+``run_experiment`` runs one config; ``run_many`` runs many, pre-training the configs that share shapes as one
+stack (``robinherit.batched``: the same results as one by one, much faster) and every other config alone. It is
+the one scheduler behind ``run``, sweeps (local and Ray workers) and ``reproduce``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from robinherit import batched
+from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, build_config
+from robinherit.convnet import ConvNet
+from robinherit.downstream import train_head
+from robinherit.errors import NonFiniteLossError
+from robinherit.evaluation import robust_eval
+from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.pretraining import PRETRAINERS
+from robinherit.provenance import git_commit, versions
+from robinherit.seeding import generator
+from robinherit.sources import DataSource, Split, build_source
+from robinherit.store import ResultStore
+from robinherit.training import PretrainLog
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, artifacts)
+
+
+def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
+    """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
+    torch.manual_seed(cfg.seed)  # nothing should draw from the global stream; this pins it if something does
+    dev = torch.device(cfg.device)
+    t0 = time.perf_counter()
+    source = build_source(cfg)
+    model = build_encoder(cfg, source).to(dev)
+    stream = source.pretrain_stream(cfg, dev)
+    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
+    log = pretrain(model, stream, cfg, source, on_step)
+    model.freeze().eval()
+    return finish_experiment(cfg, source, model, log, time.perf_counter() - t0)
+
+
+def build_encoder(cfg: ExperimentConfig, source: DataSource) -> TwoLayerNet | ConvNet:
+    """The untrained encoder of ``cfg`` with a pre-training head of ``source.pretrain_outputs`` outputs."""
+    g = generator(cfg.seed, "init")
+    if cfg.model.encoder == EncoderKind.conv:
+        assert source.image_shape is not None  # the config allows conv on image sources only
+        return ConvNet(source.image_shape, cfg.model.conv, cfg.model, source.pretrain_outputs, g, source.center)
+    return TwoLayerNet(source.d, cfg.model, source.pretrain_outputs, g, source.center)
+
+
+def pretrain(model: nn.Module, stream: Any, cfg: ExperimentConfig, source: DataSource, on_step=None) -> PretrainLog:
+    """Supervised pre-training on the source's own loss (multi-task BCE, or cross-entropy on classes), or
+    contrastive pre-training; adversarial when ``pretrain.eps > 0``."""
+    if cfg.pretrain.method.value == "supervised":
+        return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, loss_fn=source.pretrain_loss, on_step=on_step)
+    return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
+
+
+def fit_head(
+    cfg: ExperimentConfig,
+    encoder: nn.Module,
+    source: DataSource,
+    kind: HeadKind,
+    split: Split | None = None,
+    stream: str | None = None,
+) -> LinearHead:
+    """A downstream head of ``kind`` on the frozen ``encoder``, trained on ``split`` (default: the source's
+    downstream training split) with the config's downstream settings and the random stream ``head-<kind>``
+    (or ``stream``) of the config's seed."""
+    dev = torch.device(cfg.device)
+    split = split or source.downstream_train(cfg)
+    return train_head(
+        encoder,
+        cfg.model.width,
+        split.n_classes,
+        split.x.to(dev),
+        split.y.to(dev),
+        kind,
+        cfg.downstream,
+        norm=cfg.eval.norm,
+        g=generator(cfg.seed, stream or f"head-{kind.value}", dev),
+        clip=source.clip,
+    )
+
+
+def evaluate_model(
+    cfg: ExperimentConfig, model: nn.Module, split: Split, source: DataSource, tag: str
+) -> dict[str, Any]:
+    """Clean, robust (PGD, and AutoAttack where configured) and certified accuracy of ``model`` on ``split``."""
+    dev = torch.device(cfg.device)
+    return robust_eval(
+        model,
+        split.x.to(dev),
+        split.y.to(dev),
+        split.margin,
+        cfg.eval,
+        n_classes=split.n_classes,
+        image_shape=source.image_shape,
+        g=generator(cfg.seed, f"eval-{tag}", dev),
+        seed=cfg.seed,
+        tag=tag,
+        clip=source.clip,
+    )
+
+
+def finish_experiment(
+    cfg: ExperimentConfig, source: DataSource, model: nn.Module, log: PretrainLog, pretrain_s: float
+) -> Result:
+    """The stages after pre-training (purification, heads, evaluation, record) for one frozen encoder; shared by
+    ``run_experiment`` and the stacked path, which pre-trains many at once."""
+    t_pre = time.perf_counter()
+    purity = source.purity(cfg, model)
+    train = source.downstream_train(cfg)
+    heads = {kind: fit_head(cfg, model, source, kind, train) for kind in cfg.downstream.heads}
+    t_down = time.perf_counter()
+
+    pre_test, down_test = source.test_splits(cfg)
+    pre_eval = evaluate_model(cfg, model, pre_test, source, "pretrain")
+    head_evals = {f"{k.value}_head": evaluate_model(cfg, h, down_test, source, k.value) for k, h in heads.items()}
+    t_eval = time.perf_counter()
+
+    record = {
+        "run_id": cfg.config_hash(),
+        "seed": cfg.seed,
+        "config": cfg.resolved(),
+        "dataset": {**source.describe(), "n_downstream_train": int(train.x.shape[0])},
+        "pretrain": {**pre_eval, "loss_curve": log.losses},
+        **purity,
+        "downstream": head_evals,
+        "timing_s": {
+            "pretrain": pretrain_s,
+            "downstream": t_down - t_pre,
+            "eval": t_eval - t_down,
+            "total": pretrain_s + t_eval - t_pre,
+        },
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }
+    return record, {"encoder": encoder_artifact(model, source)}
+
+
+def encoder_artifact(model: nn.Module, source: DataSource) -> dict[str, np.ndarray]:
+    """What the store keeps of a pre-trained encoder: the two-layer net's effective weights, threshold, input
+    centre (where it has one) and the true dictionary (where there is one); a conv net's state dict."""
+    if not isinstance(model, TwoLayerNet):
+        return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    out = {"W": model.weight().detach().cpu().numpy(), "b": model.threshold().detach().cpu().numpy()}
+    if source.world is not None:
+        out["M"] = source.world.M.numpy()
+    if model.center is not None:
+        out["center"] = model.center.detach().cpu().numpy()
+    return out
+
+
+def frozen_encoder(
+    cfg: ExperimentConfig, weights: dict[str, Any] | None, source: DataSource | None = None
+) -> TwoLayerNet | ConvNet:
+    """The pre-trained encoder of ``cfg``'s run from its stored artifact (None: at initialisation), frozen, on
+    ``cfg.device``. A two-layer net's stored W is the effective (row-normalised) weight; normalising it again is
+    the identity."""
+    source = source or build_source(cfg)
+    enc = build_encoder(cfg, source)
+    if weights is not None:
+        with torch.no_grad():
+            if isinstance(enc, TwoLayerNet):
+                enc.W.copy_(torch.as_tensor(weights["W"]))
+                enc.b.copy_(torch.as_tensor(weights["b"]))
+            else:
+                enc.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    return enc.to(torch.device(cfg.device)).freeze().eval()
+
+
+# --- re-evaluating a stored run ----------------------------------------------------------------------------
+
+
+@dataclass
+class StoredRun:
+    """A stored run's downstream model and test set, rebuilt exactly as ``run_experiment`` made them."""
+
+    cfg: ExperimentConfig
+    model: LinearHead  # a head on the stored encoder
+    x: Tensor  # (n_test, d)
+    y: Tensor  # (n_test,) downstream class labels
+    eval_generator: torch.Generator  # the stream the run's own evaluation of this head used
+    clip: tuple[float, float] | None = None
+
+
+def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clean") -> StoredRun:
+    """Encoder weights from the store (``ResultStore.artifact(run_id, "encoder")``) plus a retrained ``head``.
+
+    Every stage is a pure function of the seed, so the data, the head and the test set are the ones of the
+    original run (bit for bit on the same device and torch build), for any data source.
+    """
+    cfg = build_config(record["config"])
+    kind = HeadKind(head)
+    dev = torch.device(cfg.device)
+    source = build_source(cfg)
+    model = fit_head(cfg, frozen_encoder(cfg, encoder, source), source, kind)
+    _, test = source.test_splits(cfg)
+    return StoredRun(
+        cfg, model, test.x.to(dev), test.y.to(dev), generator(cfg.seed, f"eval-{kind.value}", dev), source.clip
+    )
+
+
+# --- many runs: one scheduler ---------------------------------------------------------------------------------
+
+
+def pretrain_stack(
+    cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
+) -> tuple[list[DataSource], list[TwoLayerNet], list[PretrainLog], float]:
+    """Pre-train the configs of one stack (equal ``batched.batch_key``) as one batched computation: their sources,
+    frozen models, loss logs and each run's share of the time."""
+    keys = {batched.batch_key(c) for c in cfgs}
+    if None in keys or len(keys) != 1:
+        raise ValueError("pretrain_stack needs configs with one shared batch_key (see batched.group_configs)")
+    torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
+    dev = torch.device(cfgs[0].device)
+    t0 = time.perf_counter()
+    sources = [build_source(c) for c in cfgs]
+    streams = [s.pretrain_stream(c, dev) for s, c in zip(sources, cfgs, strict=True)]
+    models = [build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]
+    net = batched.StackedTwoLayer(models).to(dev)
+    on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
+    logs = batched.pretrain_stacked(net, streams, cfgs, loss_fn=sources[0].pretrain_loss, on_step=on_step)
+    models = [m.to(dev) for m in models]
+    net.unstack(models)
+    return sources, [m.freeze().eval() for m in models], logs, (time.perf_counter() - t0) / len(cfgs)
+
+
+def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = None) -> Iterator[Result]:
+    """(record, artifacts) per config of one stack, in order, each as soon as its post-pre-training stages finish:
+    batched pre-training, the rest per model, as ``run_experiment``."""
+    sources, models, logs, seconds = pretrain_stack(cfgs, progress)
+    for cfg, source, model, log in zip(cfgs, sources, models, logs, strict=True):
+        yield finish_experiment(cfg, source, model, log, seconds)
+
+
+OnResult = Callable[[int, Result | None, BaseException | None], None]  # (index, result, error)
+
+
+def run_many(
+    cfgs: Sequence[ExperimentConfig],
+    on_result: OnResult,
+    *,
+    progress: Progress | None = None,
+    max_stack: int = 32,
+) -> None:
+    """Run every config; ``on_result(i, result, None)`` as each finishes, ``on_result(i, None, error)`` for each
+    that fails. Configs that share shapes are pre-trained as one stack, the rest alone.
+
+    After a stack's pre-training, each model finishes (purity, heads, evaluation) on its own: an error there is that
+    run's. If one model's loss turns non-finite during the stack's pre-training (a per-run problem: its learning
+    rate or data), the stack's configs run one by one, so that run reports its own error and the others their
+    results. Any other error of the stacked pre-training is a bug, not a run's problem: it is reported for every
+    run of the stack, never hidden behind a fallback that would compute something else.
+    """
+
+    def one(i: int, fn: Callable[[], Result]) -> None:
+        try:
+            res = fn()
+        except Exception as err:  # handed to the caller with the run's index
+            on_result(i, None, err)
+            return
+        on_result(i, res, None)
+
+    for group in batched.group_configs(cfgs, max_size=max_stack):
+        if batched.batch_key(cfgs[group[0]]) is None or len(group) == 1:
+            for i in group:  # a two-layer supervised run alone is a stack of one inside pretrain_supervised
+                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+            continue
+        try:
+            sources, models, logs, seconds = pretrain_stack([cfgs[i] for i in group], progress)
+        except NonFiniteLossError:
+            for i in group:  # one model diverged: each runs alone, so it raises its own error and the others finish
+                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+            continue
+        except Exception as err:  # a bug of the stacked path, not a run's problem: reported for every run in it
+            for i in group:
+                on_result(i, None, err)
+            continue
+        for i, source, model, log in zip(group, sources, models, logs, strict=True):
+            one(i, lambda i=i, s=source, m=model, lg=log, t=seconds: finish_experiment(cfgs[i], s, m, lg, t))
+
+
+def run_or_load(
+    cfg: ExperimentConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
+) -> tuple[dict[str, Any], bool]:
+    """The stored record of ``cfg`` if there is one (and not ``force``), else run and store it.
+    Returns ``(record, from_store)``."""
+    cached: list[bool] = []
+    (rec,) = run_many_or_load([cfg], store, force=force, progress=progress, on_record=lambda r, c: cached.append(c))
+    return rec, cached[0]
+
+
+def run_many_or_load(
+    cfgs: list[ExperimentConfig],
+    store: ResultStore | None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    on_record: Callable[[dict[str, Any], bool], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Records of many configs, in order: stored ones are loaded, the rest run (``run_many``) and stored one by one.
+
+    Each finished run is stored at once, so an interrupted call loses at most the runs in flight; the first
+    failure is raised after every other run has finished and been stored. ``on_record(record, from_store)`` is
+    called in input order as records become available.
+    """
+    out: list[dict[str, Any] | None] = [None] * len(cfgs)
+    from_store = [False] * len(cfgs)
+    ids = [cfg.config_hash() for cfg in cfgs]
+    first: dict[str, int] = {}  # run_id -> index of its first occurrence; repeats are copies of it
+    for i, rid in enumerate(ids):
+        first.setdefault(rid, i)
+    emitted = 0
+    errors: list[BaseException] = []
+
+    def finish(i: int, rec: dict[str, Any], cached: bool) -> None:
+        nonlocal emitted
+        for j in [i] + [j for j, rid in enumerate(ids) if j != i and first[rid] == i]:
+            out[j], from_store[j] = rec, cached or (j != i and store is not None)
+        while emitted < len(cfgs) and out[emitted] is not None:
+            if on_record is not None:
+                on_record(out[emitted], from_store[emitted])
+            emitted += 1
+
+    todo = []
+    for i, rid in enumerate(ids):
+        if first[rid] != i:
+            continue
+        stored = None if store is None or force else store.get(rid)
+        if stored is not None:
+            finish(i, stored, True)
+        else:
+            todo.append(i)
+
+    def on_result(j: int, res: Result | None, err: BaseException | None) -> None:
+        if err is not None:
+            errors.append(err)
+            return
+        rec, artifacts = res
+        if store is not None:
+            store.put(rec, artifacts)
+        finish(todo[j], rec, False)
+
+    run_many([cfgs[i] for i in todo], on_result, progress=progress)
+    if errors:
+        raise errors[0]
+    return out  # type: ignore[return-value]

@@ -1,0 +1,36 @@
+"""The claims ``robinherit reproduce`` checks (THEORY.md, "Claims a reproduction must check"; Xing et al.,
+AISTATS 2024, arXiv 2401.15248), one module each. ``CLAIMS`` maps a row id to its claim; its order is the
+order of claims.json and the report. A new claim is one module with a :class:`~robinherit.reproduce.spec.
+ClaimSpec` and one line here.
+
+Claims 3 and 4 hold for supervised and for contrastive pre-training (the theory's point 3), so each has a row
+per family: "3"/"4" on configs/supervised.yaml, "3c"/"4c" on configs/contrastive.yaml. Row ids are strings so
+that every row has its own; ``number`` is the claim's number, which ``--claims`` selects (3 selects 3 and 3c).
+"""
+
+from __future__ import annotations
+
+from robinherit.reproduce.claims import (
+    c1_supervised_purification,
+    c2_contrastive_purification,
+    c3_inheritance,
+    c4_clean_head,
+    c5_mechanism,
+    c6_cost,
+    c7_real_data,
+)
+from robinherit.reproduce.spec import ClaimSpec
+
+CLAIMS: dict[str, ClaimSpec] = {
+    "1": c1_supervised_purification.CLAIM,
+    "2": c2_contrastive_purification.CLAIM,
+    "3": c3_inheritance.SUPERVISED,
+    "3c": c3_inheritance.CONTRASTIVE,
+    "4": c4_clean_head.SUPERVISED,
+    "4c": c4_clean_head.CONTRASTIVE,
+    "5": c5_mechanism.CLAIM,
+    "6": c6_cost.CLAIM,
+    "7": c7_real_data.CLAIM,
+}
+
+__all__ = ["CLAIMS"]

@@ -1,0 +1,39 @@
+"""Plotting helpers shared by the claims' figures (PNG bytes for the self-contained report).
+
+Imported by a claim's ``figures`` only, so that computing the claims, and the pool workers that import the
+claim modules to run derived jobs, never load matplotlib.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display here or on a cluster
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+COLORS = {"AT": "#c0392b", "clean": "#2c7fb8", "e2e": "#555555"}
+ARM_LABELS = (("clean", "clean"), ("at", "AT"))  # (record arm, legend label), clean drawn first
+
+
+def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% t half-width over ``axis`` (0 half-width for a single seed)."""
+    n = values.shape[axis]
+    mean = values.mean(axis=axis)
+    if n < 2:
+        return mean, np.zeros_like(mean)
+    half = stats.t.ppf(0.975, n - 1) * values.std(axis=axis, ddof=1) / np.sqrt(n)
+    return mean, half
+
+
+def png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+__all__ = ["ARM_LABELS", "COLORS", "mean_ci", "plt", "png"]

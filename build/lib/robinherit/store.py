@@ -1,0 +1,262 @@
+"""Embedded results store: one SQLite file in WAL mode, one row per run keyed by its config hash.
+
+Rows carry the full resolved config, the metrics, package versions, the git commit and timings, so a
+rerun of the same config and seed is answered from the store and a resumed sweep runs nothing twice.
+Small arrays (encoder weights) go to an ``artifacts`` table as compressed ``.npz`` blobs.
+
+A file that is not a robinherit store is refused before anything is written to it. A store written by an older
+version (its ``user_version`` below ``SCHEMA_VERSION``: run ids of version 1 did not cover the device type, the
+numerics version or inert settings, so its records cannot answer for this code) opens read-only: ``runs``,
+``show``, ``export`` and ``plot`` read it as it is, and a command that would add runs is refused with what to do.
+Nothing in an old store is changed or lost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robinherit.errors import StoreError
+
+APPLICATION_ID = 0x52424852  # "RBHR": marks a file as a robinherit store
+# 2: run ids hash the identity of a run (inert settings left out; device type and numerics version in); 1: before.
+SCHEMA_VERSION = 2
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    seed INTEGER NOT NULL,
+    method TEXT,
+    config TEXT NOT NULL,
+    result TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    git_commit TEXT,
+    total_s REAL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aux (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+def _check_existing(path: Path) -> int | None:
+    """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database; its schema version
+    (None for an empty file)."""
+    if path.is_dir():
+        raise StoreError(f"results store '{path}' is a directory; pass a file path such as {path / 'runs.db'}")
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if head != SQLITE_MAGIC:
+        raise StoreError(
+            f"'{path}' is not a robinherit results store (not an SQLite database). It was not modified; "
+            "pass --store with a new path or the store you meant"
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            app_id = con.execute("PRAGMA application_id").fetchone()[0]
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            # quick_check reports most damage as rows of text rather than raising
+            check = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        check = [str(err)]
+    if check != ["ok"]:
+        raise StoreError(
+            f"results store '{path}' is corrupt or unreadable ({check[0]}). It was not modified; restore it from a "
+            "backup or pass --store with a new path"
+        ) from None
+    if app_id != APPLICATION_ID and tables:
+        raise StoreError(
+            f"'{path}' is an SQLite database of another application (tables: {', '.join(sorted(tables))}). "
+            "It was not modified; pass --store with a new path or the robinherit store you meant"
+        )
+    return version if tables else None
+
+
+class ResultStore:
+    """``ResultStore(path)``: open or create; ``get``/``put``/``runs``/``artifacts``. ``read_only``: open an existing
+    store without writing anything to it (what listing and exporting commands do; a store of an older schema
+    opens only so)."""
+
+    def __init__(self, path: str | Path, timeout_s: float = 60.0, read_only: bool = False):
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self.read_only = read_only
+        self.version: int | None = _check_existing(self.path) if self.path.exists() else None
+        if self.version is not None and self.version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results store '{self.path}' was written by a newer robinherit (store schema {self.version}, this "
+                f"version reads {SCHEMA_VERSION} and older). It was not modified; upgrade robinherit or pass --store "
+                "with another path"
+            )
+        if read_only:
+            if not self.path.exists():
+                raise StoreError(f"results store '{self.path}' does not exist; pass --store with an existing store")
+            return
+        if self.version is not None and self.version < SCHEMA_VERSION:
+            raise StoreError(
+                f"results store '{self.path}' was written by an older robinherit (store schema {self.version}): its "
+                "run ids do not cover the device or the numerics version, so its runs cannot answer for this version "
+                "and no new run is added to it. It was not modified, and `robinherit runs`, `show`, `export` and "
+                "`plot` still read it. Pass --store with a new file to run (e.g. --store results/runs-v2.db), or move "
+                "the old file aside"
+            )
+        if not self.path.exists():
+            parent = self.path.parent
+            if not parent.exists():
+                try:
+                    parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreError(
+                        f"cannot create the folder '{parent}' for results store '{self.path}' ({err.strerror}); "
+                        "pass --store with a writable path"
+                    ) from None
+        try:
+            with self._connect() as con:
+                con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:  # includes OperationalError: read-only file, no space, locked
+            raise StoreError(
+                f"cannot write results store '{self.path}' ({err}); pass --store with a writable path"
+            ) from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout_s)
+        else:
+            con = sqlite3.connect(self.path, timeout=self.timeout_s)
+        try:
+            if not self.read_only:
+                con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    def _retry(self, fn, *args, write: bool = False):
+        if write and self.read_only:
+            raise StoreError(f"results store '{self.path}' is open read-only; nothing was written")
+        # busy_timeout covers most contention; a retry loop covers the WAL-upgrade races it does not.
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                with self._connect() as con:
+                    return fn(con, *args)
+            except sqlite3.DatabaseError as err:  # damage found mid-use is a StoreError too, not a traceback
+                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                    raise StoreError(f"results store '{self.path}': {err}") from None
+                time.sleep(0.05)
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        row = self._retry(lambda con: con.execute("SELECT result FROM runs WHERE run_id = ?", (run_id,)).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    def has(self, run_id: str) -> bool:
+        return self._retry(
+            lambda con: con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+        )
+
+    def run_ids(self) -> set[str]:
+        """Ids of all stored runs, in one query (a sweep checks hundreds of configs at once)."""
+        return {r[0] for r in self._retry(lambda con: con.execute("SELECT run_id FROM runs").fetchall())}
+
+    def put(self, record: dict[str, Any], artifacts: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+        """Insert or replace one run (and its artifacts) in one transaction."""
+        blobs = {name: _pack(arrays) for name, arrays in (artifacts or {}).items()}
+
+        def write(con: sqlite3.Connection) -> None:
+            con.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["run_id"],
+                    record["seed"],
+                    record["config"].get("pretrain", {}).get("method"),
+                    json.dumps(record["config"], sort_keys=True),
+                    json.dumps(record, sort_keys=True),
+                    json.dumps(record.get("versions", {}), sort_keys=True),
+                    record.get("git_commit"),
+                    record.get("timing_s", {}).get("total"),
+                    time.time(),
+                ),
+            )
+            for name, blob in blobs.items():
+                con.execute("INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?)", (record["run_id"], name, blob))
+
+        self._retry(write, write=True)
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self._retry(lambda con: con.execute("SELECT result FROM runs ORDER BY created_at").fetchall())
+        return [json.loads(r[0]) for r in rows]
+
+    def artifact(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
+        row = self._retry(
+            lambda con: con.execute(
+                "SELECT data FROM artifacts WHERE run_id = ? AND name = ?", (run_id, name)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        with np.load(io.BytesIO(row[0])) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def get_aux(self, kind: str, key: str) -> dict[str, Any] | None:
+        """A derived result that is not one experiment run (e.g. a mechanism curve), by kind and key."""
+        row = self._retry(
+            lambda con: con.execute("SELECT value FROM aux WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    def put_aux(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        self._retry(
+            lambda con: con.execute(
+                "INSERT OR REPLACE INTO aux VALUES (?, ?, ?, ?)", (kind, key, json.dumps(value), time.time())
+            ),
+            write=True,
+        )
+
+    def find(self, prefix: str) -> dict[str, Any] | None:
+        """The run whose id starts with ``prefix`` (ids are long; users type a few characters)."""
+        rows = self._retry(
+            # substr, not LIKE: '%' and '_' typed by a user are characters, not wildcards
+            lambda con: con.execute(
+                "SELECT result FROM runs WHERE substr(run_id, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        )
+        if len(rows) > 1:
+            raise StoreError(f"run id prefix '{prefix}' matches {len(rows)} runs; type more characters")
+        return json.loads(rows[0][0]) if rows else None
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()

@@ -54,9 +54,16 @@ def test_run_json_prints_one_record_per_seed_with_the_issue_keys(stored):
         assert set(rec["purification"]) >= PURITY_KEYS
         assert set(rec["purification"]["frac_pure"]) == {"0.5", "0.7", "0.9"}
         assert set(rec["downstream"]) == {"clean_head", "adversarial_head"}
-        for head in rec["downstream"].values():
+        for head in [rec["pretrain"], *rec["downstream"].values()]:
             assert set(head["robust_acc"]) == {"0", "0.25"}  # keys as in eval.eps_grid
             assert 0.0 <= head["robust_acc"]["0.25"] <= head["clean_acc"] <= 1.0
+            # the certified lower bound sits below the attacked upper bound
+            assert all(head["certified_acc"][k] <= head["robust_acc"][k] for k in head["robust_acc"])
+        # the printed numbers come from a real attack: at the flip radius (a known input flips every example) it
+        # breaks (nearly) all of them, which an attack that returns its input unchanged would not
+        models = [rec["pretrain"], *rec["downstream"].values()]
+        flips = [h["checks"]["robust_at_flip_eps"] for h in models if h["checks"].get("flip_eps")]
+        assert flips and all(f <= 0.02 for f in flips)
         assert set(rec["timing_s"]) >= TIMING_KEYS
         assert rec["config"]["seed"] == rec["seed"]
 
@@ -215,3 +222,27 @@ def test_store_file_survives_being_copied_and_reopened(stored, tmp_path: Path):
         if side.exists():
             shutil.copy(side, Path(str(copy) + suffix))
     assert len(ResultStore(copy).runs()) == len(records)
+
+
+def test_config_explain_prints_every_path_with_type_default_and_description():
+    from robinherit.config import explain_config, load_config
+
+    res = invoke("config", "digits", "--explain")
+    assert res.exit_code == 0, res.output
+    rows = explain_config(load_config("digits"))
+    assert len(rows) > 40
+    for path, _kind, _value, _default, description in rows:
+        assert description, f"{path} has no description for --explain"
+        assert path.split(".")[-1] in res.stdout
+    assert "data.source" in res.stdout and "learned dictionary" in res.stdout  # a field description reached the user
+
+
+def test_shipped_configs_and_specs_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    res = invoke("config", "supervised", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["pretrain"]["method"] == "supervised"
+    res = invoke("sweep", "supervised_eps_threshold", "--dry-run", "--store", tmp_path / "s.db")
+    assert res.exit_code == 0 and "runs, 0 stored" in res.stdout, res.output
+    res = invoke("config", "no_such_thing")
+    assert res.exit_code == 2 and "supervised" in res.output  # the error lists the shipped names

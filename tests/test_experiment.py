@@ -67,6 +67,13 @@ def test_record_invariants():
         assert all(0.0 <= a <= 1.0 for a in accs)
         assert all(b <= a + 1e-9 for a, b in itertools.pairwise(accs))  # non-increasing in eps
         assert not any("outside the eps" in w for w in res.get("warnings", []))
+        # the attack really attacks: at the flip radius (a known input flips every example) it breaks them all,
+        # which an attack that returns its input unchanged would not
+        if res["checks"].get("flip_eps") is not None:
+            assert res["checks"]["robust_at_flip_eps"] <= 0.02
+    flips = [h["checks"].get("flip_eps") for h in rec["downstream"].values()]
+    assert all(f is not None for f in flips)  # the heads' two classes always give a flip radius
+    assert all(h["robust_acc"][grid[-1]] < h["clean_acc"] for h in rec["downstream"].values())
     pur = rec["purification"]
     assert pur["dead_nodes"] + pur["alive_nodes"] == TINY["model"]["width"]
     assert rec["timing_s"]["total"] >= rec["timing_s"]["pretrain"] > 0

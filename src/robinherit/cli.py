@@ -247,11 +247,12 @@ def config_cmd(
     from robinherit.config import explain_config, load_config
 
     cfg = load_config(config, set_)
-    if explain:
-        table = Table("path", "type", "value", "default", "description", box=None)
-        for row in explain_config(cfg):
-            table.add_row(*row)
-        out.print(table)
+    if explain:  # plain lines, so a narrow terminal or a pipe never cuts a path
+        rows = explain_config(cfg)
+        width = max(len(r[0]) for r in rows)
+        for path, kind, value, default, description in rows:
+            changed = "" if value == default else f"  (default {default})"
+            print(f"{path:<{width}}  {value}{changed}\n{'':<{width}}  {kind}: {description}")
         return
     resolved = cfg.resolved()
     if json_out:

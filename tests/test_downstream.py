@@ -173,3 +173,37 @@ def test_the_adversarial_head_attack_respects_clip(monkeypatch, clip):
         assert lo < 0.0 and hi > 1.0
     else:
         assert lo >= 0.0 and hi <= 1.0
+
+
+def test_minibatch_epochs_visit_every_example_once_per_epoch():
+    from robinherit.config import DownstreamConfig
+    from robinherit.downstream import batches
+
+    cfg = DownstreamConfig(steps=7, batch_size=4)
+    rows = list(batches(10, cfg, torch.Generator().manual_seed(0)))
+    assert len(rows) == 7  # steps counts optimiser steps, across epochs
+    first_epoch = torch.cat(rows[:3])
+    assert sorted(first_epoch.tolist()) == list(range(10))  # 4 + 4 + 2: each example once
+    assert sorted(torch.cat(rows[3:6]).tolist()) == list(range(10))
+    assert not torch.equal(torch.cat(rows[:3]), torch.cat(rows[3:6]))  # a fresh shuffle per epoch
+    full = list(batches(10, DownstreamConfig(steps=3), torch.Generator()))
+    assert full == [slice(None)] * 3  # the default: every example every step
+
+
+def test_weight_decay_bounds_the_head_norm():
+    from robinherit.config import DownstreamConfig, HeadKind, ModelConfig
+    from robinherit.downstream import train_head
+    from robinherit.models import TwoLayerNet
+
+    g = torch.Generator().manual_seed(0)
+    enc = TwoLayerNet(6, ModelConfig(width=12, threshold=0.0), 1, g)
+    x = torch.randn(200, 6, generator=g)
+    y = (x[:, 0] > 0).long()  # separable: without decay the logistic head's norm keeps growing
+    norms = {}
+    for wd in (0.0, 0.1):
+        cfg = DownstreamConfig(steps=300, lr=0.1, weight_decay=wd, batch_size=50)
+        head = train_head(enc, 12, 2, x, y, HeadKind.clean, cfg, norm="l2", g=torch.Generator().manual_seed(1))
+        norms[wd] = float(head.linear.weight.detach().norm())
+        with torch.no_grad():
+            assert float((head(x).argmax(1) == y).float().mean()) > 0.9  # both still solve the task
+    assert norms[0.1] < 0.5 * norms[0.0]

@@ -281,6 +281,10 @@ class DownstreamConfig(_Strict):
     n_train: int = Field(2000, ge=2, description="downstream training examples")
     lr: float = Field(5e-2, gt=0.0, le=1e6, description="head learning rate (Adam)")
     attack_steps: int = Field(5, ge=1, description="PGD steps for the adversarial head")
+    batch_size: int | None = Field(
+        None, ge=1, description="head minibatch (epochs over a shuffled training set); None: full batch every step"
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay of the head (Adam's): bounds its norm")
 
 
 class EvalConfig(_Strict):

@@ -8,7 +8,7 @@ already robust.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +20,36 @@ from robinherit.losses import cross_entropy
 from robinherit.models import LinearHead
 
 
-def _train_clean(head: LinearHead, x: Tensor, y: Tensor, cfg: DownstreamConfig, **_: object) -> None:
+def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tensor | slice]:
+    """The rows of each of ``cfg.steps`` optimiser steps: all of them every step (full batch, ``batch_size`` None),
+    or consecutive minibatches of epochs over a fresh shuffle each (the field's SLF / ALF protocol: epochs over
+    minibatches, so an adversarial head attacks a minibatch per step, not the whole training set)."""
+    if cfg.batch_size is None or cfg.batch_size >= n:
+        for _ in range(cfg.steps):
+            yield slice(None)
+        return
+    done = 0
+    while True:
+        order = torch.randperm(n, generator=g, device=g.device)
+        for start in range(0, n, cfg.batch_size):
+            if done == cfg.steps:
+                return
+            yield order[start : start + cfg.batch_size]
+            done += 1
+
+
+def _optimizer(head: LinearHead, cfg: DownstreamConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(head.linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train_clean(
+    head: LinearHead, x: Tensor, y: Tensor, cfg: DownstreamConfig, *, g: torch.Generator, **_: object
+) -> None:
     with torch.no_grad():
         feats = head.encoder.features(x)  # encoder frozen: compute the features once
-    opt = torch.optim.Adam(head.linear.parameters(), lr=cfg.lr)
-    for _step in range(cfg.steps):
-        loss = cross_entropy(head.linear(feats), y).mean()
+    opt = _optimizer(head, cfg)
+    for rows in batches(x.shape[0], cfg, g):
+        loss = cross_entropy(head.linear(feats[rows]), y[rows]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -41,18 +65,19 @@ def _train_adversarial(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
 ) -> None:
-    opt = torch.optim.Adam(head.linear.parameters(), lr=cfg.lr)
-    for _step in range(cfg.steps):
+    opt = _optimizer(head, cfg)
+    for rows in batches(x.shape[0], cfg, g):
+        xb, yb = x[rows], y[rows]
         x_adv = pgd(
-            attack_loss(head, cross_entropy, y),  # closed-form input gradient at the head's current weights
-            x,
+            attack_loss(head, cross_entropy, yb),  # closed-form input gradient at the head's current weights
+            xb,
             eps=cfg.eps,
             norm=norm,
             steps=cfg.attack_steps,
             generator=g,
             clip=clip,
         )
-        loss = cross_entropy(head(x_adv), y).mean()
+        loss = cross_entropy(head(x_adv), yb).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

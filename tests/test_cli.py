@@ -246,3 +246,21 @@ def test_shipped_configs_and_specs_resolve_by_name_from_any_folder(tmp_path, mon
     assert res.exit_code == 0 and "runs, 0 stored" in res.stdout, res.output
     res = invoke("config", "no_such_thing")
     assert res.exit_code == 2 and "supervised" in res.output  # the error lists the shipped names
+
+
+@pytest.mark.parametrize(
+    ("raw", "needles"),
+    [
+        ({"data": {"source": "digits", "k": 3}}, ("unknown key 'data.k'", "synthetic world", "valid keys")),
+        ({"data": {"source": "imagenet"}}, ("data.source='imagenet' is not a data source", "digits")),
+        ({"data": {"name": "digits"}}, ("unknown key 'data.name'", "data.source")),
+    ],
+    ids=["synthetic-only-key-on-real-data", "unknown-source", "old-real-data-schema"],
+)
+def test_bad_data_section_is_one_paragraph_exit_2_and_no_store(tmp_path, raw, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    store = tmp_path / "runs.db"
+    msg = assert_user_error(invoke("run", path, "--store", store), *needles)
+    assert "\n\n" not in msg
+    assert not store.exists()  # refused before anything was created or computed

@@ -95,7 +95,7 @@ def test_run_id_of_real_data_ignores_the_file_location_and_inert_settings() -> N
 
 def test_shipped_configs_load_by_path_and_by_name() -> None:
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("digits", "mnist1d"):
+    for name in ("digits", "mnist1d", "fashion_mnist"):
         cfg = load_config(root / f"{name}.yaml")
         assert cfg.is_real and cfg.data.source == name and len(cfg.eval.eps_grid) >= 3
         assert load_config(name) == cfg

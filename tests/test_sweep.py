@@ -267,8 +267,12 @@ def test_ray_backend_with_address_auto_uses_the_running_cluster(tmp_path, base_y
 
 @needs_ray
 def test_ray_backend_stores_the_same_metrics_as_the_local_backend(tmp_path, base_yaml):
+    from test_sweep_sources import digits_spec
+
     spec = write_spec(tmp_path, base_yaml, grid={"pretrain.eps": [0, 0.25]}, seeds=2)
-    cfgs = load_sweep(spec).configs()
+    # a real-data base too (`base: digits`): Ray workers run every source, with the same numbers as the local pool
+    cfgs = load_sweep(spec).configs()[:2] + load_sweep(digits_spec(tmp_path)).configs()
+    assert sum(c.is_real for c in cfgs) == 2
     local, remote = ResultStore(tmp_path / "local.db"), ResultStore(tmp_path / "ray.db")
     assert run_sweep(cfgs, local, backend=Backend.local, workers=2).ran == 4
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

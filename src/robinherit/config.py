@@ -441,7 +441,7 @@ def inert_paths(cfg: ExperimentConfig) -> list[str]:
             out.append("data.pretrain_classes")
         if cfg.model.encoder != EncoderKind.conv:
             out.append("eval.max_patches")
-    return sorted(set(dict.fromkeys(out)))
+    return sorted(set(out))
 
 
 def drop_path(tree: dict[str, Any], path: str) -> None:
@@ -608,7 +608,7 @@ def explain_config(cfg: ExperimentConfig) -> list[tuple[str, str, str, str, str]
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         return "null" if v is None else str(v)
 
-    def type_name(field: Any, value: Any) -> str:
+    def type_name(field: Any) -> str:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, Enum):
             return " | ".join(e.value for e in ann)
@@ -625,7 +625,7 @@ def explain_config(cfg: ExperimentConfig) -> list[tuple[str, str, str, str, str]
             if name == "source" and prefix == "data.":
                 kind, default = "synthetic | " + " | ".join(REAL_SOURCES), "synthetic"
             else:
-                kind, default = type_name(field, value), fmt(field.default)
+                kind, default = type_name(field), fmt(field.default)
             rows.append((path, kind, fmt(value), default, field.description or ""))
 
     walk(cfg, "")

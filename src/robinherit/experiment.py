@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit import batched
-from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, build_config
+from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, Method, build_config
 from robinherit.convnet import ConvNet
 from robinherit.downstream import train_head
 from robinherit.errors import NonFiniteLossError
@@ -61,9 +61,8 @@ def build_encoder(cfg: ExperimentConfig, source: DataSource) -> TwoLayerNet | Co
 def pretrain(model: nn.Module, stream: Any, cfg: ExperimentConfig, source: DataSource, on_step=None) -> PretrainLog:
     """Supervised pre-training on the source's own loss (multi-task BCE, or cross-entropy on classes), or
     contrastive pre-training; adversarial when ``pretrain.eps > 0``."""
-    if cfg.pretrain.method.value == "supervised":
-        return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, loss_fn=source.pretrain_loss, on_step=on_step)
-    return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step)
+    extra = {"loss_fn": source.pretrain_loss} if cfg.pretrain.method == Method.supervised else {}
+    return PRETRAINERS[cfg.pretrain.method](model, stream, cfg, on_step=on_step, **extra)
 
 
 def fit_head(

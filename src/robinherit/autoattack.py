@@ -134,19 +134,8 @@ TORCHATTACKS = {
 }
 
 
-def autoattack_correct(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: Norm,
-    n_classes: int,
-    image_shape: tuple[int, int, int],
-    ecfg: EvalConfig,
-    seed: int,
-) -> dict[str, Tensor]:
+def autoattack_correct(model: nn.Module, x: Tensor, y: Tensor, *, ecfg: EvalConfig, n_classes: int, **kw) -> dict:
     """Per-attack (n,) masks of examples still classified correctly after each AutoAttack component of
-    ``ecfg.autoattack``."""
-    kw = dict(eps=eps, norm=norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, seed=seed)
-    return {name: TORCHATTACKS[name](model, x, y, **kw) for name in autoattack_names(ecfg.autoattack, n_classes)}
+    ``ecfg.autoattack``; ``kw`` as :func:`torchattacks_correct` takes them (eps, norm, image_shape, seed)."""
+    names = autoattack_names(ecfg.autoattack, n_classes)
+    return {name: TORCHATTACKS[name](model, x, y, ecfg=ecfg, n_classes=n_classes, **kw) for name in names}

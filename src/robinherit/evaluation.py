@@ -332,7 +332,8 @@ def robust_eval(
                 f"one of {', '.join(names)} is not working on this model (the reported number is the per-example "
                 "worst case)"
             )
-    _unsound_warning(res.certified_mask, worst_masks, out["warnings"])
+    # evaluate() already checked the certificates against PGD; here only against the other attacks
+    _unsound_warning(res.certified_mask, aa_masks, out["warnings"])
     return {
         **out,
         "robust_acc": worst_acc,

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from killing_worker import DOOMED_SEED, execute_or_die
 from robinherit.cli import app
 from robinherit.config import load_config
-from robinherit.errors import StoreError
+from robinherit.errors import ConfigError, StoreError
 from robinherit.store import ResultStore
-from robinherit.sweep import load_sweep, run_sweep
+from robinherit.sweep import load_sweep
 
 DIGITS_SET = {
     "model.width": 16,
@@ -136,6 +136,5 @@ def test_a_store_of_a_newer_version_is_refused(tmp_path):
 def test_sweep_over_a_missing_shipped_name_says_where_it_looked(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"base": "no_such_config"}))
-    with pytest.raises(Exception, match="base config 'no_such_config' not found"):
+    with pytest.raises(ConfigError, match="base config 'no_such_config' not found"):
         load_sweep(spec)
-    assert run_sweep([], ResultStore(tmp_path / "e.db")).total == 0

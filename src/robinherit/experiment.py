@@ -27,7 +27,7 @@ from robinherit.models import LinearHead, TwoLayerNet
 from robinherit.pretraining import PRETRAINERS
 from robinherit.provenance import git_commit, versions
 from robinherit.seeding import generator
-from robinherit.sources import DataSource, Split, build_source
+from robinherit.sources import DataSource, Split, build_source, build_sources
 from robinherit.store import ResultStore
 from robinherit.training import PretrainLog
 
@@ -225,7 +225,7 @@ def pretrain_stack(
     torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
     dev = torch.device(cfgs[0].device)
     t0 = time.perf_counter()
-    sources = [build_source(c) for c in cfgs]
+    sources = build_sources(list(cfgs))
     streams = [s.pretrain_stream(c, dev) for s, c in zip(sources, cfgs, strict=True)]
     models = [build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]
     net = batched.StackedTwoLayer(models).to(dev)

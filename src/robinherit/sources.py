@@ -300,8 +300,8 @@ def _synthetic(cfg: ExperimentConfig) -> SyntheticSource:
     return SyntheticSource(make_world(cfg.data, cfg.seed), cfg.seed)
 
 
-def _arrays(cfg: ExperimentConfig) -> ArraySource:
-    ds = load_data(cfg.data)
+def _arrays(cfg: ExperimentConfig, ds: ArrayDataset | None = None) -> ArraySource:
+    ds = ds if ds is not None else load_data(cfg.data)
     tasks = make_tasks(ds, cfg)
     center = tasks.x_pre.mean(dim=0) if cfg.data.center else None
     return ArraySource(ds, tasks, center)
@@ -313,3 +313,19 @@ SOURCES: dict[str, Callable[[ExperimentConfig], DataSource]] = {"synthetic": _sy
 
 def build_source(cfg: ExperimentConfig) -> DataSource:
     return SOURCES["real" if cfg.is_real else "synthetic"](cfg)
+
+
+def build_sources(cfgs: list[ExperimentConfig]) -> list[DataSource]:
+    """``build_source`` for many configs, reading each distinct real data set once (a stack of S runs on one data
+    set would otherwise parse its files S times)."""
+    loaded: dict[str, ArrayDataset] = {}
+    out: list[DataSource] = []
+    for cfg in cfgs:
+        if not cfg.is_real:
+            out.append(build_source(cfg))
+            continue
+        key = cfg.data.model_dump_json()
+        if key not in loaded:
+            loaded[key] = load_data(cfg.data)
+        out.append(_arrays(cfg, loaded[key]))
+    return out

@@ -123,3 +123,57 @@ def test_huge_learning_rate_is_stopped_not_stored(micro_cfg: ExperimentConfig):
     )
     with pytest.raises(NonFiniteLossError, match="step"):
         run_experiment(cfg)
+
+
+def _no_timing(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if k not in ("timing_s", "git_commit")}
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])  # one encoder alone; two seeds through the stacked path
+def test_runs_that_differ_after_pretraining_share_one_encoder(micro_cfg: ExperimentConfig, monkeypatch, seeds):
+    from robinherit import experiment
+    from robinherit.experiment import run_many
+
+    heads = [
+        {},
+        {"downstream.weight_decay": 0.01, "downstream.batch_size": 8},
+        {"downstream.n_train": 16, "eval.eps_grid": [0, 0.1]},
+    ]
+    cfgs = [with_updates(micro_cfg, seed=s, **h) for s in seeds for h in heads]
+    alone = [_no_timing(run_experiment(c)[0]) for c in cfgs]
+    assert len({c.pretrain_hash() for c in cfgs}) == len(seeds) and len({c.config_hash() for c in cfgs}) == len(cfgs)
+
+    calls = {"alone": 0, "stacked": 0}
+    real_alone, real_stacked = experiment.pretrain_alone, experiment.pretrain_stack
+
+    def spy_alone(*a, **k):
+        calls["alone"] += 1
+        return real_alone(*a, **k)
+
+    def spy_stacked(stack, *a, **k):
+        calls["stacked"] += len(stack)
+        return real_stacked(stack, *a, **k)
+
+    monkeypatch.setattr(experiment, "pretrain_alone", spy_alone)
+    monkeypatch.setattr(experiment, "pretrain_stack", spy_stacked)
+    got: dict[int, dict[str, Any]] = {}
+    run_many(cfgs, lambda i, res, err: got.__setitem__(i, res[0] if err is None else err))
+    assert calls["alone"] + calls["stacked"] == len(seeds)  # one pre-training per encoder, not per run
+    for i, want in enumerate(alone):
+        assert _no_timing(got[i]) == want  # every record is the one the run gives alone
+    assert got[1]["pretrain"]["loss_curve"] == got[0]["pretrain"]["loss_curve"]
+    assert got[1]["downstream"] != got[0]["downstream"]  # the head's settings still act
+
+
+def test_a_failed_shared_pretraining_is_every_sharing_runs_error(micro_cfg: ExperimentConfig):
+    from robinherit.experiment import run_many
+
+    bad = with_updates(
+        micro_cfg,
+        **{"pretrain.optimizer": "sgd", "pretrain.lr": 1000, "model.normalize_rows": False, "pretrain.steps": 50},
+    )
+    cfgs = [bad, with_updates(bad, **{"downstream.weight_decay": 0.1}), with_updates(micro_cfg, seed=3)]
+    got: dict[int, Any] = {}
+    run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
+    assert isinstance(got[0], NonFiniteLossError) and isinstance(got[1], NonFiniteLossError)
+    assert isinstance(got[2], dict) and got[2]["seed"] == 3  # the other encoder is unaffected

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from robinherit.cli import app
-from robinherit.config import load_config
+from robinherit.config import build_config, load_config
 from robinherit.errors import ConfigError
 from robinherit.store import ResultStore
 from robinherit.sweep import Backend, load_sweep, run_sweep, sweep_from_dict
@@ -306,3 +306,20 @@ def test_groups_stack_only_shape_sharing_runs():
     for g in got:
         assert len({batch_key(c) for c in g}) == 1
     assert [c for g in got for c in g] == seeds + wider + contrastive  # order kept, nothing lost
+
+
+def test_groups_keep_runs_of_one_encoder_together_without_a_batched_path(tmp_path):
+    from robinherit.batched import batch_key
+    from robinherit.config import with_updates
+    from robinherit.sweep import groups
+    from test_datasets import make_mnist_files
+
+    make_mnist_files(tmp_path, n_train=40, n_test=20)
+    conv = build_config(
+        {"data": {"source": "mnist", "root": str(tmp_path)}, "model": {"encoder": "conv", "conv": {"channels": [4, 8]}}}
+    )
+    assert batch_key(conv) is None
+    dial = [with_updates(conv, **{"downstream.weight_decay": wd}) for wd in (0.0, 0.01, 0.1)]
+    other = with_updates(conv, seed=1)
+    got = list(groups(iter([*dial, other]), size=8))
+    assert got == [dial, [other]]  # one worker pre-trains the shared encoder once (run_many); another seed apart

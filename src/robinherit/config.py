@@ -400,8 +400,21 @@ class ExperimentConfig(_Strict):
 
     def config_hash(self) -> str:
         """Identity of a run: 16 hex digits of the SHA-256 of :meth:`identity` (seed included)."""
-        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _digest(self.identity())
+
+    def pretrain_hash(self) -> str:
+        """Identity of a run's pre-trained encoder: :meth:`identity` less the downstream and evaluation settings,
+        which only act after pre-training. Runs with equal ``pretrain_hash`` train the same encoder, so a batch of
+        them (a sweep over the head's training or the evaluation) pre-trains it once."""
+        out = self.identity()
+        out.pop("downstream")
+        out.pop("eval")
+        return _digest(out)
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def torch_device_type(device: str) -> str:

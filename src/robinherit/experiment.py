@@ -37,6 +37,14 @@ Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, art
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
     """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
+    return finish_experiment(cfg, *pretrain_alone(cfg, progress))
+
+
+def pretrain_alone(
+    cfg: ExperimentConfig, progress: Progress | None = None
+) -> tuple[DataSource, nn.Module, PretrainLog, float]:
+    """The stages of one run up to its frozen pre-trained encoder: its source, the encoder, the loss log and the
+    seconds it took."""
     torch.manual_seed(cfg.seed)  # nothing should draw from the global stream; this pins it if something does
     dev = torch.device(cfg.device)
     t0 = time.perf_counter()
@@ -46,7 +54,7 @@ def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> R
     on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
     log = pretrain(model, stream, cfg, source, on_step)
     model.freeze().eval()
-    return finish_experiment(cfg, source, model, log, time.perf_counter() - t0)
+    return source, model, log, time.perf_counter() - t0
 
 
 def build_encoder(cfg: ExperimentConfig, source: DataSource) -> TwoLayerNet | ConvNet:
@@ -255,7 +263,8 @@ def run_many(
     max_stack: int = 32,
 ) -> None:
     """Run every config; ``on_result(i, result, None)`` as each finishes, ``on_result(i, None, error)`` for each
-    that fails. Configs that share shapes are pre-trained as one stack, the rest alone.
+    that fails. Configs that share shapes are pre-trained as one stack, the rest alone; configs that share a
+    pre-trained encoder (equal ``ExperimentConfig.pretrain_hash``) pre-train it once.
 
     After a stack's pre-training, each model finishes (purity, heads, evaluation) on its own: an error there is that
     run's. If one model's loss turns non-finite during the stack's pre-training (a per-run problem: its learning
@@ -272,23 +281,51 @@ def run_many(
             return
         on_result(i, res, None)
 
-    for group in batched.group_configs(cfgs, max_size=max_stack):
-        if batched.batch_key(cfgs[group[0]]) is None or len(group) == 1:
-            for i in group:  # a two-layer supervised run alone is a stack of one inside pretrain_supervised
-                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+    # Runs that differ only after pre-training (the head's training, the evaluation) share one encoder: the first
+    # of them stands for all in the pre-training schedule below, and each finishes on the shared frozen encoder.
+    # Pre-training never reads the downstream or evaluation settings and heads start from zero, so every record is
+    # the one the run would give alone.
+    members: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        members.setdefault(cfg.pretrain_hash(), []).append(i)
+    reps = [idx[0] for idx in members.values()]
+    shared = {idx[0]: idx for idx in members.values()}
+
+    def finish_all(r: int, source: DataSource, model: nn.Module, log: PretrainLog, seconds: float) -> None:
+        idx = shared[r]
+        others = build_sources([cfgs[j] for j in idx[1:]])  # each run's own splits; the data read once
+        share = seconds / len(idx)  # each run's share of the pre-training, as for a stack
+        for j, src in zip(idx, [source, *others], strict=True):
+            one(j, lambda j=j, src=src: finish_experiment(cfgs[j], src, model, log, share))
+
+    def alone(r: int) -> None:
+        try:
+            pre = pretrain_alone(cfgs[r], progress)
+        except Exception as err:  # the run's own error (a non-finite loss, bad data), for each run sharing it
+            for j in shared[r]:
+                on_result(j, None, err)
+            return
+        finish_all(r, *pre)
+
+    sub = [cfgs[r] for r in reps]
+    for group in batched.group_configs(sub, max_size=max_stack):
+        if batched.batch_key(sub[group[0]]) is None or len(group) == 1:
+            for g in group:  # a two-layer supervised run alone is a stack of one inside pretrain_supervised
+                alone(reps[g])
             continue
         try:
-            sources, models, logs, seconds = pretrain_stack([cfgs[i] for i in group], progress)
+            sources, models, logs, seconds = pretrain_stack([sub[g] for g in group], progress)
         except NonFiniteLossError:
-            for i in group:  # one model diverged: each runs alone, so it raises its own error and the others finish
-                one(i, lambda i=i: run_experiment(cfgs[i], progress))
+            for g in group:  # one model diverged: each runs alone, so it raises its own error and the others finish
+                alone(reps[g])
             continue
         except Exception as err:  # a bug of the stacked path, not a run's problem: reported for every run in it
-            for i in group:
-                on_result(i, None, err)
+            for g in group:
+                for j in shared[reps[g]]:
+                    on_result(j, None, err)
             continue
-        for i, source, model, log in zip(group, sources, models, logs, strict=True):
-            one(i, lambda i=i, s=source, m=model, lg=log, t=seconds: finish_experiment(cfgs[i], s, m, lg, t))
+        for g, source, model, log in zip(group, sources, models, logs, strict=True):
+            finish_all(reps[g], source, model, log, seconds)
 
 
 def run_or_load(

@@ -285,14 +285,16 @@ def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
 
 
 def groups(cfgs: Iterator[ExperimentConfig], size: int = BATCH) -> Iterator[list[ExperimentConfig]]:
-    """Consecutive runs that share a batch key (robinherit.batched.batch_key), at most ``size`` per group."""
+    """Consecutive runs that share a batch key (robinherit.batched.batch_key), or, without one, a pre-trained
+    encoder (``pretrain_hash``: a sweep over the head's settings pre-trains each encoder once), at most ``size``
+    per group."""
     from robinherit.batched import batch_key
 
     buf: list[ExperimentConfig] = []
     key: str | None = None
     for cfg in cfgs:
-        k = batch_key(cfg)
-        if buf and (k is None or k != key or len(buf) >= size):
+        k = batch_key(cfg) or f"encoder:{cfg.pretrain_hash()}"
+        if buf and (k != key or len(buf) >= size):
             yield buf
             buf = []
         buf.append(cfg)

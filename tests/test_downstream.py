@@ -207,3 +207,29 @@ def test_weight_decay_bounds_the_head_norm():
         with torch.no_grad():
             assert float((head(x).argmax(1) == y).float().mean()) > 0.9  # both still solve the task
     assert norms[0.1] < 0.5 * norms[0.0]
+
+
+def test_epochs_set_the_step_count_and_sgd_trains_a_head():
+    from robinherit.config import DownstreamConfig, ExperimentConfig, HeadKind, ModelConfig
+    from robinherit.downstream import batches, head_steps, train_head
+    from robinherit.models import TwoLayerNet
+
+    cfg = DownstreamConfig(steps=999, epochs=3, batch_size=4)
+    assert head_steps(10, cfg) == 9  # 3 epochs of ceil(10 / 4) minibatches; steps is ignored
+    rows = list(batches(10, cfg, torch.Generator().manual_seed(0)))
+    assert len(rows) == 9 and all(sorted(torch.cat(rows[i : i + 3]).tolist()) == list(range(10)) for i in (0, 3, 6))
+    assert head_steps(10, DownstreamConfig(epochs=5)) == 5  # full batch: one step per epoch
+    # steps is inert once epochs is set: the two configs are one run
+    a = ExperimentConfig(downstream={"epochs": 2, "batch_size": 8, "steps": 10})
+    b = ExperimentConfig(downstream={"epochs": 2, "batch_size": 8, "steps": 20})
+    c = ExperimentConfig(downstream={"epochs": 3, "batch_size": 8})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+
+    g = torch.Generator().manual_seed(0)
+    enc = TwoLayerNet(6, ModelConfig(width=12, threshold=0.0), 1, g)
+    x = torch.randn(200, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    sgd = DownstreamConfig(epochs=20, batch_size=50, lr=0.1, optimizer="sgd")
+    head = train_head(enc, 12, 2, x, y, HeadKind.clean, sgd, norm="l2", g=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert float((head(x).argmax(1) == y).float().mean()) > 0.9

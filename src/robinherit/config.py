@@ -284,7 +284,14 @@ class DownstreamConfig(_Strict):
     batch_size: int | None = Field(
         None, ge=1, description="head minibatch (epochs over a shuffled training set); None: full batch every step"
     )
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay of the head (Adam's): bounds its norm")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay of the head: bounds its norm")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        description="passes over the training set (with batch_size: the field's SLF / ALF protocol); set, it "
+        "replaces steps by epochs x ceil(n_train / batch_size)",
+    )
+    optimizer: Optimizer = Field(Optimizer.adam, description="head optimiser: adam, or sgd (momentum 0.9)")
 
 
 class EvalConfig(_Strict):
@@ -438,6 +445,8 @@ def inert_paths(cfg: ExperimentConfig) -> list[str]:
         out += [f"pretrain.{k}" for k in _ATTACK] + ["pretrain.adversarial_view"]
     if HeadKind.adversarial not in cfg.downstream.heads:
         out += ["downstream.eps", "downstream.attack_steps"]
+    if cfg.downstream.epochs is not None:
+        out.append("downstream.steps")
     if cfg.model.encoder != EncoderKind.conv:
         out.append("model.conv")
     if cfg.eval.autoattack == AutoAttackSet.none:

@@ -8,38 +8,51 @@ already robust.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import pgd
-from robinherit.config import DownstreamConfig, HeadKind, Norm
+from robinherit.config import DownstreamConfig, HeadKind, Norm, Optimizer
 from robinherit.fused import attack_loss
 from robinherit.losses import cross_entropy
 from robinherit.models import LinearHead
 
 
+def head_steps(n: int, cfg: DownstreamConfig) -> int:
+    """Optimiser steps of a head on ``n`` examples: ``steps``, or ``epochs`` passes of ``batch_size`` minibatches."""
+    if cfg.epochs is None:
+        return cfg.steps
+    per_epoch = 1 if cfg.batch_size is None else math.ceil(n / min(cfg.batch_size, n))
+    return cfg.epochs * per_epoch
+
+
 def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tensor | slice]:
-    """The rows of each of ``cfg.steps`` optimiser steps: all of them every step (full batch, ``batch_size`` None),
+    """The rows of each optimiser step (``head_steps``): all of them every step (full batch, ``batch_size`` None),
     or consecutive minibatches of epochs over a fresh shuffle each (the field's SLF / ALF protocol: epochs over
     minibatches, so an adversarial head attacks a minibatch per step, not the whole training set)."""
+    steps = head_steps(n, cfg)
     if cfg.batch_size is None or cfg.batch_size >= n:
-        for _ in range(cfg.steps):
+        for _ in range(steps):
             yield slice(None)
         return
     done = 0
     while True:
         order = torch.randperm(n, generator=g, device=g.device)
         for start in range(0, n, cfg.batch_size):
-            if done == cfg.steps:
+            if done == steps:
                 return
             yield order[start : start + cfg.batch_size]
             done += 1
 
 
 def _optimizer(head: LinearHead, cfg: DownstreamConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(head.linear.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = head.linear.parameters()
+    if cfg.optimizer == Optimizer.sgd:
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _train_clean(

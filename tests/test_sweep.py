@@ -323,3 +323,20 @@ def test_groups_keep_runs_of_one_encoder_together_without_a_batched_path(tmp_pat
     other = with_updates(conv, seed=1)
     got = list(groups(iter([*dial, other]), size=8))
     assert got == [dial, [other]]  # one worker pre-trains the shared encoder once (run_many); another seed apart
+
+
+def test_a_sweep_over_head_settings_groups_each_encoders_runs_together():
+    from robinherit.config import with_updates
+    from robinherit.sweep import by_encoder, groups
+
+    base = load_config(None, ["data.d=8", "model.width=8"])
+    # grid order: head setting outer, seed inner (as SweepSpec.configs expands points x seeds)
+    cfgs = [with_updates(base, **{"downstream.weight_decay": wd, "seed": s}) for wd in (0, 0.01, 0.1) for s in range(3)]
+    ordered = by_encoder(cfgs)
+    assert sorted(c.config_hash() for c in ordered) == sorted(c.config_hash() for c in cfgs)  # nothing lost
+    assert [c.seed for c in ordered] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    got = list(groups(iter(ordered), size=2))
+    assert [len(g) for g in got] == [6, 3]  # size counts encoders: two per group, each with its three heads
+    for g in got:
+        for seed in {c.seed for c in g}:
+            assert sum(c.seed == seed for c in g) == 3  # an encoder's runs are never split across groups

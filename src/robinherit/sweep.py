@@ -284,20 +284,32 @@ def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     return out
 
 
+def by_encoder(cfgs: list[ExperimentConfig]) -> list[ExperimentConfig]:
+    """``cfgs`` with the runs of one pre-trained encoder (``pretrain_hash``) next to each other, at the place of the
+    first of them; otherwise in order. ``groups`` then never splits them, so each encoder is pre-trained once."""
+    buckets: dict[str, list[ExperimentConfig]] = {}
+    for cfg in cfgs:
+        buckets.setdefault(cfg.pretrain_hash(), []).append(cfg)
+    return [cfg for bucket in buckets.values() for cfg in bucket]
+
+
 def groups(cfgs: Iterator[ExperimentConfig], size: int = BATCH) -> Iterator[list[ExperimentConfig]]:
     """Consecutive runs that share a batch key (robinherit.batched.batch_key), or, without one, a pre-trained
-    encoder (``pretrain_hash``: a sweep over the head's settings pre-trains each encoder once), at most ``size``
-    per group."""
+    encoder, with at most ``size`` encoders per group: runs of one encoder (equal ``pretrain_hash``, a sweep over
+    the head's settings) stay in one group, where ``run_many`` pre-trains it once."""
     from robinherit.batched import batch_key
 
     buf: list[ExperimentConfig] = []
+    encoders: set[str] = set()
     key: str | None = None
     for cfg in cfgs:
-        k = batch_key(cfg) or f"encoder:{cfg.pretrain_hash()}"
-        if buf and (k != key or len(buf) >= size):
+        enc = cfg.pretrain_hash()
+        k = batch_key(cfg) or f"encoder:{enc}"
+        if buf and (k != key or (enc not in encoders and len(encoders) >= size)):
             yield buf
-            buf = []
+            buf, encoders = [], set()
         buf.append(cfg)
+        encoders.add(enc)
         key = k
     if buf:
         yield buf
@@ -498,7 +510,7 @@ def run_sweep(
     """
     backend = Backend(backend)
     stored = store.run_ids()
-    todo = [c for c in cfgs if c.config_hash() not in stored]
+    todo = by_encoder([c for c in cfgs if c.config_hash() not in stored])
     report = SweepReport(total=len(cfgs), skipped=len(cfgs) - len(todo))
     if on_progress:
         on_progress(report)

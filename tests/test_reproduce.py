@@ -439,10 +439,14 @@ def test_claim7_is_ordinary_runs_of_the_shipped_config_with_the_pretrained_robus
         out = []
         for c in cfgs:
             at = c.pretrain.eps > 0
+            heads = {
+                "clean_head": {"clean_acc": 0.9, "robust_acc": {"0.1": 0.4 if at else 0.1}},
+                "adversarial_head": {"clean_acc": 0.8, "robust_acc": {"0.1": 0.5 if at else 0.3}},
+            }
             rec = {
                 "seed": c.seed,
-                "downstream": {"clean_head": {"clean_acc": 0.9, "robust_acc": {"1": 0.4 if at else 0.1}}},
-                "pretrain": {"clean_acc": 0.95, "robust_acc": {"1": 0.5 if at else 0.0}, "certified_acc": {"1": 0.2}},
+                "downstream": heads,
+                "pretrain": {"clean_acc": 0.95, "robust_acc": {"0.1": 0.5 if at else 0.0}, "certified_acc": {}},
                 "purification": {"top1_share_mean": 0.3},
             }
             out.append(rec)
@@ -452,16 +456,33 @@ def test_claim7_is_ordinary_runs_of_the_shipped_config_with_the_pretrained_robus
     monkeypatch.setattr(c7_real_data, "run_many_or_load", fake)
     ticks = []
     out = c7_real_data.claim7([0, 1], False, None, ticks.append)
-    # full mode: the shipped config itself, so `robinherit run digits` answers the same runs from the store
-    shipped = load_config("digits")
+    # full mode: the shipped config with the claim's evaluation, so `robinherit run fashion_mnist_two_layer` with
+    # the same --set answers the same runs from the store
+    name, extra = "fashion_mnist_two_layer", list(c7_real_data.CLAIM7_SET)
+    shipped = load_config(name)
+    assert shipped.data.source == "fashion_mnist" and c7_real_data.CLAIM7_EPS == 0.1
     assert {c.config_hash() for c in seen} == {
-        load_config("digits", [f"seed={s}", f"pretrain.eps={e}"]).config_hash() for s in (0, 1) for e in (0, 1.0)
+        load_config(name, [*extra, f"seed={s}", f"pretrain.eps={e}"]).config_hash() for s in (0, 1) for e in (0, 0.1)
     }
     assert all(c.data == shipped.data and c.model == shipped.model for c in seen)
     assert out["per_seed"] == {"clean_pretrain": [0.1, 0.1], "at_pretrain": [0.4, 0.4]}
     assert out["extra"]["at_pretrain"]["pretrained_robust_acc"] == [0.5, 0.5]  # anything to inherit?
-    assert out["extra"]["clean_pretrain"]["pretrained_certified_acc"] == [0.2, 0.2]
+    assert out["extra"]["at_pretrain"]["alf_minus_slf"] == pytest.approx([0.1, 0.1])  # the clean head's distance
+    assert out["extra"]["clean_pretrain"]["pretrained_certified_acc"] == [None, None]
     assert len(ticks) == 4
+
+
+def test_claim7_without_the_fashion_mnist_files_says_not_run_and_how_to_get_them(monkeypatch, tmp_path):
+    from robinherit import datasets
+
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setenv("ROBINHERIT_DATA", str(tmp_path / "nothing"))
+    store = ResultStore(tmp_path / "r.db")
+    result = reproduce(ReproduceSettings(seeds=SEEDS, quick=True, claims=(7,)), store)
+    write_claims(result, tmp_path)
+    (row,) = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    assert row["status"] == "not run" and "Fashion-MNIST" in row["reason"]
+    assert "make fashion-mnist" in row["fix"] and "ROBINHERIT_DATA" in row["fix"]
 
 
 # --------------------------------------------------------------------------------------------- quick mode

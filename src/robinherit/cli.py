@@ -432,6 +432,42 @@ def plot(
 
 @app.command()
 @user_errors
+def correlate(
+    source: Path = typer.Argument(..., help="a results store (.db) or a sweep spec (.yaml: that sweep's runs)"),
+    x: str = typer.Option(..., "--x", help="metric path, e.g. purification.top1_share_mean"),
+    y: str = typer.Option(..., "--y", help="metric path, e.g. downstream.clean_head.robust_acc.0.1"),
+    color_by: str | None = typer.Option(None, "--color-by", help="config path that colours the points"),
+    where: list[str] = typer.Option([], "--where", help="keep runs with PATH=VALUE, e.g. pretrain.method=supervised"),
+    store: Path | None = typer.Option(None, help="store of a sweep spec (default: the spec's store)"),
+    out_file: Path | None = typer.Option(None, "--out", help="figure stem; .png and .svg are written"),
+    resamples: int = typer.Option(2000, min=100, help="bootstrap resamples of the runs"),
+    title: str | None = typer.Option(None, help="figure title"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Spearman's rho between two metrics across runs, with a 95% bootstrap interval over runs, and a scatter."""
+    from robinherit.correlate import correlate as corr
+    from robinherit.correlate import scatter
+    from robinherit.plots import filter_records
+    from robinherit.sweep import records_of
+
+    records, _ = records_of(source, store)
+    records = filter_records(records, where)
+    c = corr(records, x, y, color_by=color_by, resamples=resamples)
+    stem = out_file or Path("results/figures") / "_".join(["corr", *(p.replace(".", "-") for p in (y, x))])
+    files = scatter(c, stem, color_by=color_by, title=title)
+    if as_json:
+        print(json.dumps({**c.summary(), "figures": [str(f) for f in files]}))
+        return
+    out.print(
+        f"Spearman rho({x}, {y}) = {c.rho:+.3f}, 95% bootstrap interval [{c.ci95[0]:+.3f}, {c.ci95[1]:+.3f}], "
+        f"{c.n} runs (p = {c.p_value:.2g}) -> {', '.join(map(str, files))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+@user_errors
 def export(
     source: Path | None = typer.Argument(None, help="store (.db) or sweep spec (.yaml); default: --store"),
     fmt: str = typer.Option("csv", "--format", help="csv or parquet (parquet needs pyarrow)"),

@@ -124,7 +124,9 @@ REAL_SOURCES = LOADERS  # a live view: membership and the listed names follow th
 
 # Bumped whenever a change of code changes any number a run produces (data streams, update rules, evaluation):
 # it is part of every run id, so a store written by older code never answers for newer code.
-NUMERICS_VERSION = 2
+# 3: exact-k codes draw k indices per row (Floyd's sampling without replacement), k signs and k magnitudes instead
+# of D uniform keys, D signs and D magnitudes: the same distribution of codes, a different random stream.
+NUMERICS_VERSION = 3
 
 
 def device_field() -> Any:

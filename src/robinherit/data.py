@@ -49,22 +49,42 @@ def make_dictionary(cfg: DataConfig, g: torch.Generator) -> Tensor:
     return m
 
 
+# Draws of 62 random bits: reduced modulo m <= D they are uniform on {0..m-1} up to a bias below m / 2^62, far
+# finer than torch.randint's own (it reduces 32 bits for ranges under 2^32), and one call serves all k steps.
+_BITS = 2**62
+
+
+def exact_supports(n: int, D: int, k: int, g: torch.Generator) -> Tensor:
+    """(n, k) int64: each row k distinct coordinates of {0..D-1}, the set uniform over all k-subsets.
+
+    Robert Floyd's sampling without replacement, run for all rows at once: for j = D-k, ..., D-1 draw t uniform on
+    {0..j}; keep t unless the row already holds it, else keep j (which it cannot hold yet). By induction the row's
+    set after step j is uniform over the subsets of {0..j} of its size. It costs k draws per row, not D, and
+    k(k-1)/2 comparisons. The order within a row is not uniform (a j lands late), which no caller sees: each
+    chosen coordinate gets its own independent sign and magnitude.
+    """
+    # Step i's draws for all rows sit in row i of a (k, n) tensor, so every step works on contiguous memory.
+    idx = torch.randint(0, _BITS, (k, n), generator=g) % torch.arange(D - k + 1, D + 1).unsqueeze(1)  # t on {0..j}
+    for i in range(1, k):
+        taken = idx[0] == idx[1] if i == 1 else (idx[:i] == idx[i]).any(dim=0)
+        idx[i].masked_fill_(taken, D - k + i)
+    return idx.T
+
+
 def sample_codes(cfg: DataConfig, n: int, g: torch.Generator) -> Tensor:
     """(n, D) sparse codes.
 
-    Draws, in order: D uniform keys per row (exact: the k smallest pick the support) or D Bernoulli draws,
-    D random signs, and with uniform values D magnitudes. For exact sparsity only the k chosen entries are
-    kept and written into zeros: the same codes as support * signs * magnitudes, in a third of the passes
-    over (n, D); the generator is consumed exactly as before, so every stream is unchanged.
+    Exact sparsity draws, in order: the k-subset of each row (:func:`exact_supports`, k draws of random bits per
+    row), k random signs per row, and with uniform values k magnitudes per row, written into zeros. That is O(n k)
+    random numbers, where numerics version 2 drew D uniform keys, D signs and D magnitudes per row and kept k of
+    each (the same distribution, a different stream). Bernoulli sparsity draws D Bernoulli(k/D) entries, D signs
+    and with uniform values D magnitudes per row.
     """
     if cfg.sparsity == Sparsity.exact:
-        # k distinct coordinates per row: the k smallest of D uniform keys.
-        keys = torch.rand(n, cfg.D, generator=g)
-        idx = keys.topk(cfg.k, dim=1, largest=False).indices  # (n, k)
-        vals = torch.randint(0, 2, (n, cfg.D), generator=g, dtype=torch.float32).gather(1, idx) * 2 - 1
+        idx = exact_supports(n, cfg.D, cfg.k, g)
+        vals = torch.randint(0, 2, (n, cfg.k), generator=g, dtype=torch.float32) * 2 - 1
         if cfg.values != Values.sign:
-            mags = torch.rand(n, cfg.D, generator=g).gather(1, idx)
-            vals = vals * (cfg.value_low + (1 - cfg.value_low) * mags)
+            vals = vals * (cfg.value_low + (1 - cfg.value_low) * torch.rand(n, cfg.k, generator=g))
         return torch.zeros(n, cfg.D).scatter_(1, idx, vals)
     support = (torch.rand(n, cfg.D, generator=g) < cfg.k / cfg.D).float()
     signs = torch.randint(0, 2, (n, cfg.D), generator=g).float() * 2 - 1

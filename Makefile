@@ -37,7 +37,7 @@ fashion-mnist:
 
 install: $(STAMP) fashion-mnist
 
-demo: $(STAMP)
+demo: $(STAMP) fashion-mnist
 	$(BIN)/robinherit reproduce --quick --out results/reproduce
 
 # The real Fashion-MNIST test runs where the package could be installed and is skipped elsewhere.

@@ -146,8 +146,15 @@ def test_run_id_covers_the_device_type_and_the_numerics_version(monkeypatch):
     assert a.config_hash() != cuda.config_hash()
     assert cuda.config_hash() == load_config(None, ["device=cuda:1"]).config_hash()  # which GPU does not matter
     before = a.config_hash()
-    monkeypatch.setattr(config_module, "NUMERICS_VERSION", config_module.NUMERICS_VERSION + 1)
-    assert a.config_hash() != before  # a change of numerics gives every run a new id
+    assert config_module.NUMERICS_BY_KIND["synthetic"] == config_module.NUMERICS_VERSION
+    real = load_config("digits")
+    real_before = real.config_hash()
+    bumped = {k: v + 1 for k, v in config_module.NUMERICS_BY_KIND.items()}
+    monkeypatch.setattr(config_module, "NUMERICS_BY_KIND", {**config_module.NUMERICS_BY_KIND, "synthetic": 99})
+    assert a.config_hash() != before  # a change of the synthetic numerics gives every synthetic run a new id
+    assert real.config_hash() == real_before  # ... and leaves real-data runs (no code sampler there) as they were
+    monkeypatch.setattr(config_module, "NUMERICS_BY_KIND", bumped)
+    assert real.config_hash() != real_before
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,10 @@ REAL_SOURCES = LOADERS  # a live view: membership and the listed names follow th
 # 3: exact-k codes draw k indices per row (Floyd's sampling without replacement), k signs and k magnitudes instead
 # of D uniform keys, D signs and D magnitudes: the same distribution of codes, a different random stream.
 NUMERICS_VERSION = 3
+# The versions at which each kind of run last changed its numbers: 3 changed only the synthetic world's sampler, so
+# a real-data run (which never draws codes) computes what it did at 2 and keeps its id; stores of real-data studies
+# stay valid. Bump both when a change reaches every run (an update rule, an attack, the evaluation).
+NUMERICS_BY_KIND = {"synthetic": NUMERICS_VERSION, "real": 2}
 
 
 def device_field() -> Any:
@@ -398,13 +402,14 @@ class ExperimentConfig(_Strict):
 
     def identity(self) -> dict[str, Any]:
         """What a run's numbers depend on: the resolved config less the settings that are inert for this run,
-        plus the device type (CUDA and CPU draw different random streams) and ``NUMERICS_VERSION``."""
+        plus the device type (CUDA and CPU draw different random streams) and the numerics version of its kind
+        (``NUMERICS_BY_KIND``)."""
         out = self.resolved()
         out.pop("device")
         for path in inert_paths(self):
             drop_path(out, path)
         out["device_type"] = torch_device_type(self.device)
-        out["numerics"] = NUMERICS_VERSION
+        out["numerics"] = NUMERICS_BY_KIND["real" if self.is_real else "synthetic"]
         return out
 
     def config_hash(self) -> str:

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Where a CUDA GPU is at hand: the Fashion-MNIST study at full length with device=cuda, AutoAttack standard on the
+# full 10,000-image test set, plus the CUDA tests and a 256-run synthetic sweep's wall time. CPU defaults are not
+# touched: every setting here is a --set on the shipped configs. Results go to $OUT (default results/gpu).
+#   bash scripts/gpu_study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+PY=${PY:-.venv/bin/python}
+RH="$PY -m robinherit.cli"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+
+# 1. the CUDA tests (CPU = CUDA to tolerance, stacked paths, both encoders on real data)
+$PY -m pytest -q tests/test_cuda.py 2>&1 | tail -3 | tee "$OUT/test_cuda.txt"
+
+# 2. the robust encoders at full length: CNN and two-layer, AT and clean arms, 3 seeds, AutoAttack standard
+#    (APGD-CE, APGD-T, FAB-T, Square 5000) on all 10,000 test images, both heads
+FULL=(--set device=cuda --set eval.n_test=null --set eval.autoattack=standard --set eval.eps_grid=[0,0.1])
+for cfg in fashion_mnist fashion_mnist_two_layer; do
+  for eps in 0.1 0; do
+    /usr/bin/time -f "%e s wall" $RH run "$cfg" "${FULL[@]}" --set pretrain.eps=$eps --seeds 0-2 --json \
+      --store "$OUT/fmnist_gpu.db" > "$OUT/${cfg}_eps${eps}.json" 2> "$OUT/${cfg}_eps${eps}.time"
+  done
+done
+
+# 3. the study's sweeps on the GPU (head dial, class-split transfer, purity vs inheritance)
+for spec in fashion_mnist_head_dial fashion_mnist_transfer fashion_mnist_purity; do
+  # the shipped spec with device: cuda added to its set (and its base made absolute)
+  $PY - "$spec" "$OUT/$spec.yaml" <<'PYEOF'
+import sys, yaml
+from robinherit.config import resolve_path
+src = resolve_path(sys.argv[1], "sweeps")
+spec = yaml.safe_load(src.read_text())
+spec["base"] = str((src.parent / spec["base"]).resolve())
+spec.setdefault("set", {})["device"] = "cuda"
+spec.pop("store", None)
+open(sys.argv[2], "w").write(yaml.safe_dump(spec))
+PYEOF
+  /usr/bin/time -f "%e s wall" $RH sweep "$OUT/$spec.yaml" --store "$OUT/$spec.db" --quiet \
+    2> "$OUT/$spec.time" || echo "$spec failed" >> "$OUT/failures.txt"
+done
+
+# 4. 256 synthetic runs (the supervised defaults, 256 seeds) as one sweep on the GPU, wall time
+cat > "$OUT/synthetic256.yaml" <<YAML
+name: synthetic 256 on cuda
+base: $(pwd)/configs/supervised.yaml
+set:
+  device: cuda
+seeds: 256
+YAML
+/usr/bin/time -f "%e s wall" $RH sweep "$OUT/synthetic256.yaml" --store "$OUT/synthetic256.db" --batch 64 --quiet \
+  2> "$OUT/synthetic256.time"
+tail -n 1 "$OUT"/*.time

@@ -25,11 +25,16 @@ same batches and draw the same attack random starts, so they compute the same it
 does not (its evaluation attacks do), and the reference follows it so both do the same work.
 
 Every path first runs 2 untimed steps (warm-up: lazy imports, allocator, first optimiser step); then ``--repeats``
-rounds, each timing ``--steps`` steps of every path in turn (interleaved, so slow spells of a shared machine hit all
-paths alike), and the best round per path is kept (other load only ever slows a run down). Rows give samples/s by wall
-clock and by this process's CPU time; ``ratio_two_layer`` is (b)/(a) and ``ratio_cnn`` is (d)/(c), by wall clock
-(``_cpu``: by CPU time). Each timed run builds its model and optimiser, as a run does, so that cost is in the
-timing; building the data source (the training mean) is not.
+rounds (default 5), each timing ``--steps`` CNN steps (default 10) and ``--two-layer-steps`` two-layer steps
+(default 5 x ``--steps``: that step is ~20x cheaper) of every path in turn, the order reversed every other round
+(interleaved, so slow spells of a shared machine hit all paths alike). The best round per path is kept (other load
+only ever slows a run down). Rows give samples/s by wall clock and by this process's CPU time; ``ratio_two_layer``
+is (b)/(a) and ``ratio_cnn`` is (d)/(c) of the best rounds by wall clock (``_cpu``: by CPU time);
+``ratio_<model>_rounds`` are each round's own ratio, its two runs back to back, and ``_median_of_rounds`` their
+median: on a loaded machine their spread says how far to trust the best-of ratio. Each timed run builds its model
+and optimiser, as a run does, so that cost is in the timing; building the data source (the training mean) is not.
+On a machine shared with other jobs, ``OMP_NUM_THREADS=1`` (or ``--threads 1``) avoids torch's threads spinning
+against each other, which otherwise dominates both paths.
 
     python -m benchmarks.realdata_step                      # table
     python -m benchmarks.realdata_step --json               # one JSON object
@@ -42,6 +47,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -122,44 +128,57 @@ def run_reference(cfg: ExperimentConfig, source: ArraySource, steps: int) -> tor
     return model
 
 
-def time_paths(paths: dict[str, Callable[[int], object]], steps: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds per step of each path: one untimed warm-up run each, then ``repeats`` rounds that time
-    ``steps`` steps of every path in turn; the best round per path."""
+def time_paths(
+    paths: dict[str, Callable[[int], object]], steps: dict[str, int], repeats: int
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds per step of each path in each of ``repeats`` rounds, after 2 untimed warm-up steps of
+    every path. A round times ``steps[name]`` steps of every path in turn, the order reversed every other round so
+    that neither path of a pair always runs first."""
     for run in paths.values():
         run(2)
-    best = {name: (math.inf, math.inf) for name in paths}
-    for _ in range(repeats):
-        for name, run in paths.items():
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    names = list(paths)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            n = steps[name]
             w0, c0 = time.perf_counter(), time.process_time()
-            run(steps)
-            wall, cpu = (time.perf_counter() - w0) / steps, (time.process_time() - c0) / steps
-            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    return best
+            paths[name](n)
+            times[name].append(((time.perf_counter() - w0) / n, (time.process_time() - c0) / n))
+    return times
 
 
-def bench(steps: int, repeats: int, n_train: int = 10_000, batch_size: int | None = None) -> dict:
-    """The four rows and the two ratios (see the module docstring); ``batch_size`` replaces the configs' 128."""
+def bench(
+    steps: int, repeats: int, n_train: int = 10_000, batch_size: int | None = None, two_layer_steps: int | None = None
+) -> dict:
+    """The four rows and the two ratios (see the module docstring); ``batch_size`` replaces the configs' 128;
+    the two-layer rows time ``two_layer_steps`` (default ``5 * steps``) steps a round, the CNN rows ``steps``."""
     ds = random_images(n_train)
     paths: dict[str, Callable[[int], object]] = {}
+    per_round: dict[str, int] = {}
     batch = {}
+    family_steps = {"two_layer": two_layer_steps or 5 * steps, "cnn": steps}
     for family in CONFIGS:
         cfg = config(family, **({} if batch_size is None else {"pretrain.batch_size": batch_size}))
         source = source_for(cfg, ds)
         batch[family] = cfg.pretrain.batch_size
         paths[f"{family}/reference"] = lambda n, c=cfg, s=source: run_reference(c, s, n)
         paths[f"{family}/toolkit"] = lambda n, c=cfg, s=source: run_toolkit(c, s, n)
+        per_round[f"{family}/reference"] = per_round[f"{family}/toolkit"] = family_steps[family]
     load_before = os.getloadavg()
-    best = time_paths(paths, steps, repeats)
+    times = time_paths(paths, per_round, repeats)
     rows = []
-    for name, (wall, cpu) in best.items():
+    for name, rounds in times.items():
         family, path = name.split("/")
+        wall, cpu = min(w for w, _ in rounds), min(c for _, c in rounds)
         rows.append(
             {
                 "model": family,
                 "path": path,
+                "steps_per_round": per_round[name],
                 "seconds_per_step": wall,
                 "samples_per_s": batch[family] / wall,
                 "samples_per_cpu_s": batch[family] / cpu,
+                "rounds_seconds_per_step": [w for w, _ in rounds],
             }
         )
 
@@ -173,9 +192,13 @@ def bench(steps: int, repeats: int, n_train: int = 10_000, batch_size: int | Non
         out[f"toolkit_{family}_samples_per_s"] = tk["samples_per_s"]
         out[f"ratio_{family}"] = tk["samples_per_s"] / ref["samples_per_s"]
         out[f"ratio_{family}_cpu"] = tk["samples_per_cpu_s"] / ref["samples_per_cpu_s"]
+        # each round's own ratio (its two runs back to back): their spread shows what the load did to the best-of
+        paired = [r / t for r, t in zip(ref["rounds_seconds_per_step"], tk["rounds_seconds_per_step"], strict=True)]
+        out[f"ratio_{family}_rounds"] = paired
+        out[f"ratio_{family}_median_of_rounds"] = statistics.median(paired)
     return {
         **out,
-        "steps": steps,
+        "steps": family_steps,
         "repeats": repeats,
         "batch_size": batch["two_layer"],
         "input_shape": list(IMAGE_SHAPE),
@@ -192,30 +215,39 @@ def bench(steps: int, repeats: int, n_train: int = 10_000, batch_size: int | Non
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
-    parser.add_argument("--steps", type=int, default=10, help="pre-training steps per timed run (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds; the best is kept")
+    parser.add_argument("--steps", type=int, default=10, help="CNN steps per timed run (default 10)")
+    parser.add_argument(
+        "--two-layer-steps", type=int, default=None, help="two-layer steps per timed run (default 5 x --steps)"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds; the best is kept")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--batch-size", type=int, default=None, help="replaces the configs' 128 (smoke runs)")
     parser.add_argument("--n-train", type=int, default=10_000, help="random training images batches are drawn from")
     args = parser.parse_args(argv)
-    if min(args.steps, args.repeats, args.n_train, args.batch_size or 1) < 1:
-        parser.error("--steps, --repeats, --batch-size and --n-train must be at least 1")
+    sizes = (args.steps, args.repeats, args.n_train, args.batch_size, args.two_layer_steps)
+    if any(v is not None and v < 1 for v in sizes):
+        parser.error("--steps, --two-layer-steps, --repeats, --batch-size and --n-train must be at least 1")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    result = bench(args.steps, args.repeats, args.n_train, args.batch_size)
+    result = bench(args.steps, args.repeats, args.n_train, args.batch_size, args.two_layer_steps)
     if args.json:
         print(json.dumps(result))
         return
     print(
-        f"commit {result['commit']}, torch {result['torch']}, {result['threads']} threads, "
-        f"{args.steps} steps x {args.repeats} rounds, load {result['load_average_before'][0]:.2f}"
+        f"commit {result['commit']}, torch {result['torch']}, {result['threads']} threads, {args.repeats} rounds, "
+        f"load average {result['load_average_before'][0]:.2f} before, {result['load_average_after'][0]:.2f} after"
     )
-    print(f"{'model':10} {'path':10} {'s/step':>8} {'samples/s':>10} {'samples/cpu-s':>14} {'x ref':>6}")
+    print(f"{'model':10} {'path':10} {'steps':>5} {'s/step':>8} {'samples/s':>10} {'samples/cpu-s':>14}")
     for r in result["rows"]:
-        ratio = r["samples_per_s"] / result[f"reference_{r['model']}_samples_per_s"]
         print(
-            f"{r['model']:10} {r['path']:10} {r['seconds_per_step']:>8.4f} {r['samples_per_s']:>10.0f} "
-            f"{r['samples_per_cpu_s']:>14.0f} {ratio:>6.2f}"
+            f"{r['model']:10} {r['path']:10} {r['steps_per_round']:>5} {r['seconds_per_step']:>8.4f} "
+            f"{r['samples_per_s']:>10.0f} {r['samples_per_cpu_s']:>14.0f}"
+        )
+    for family in CONFIGS:
+        print(
+            f"{family}: toolkit / reference {result[f'ratio_{family}']:.2f} (best of rounds), "
+            f"{result[f'ratio_{family}_cpu']:.2f} (by CPU time), "
+            f"{result[f'ratio_{family}_median_of_rounds']:.2f} (median of the rounds' own ratios)"
         )
 
 

@@ -97,22 +97,26 @@ def test_contrastive_step_times_both_paths():
 
 
 def test_realdata_step_reports_four_rows_and_two_ratios(capsys):
-    realdata_step.main(["--json", "--steps", "1", "--repeats", "1", "--batch-size", "8", "--n-train", "64"])
+    sizes = ["--steps", "1", "--two-layer-steps", "2", "--repeats", "2", "--batch-size", "8", "--n-train", "64"]
+    realdata_step.main(["--json", *sizes])
     out = json.loads(capsys.readouterr().out)
-    assert [(r["model"], r["path"]) for r in out["rows"]] == [
-        ("two_layer", "reference"),
-        ("two_layer", "toolkit"),
-        ("cnn", "reference"),
-        ("cnn", "toolkit"),
+    assert [(r["model"], r["path"], r["steps_per_round"]) for r in out["rows"]] == [
+        ("two_layer", "reference", 2),
+        ("two_layer", "toolkit", 2),
+        ("cnn", "reference", 1),
+        ("cnn", "toolkit", 1),
     ]
     for family in ("two_layer", "cnn"):
         for key in (f"reference_{family}_samples_per_s", f"toolkit_{family}_samples_per_s"):
             assert math.isfinite(out[key]) and out[key] > 0
-        for key in (f"ratio_{family}", f"ratio_{family}_cpu"):
+        for key in (f"ratio_{family}", f"ratio_{family}_cpu", f"ratio_{family}_median_of_rounds"):
             assert math.isfinite(out[key]) and out[key] > 0
         ratio = out[f"toolkit_{family}_samples_per_s"] / out[f"reference_{family}_samples_per_s"]
         assert out[f"ratio_{family}"] == pytest.approx(ratio)
-    assert out["batch_size"] == 8 and out["input_shape"] == [1, 28, 28]
+        assert len(out[f"ratio_{family}_rounds"]) == 2
+    for r in out["rows"]:  # the best round is the one reported
+        assert r["seconds_per_step"] == min(r["rounds_seconds_per_step"])
+    assert out["batch_size"] == 8 and out["input_shape"] == [1, 28, 28] and out["steps"] == {"two_layer": 2, "cnn": 1}
 
 
 def _weights(model, skip=("b", "center")) -> list:

@@ -164,13 +164,13 @@ def real_figure(real: dict[str, Any], row: dict[str, Any]) -> tuple[bytes, str]:
     from robinherit.reproduce.figures import COLORS, mean_ci, plt, png
 
     extra = real.get("extra", {})
-    bars = [("pre-trained", "pretrained_robust_acc", "#999999"), ("SLF (clean head)", None, None)]
+    bars = [("pre-trained", "pretrained_robust_acc", "#999999"), ("SLF (clean head)", None, COLORS["AT"])]
     if "adversarial_head_robust_acc" in extra.get("at_pretrain", {}):
         bars.append(("ALF (adv. head)", "adversarial_head_robust_acc", "#444444"))
     fig, ax = plt.subplots(figsize=(6, 3.6))
     width = 0.8 / len(bars)
     means: dict[tuple[str, str], float] = {}
-    for a, (arm, label) in enumerate((("clean_pretrain", "clean"), ("at_pretrain", "AT"))):
+    for a, arm in enumerate(("clean_pretrain", "at_pretrain")):
         for b, (name, field, color) in enumerate(bars):
             vals = np.array(real["per_seed"][arm] if field is None else extra[arm][field], dtype=float)
             mean, half = mean_ci(vals[:, None])
@@ -181,7 +181,7 @@ def real_figure(real: dict[str, Any], row: dict[str, Any]) -> tuple[bytes, str]:
                 width * 0.9,
                 yerr=half[0],
                 capsize=3,
-                color=color or COLORS[label],
+                color=color,
                 label=name if a == 1 else None,
             )
             ax.scatter(np.full(vals.size, x), vals, color="k", s=8, zorder=3)

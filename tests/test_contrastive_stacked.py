@@ -338,3 +338,37 @@ def test_iter_stack_runs_contrastive_stacks():
     out = list(experiment.iter_stack(cfgs))
     assert [rec["seed"] for rec, _ in out] == [0, 1]
     assert all(rec["config"]["pretrain"]["method"] == "contrastive" for rec, _ in out)
+
+
+def test_stacked_contrastive_on_real_data_equals_the_generic_loop():
+    """Real data: no world, a fixed training set, and the encoder's input centre (the training mean)."""
+    from robinherit.config import load_config
+    from robinherit.sources import build_sources
+
+    sets = [
+        "data.source=digits",
+        "model.width=32",
+        "pretrain.method=contrastive",
+        "pretrain.eps=0.5",
+        "pretrain.steps=50",
+        "pretrain.batch_size=64",
+        "pretrain.attack_steps=2",
+        "pretrain.augmentation=mask",
+        "pretrain.aug_strength=0.3",
+    ]
+    cfgs = [load_config(None, [*sets, f"seed={s}"]) for s in range(2)]
+    assert cfgs[0].data.center and len(batched.group_configs(cfgs)) == 1
+    sources = build_sources(cfgs)
+    cpu = torch.device("cpu")
+    models = [experiment.build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]
+    assert models[0].center is not None
+    net = batched.StackedTwoLayer(models)
+    streams = [s.pretrain_stream(c, cpu) for c, s in zip(cfgs, sources, strict=True)]
+    logs = batched.pretrain_contrastive_stacked(net, streams, cfgs)
+    net.unstack(models)
+    for c, s, m, log in zip(cfgs, sources, models, logs, strict=True):
+        ref = experiment.build_encoder(c, s)
+        ref_log = pretrain_contrastive(ref, s.pretrain_stream(c, cpu), c, fast=False)
+        torch.testing.assert_close(m.W, ref.W, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(log.losses, ref_log.losses, rtol=1e-5)
+        assert not torch.allclose(m.W, experiment.build_encoder(c, s).W, atol=1e-3)  # it really trained

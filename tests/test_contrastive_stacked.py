@@ -186,7 +186,7 @@ def _parts(c: ExperimentConfig, shift: torch.Tensor | None):
     [
         {},
         {"pretrain.adversarial_view": "both", "pretrain.projector_dim": 8},
-        {"pretrain.attack": "fgm", "pretrain.norm": "linf", "pretrain.eps": 0.05},
+        {"pretrain.attack": "fgm", "pretrain.norm": "linf", "pretrain.eps": 0.05, "pretrain.augmentation": "none"},
         {"pretrain.eps": 0.0, "pretrain.augmentation": "mask", "pretrain.aug_strength": 0.5},
         {
             "model.learn_threshold": True,
@@ -204,7 +204,15 @@ def _parts(c: ExperimentConfig, shift: torch.Tensor | None):
         },
         {"centre": True, "pretrain.temperature": 0.5, "pretrain.weight_decay": 1e-3},
     ],
-    ids=["l2-pgd", "both-views-projector", "linf-fgm", "clean-mask", "learned-b-relu", "sgd-dropout-fixed", "centred"],
+    ids=[
+        "l2-pgd",
+        "both-views-projector",
+        "linf-fgm-no-augmentation",
+        "clean-mask",
+        "learned-b-relu",
+        "sgd-dropout-fixed",
+        "centred",
+    ],
 )
 def test_stacked_contrastive_equals_separate_runs(variant):
     # The adversarial variants avoid views whose embedding has a single active unit: its direction, all InfoNCE

@@ -145,7 +145,7 @@ def test_group_configs_batches_only_what_shares_shapes():
         tiny(seed=0, **{"model.width": 12}),  # another shape
         tiny(seed=0, **{"pretrain.eps": 0.0}),  # clean: a stack of its own
         tiny(seed=1, **{"pretrain.eps": 0.0}),
-        tiny(seed=0, **{"pretrain.method": "contrastive"}),  # no batched path: alone
+        tiny(seed=0, **{"pretrain.method": "contrastive", "pretrain.temperature": 0.01}),  # no batched path: alone
         a[3],
         tiny(seed=9, **{"pretrain.eps": 0.4}),  # another budget: same stack, eps is per model
         a[4],

@@ -78,7 +78,7 @@ def test_profile_step_accounts_per_step_and_per_call():
         assert per_call == pytest.approx(per_step / calls)
 
 
-def test_contrastive_step_times_both_paths():
+def test_contrastive_step_times_every_path():
     from benchmarks import contrastive_step
 
     cfg = with_updates(
@@ -92,8 +92,9 @@ def test_contrastive_step_times_both_paths():
             "pretrain.aug_strength": 0.05,
         },
     )
-    best = contrastive_step.seconds_per_step(cfg, repeats=1)
-    assert set(best) == {"closed_form", "autograd"} and all(0 < v < float("inf") for v in best.values())
+    best = contrastive_step.seconds_per_step(cfg, repeats=1, sizes=(2,))
+    assert set(best) == {"autograd", "closed_form_attack", "closed_form_step", "stacked_2"}
+    assert all(0 < v < float("inf") for v in best.values())
 
 
 def test_realdata_step_reports_four_rows_and_two_ratios(capsys):

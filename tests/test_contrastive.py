@@ -201,7 +201,8 @@ def test_pretrainer_trains_on_adversarial_views(monkeypatch, eps, view, calls_pe
     fed: list[torch.Tensor] = []
     features = model.features
     monkeypatch.setattr(model, "features", lambda x: (fed.append(x), features(x))[1])
-    PRETRAINERS[Method.contrastive](model, BatchStream(world, 64, 0), cfg)
+    # the generic loop (the stacked path, which the fast default takes, is tested equal to it below)
+    PRETRAINERS[Method.contrastive](model, BatchStream(world, 64, 0), cfg, fast=False)
     assert len(made) == 3 * calls_per_step
     # every adversarial view made is what the encoder is then trained on
     assert all(any(f is v for f in fed) for v in made)
@@ -281,7 +282,7 @@ def test_contrastive_pretraining_closed_form_equals_autograd(updates):
     assert log_fast.losses == pytest.approx(log_ref.losses, rel=1e-5)
 
 
-def test_contrastive_fast_path_attacks_with_the_closed_form(monkeypatch):
+def test_contrastive_generic_loop_attacks_with_the_closed_form(monkeypatch):
     import robinherit.pretraining as pretraining
     from robinherit.fused import InfoNCEViewLoss
 
@@ -293,7 +294,22 @@ def test_contrastive_fast_path_attacks_with_the_closed_form(monkeypatch):
         return lambda loss_fn, x: (seen.append(loss_fn), run(loss_fn, x))[1]
 
     monkeypatch.setattr(pretraining, "training_attack", spy)
-    PRETRAINERS[Method.contrastive](
+    pretraining.pretrain_contrastive_generic(
         build_model(16, _tiny_cfg().model, 1), BatchStream(make_world(_tiny_cfg().data, 0), 64, 0), _tiny_cfg()
     )
     assert seen and all(isinstance(f, InfoNCEViewLoss) for f in seen)
+
+
+def test_contrastive_fast_path_attacks_the_stack_with_the_closed_form(monkeypatch):
+    from robinherit import batched
+    from robinherit.config import AttackKind
+    from robinherit.fused import InfoNCEViewLoss
+
+    seen: list[object] = []
+    attack = batched.STACKED_ATTACKS[AttackKind.pgd]
+    monkeypatch.setitem(
+        batched.STACKED_ATTACKS, AttackKind.pgd, lambda loss, x, **kw: (seen.append(loss), attack(loss, x, **kw))[1]
+    )
+    cfg = _tiny_cfg(**{"pretrain.steps": 3})
+    PRETRAINERS[Method.contrastive](build_model(16, cfg.model, 1), BatchStream(make_world(cfg.data, 0), 64, 0), cfg)
+    assert len(seen) == 3 and all(isinstance(f, InfoNCEViewLoss) for f in seen)

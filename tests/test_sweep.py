@@ -301,11 +301,16 @@ def test_groups_stack_only_shape_sharing_runs():
     seeds = [with_updates(base, seed=s) for s in range(5)]
     wider = [with_updates(base, **{"model.width": 16, "seed": s}) for s in range(2)]
     contrastive = [with_updates(base, **{"pretrain.method": "contrastive", "seed": s}) for s in range(2)]
-    got = list(groups(iter(seeds + wider + contrastive), size=3))
-    assert [len(g) for g in got] == [3, 2, 2, 1, 1]  # size cap, shape change, no batched path for contrastive
+    # below the closed form's temperature contrastive pre-training has no batched path
+    cold = [
+        with_updates(base, **{"pretrain.method": "contrastive", "pretrain.temperature": 0.01, "seed": s})
+        for s in range(2)
+    ]
+    got = list(groups(iter(seeds + wider + contrastive + cold), size=3))
+    assert [len(g) for g in got] == [3, 2, 2, 2, 1, 1]  # size cap, shape change, method, no batched path
     for g in got:
         assert len({batch_key(c) for c in g}) == 1
-    assert [c for g in got for c in g] == seeds + wider + contrastive  # order kept, nothing lost
+    assert [c for g in got for c in g] == seeds + wider + contrastive + cold  # order kept, nothing lost
 
 
 def test_groups_keep_runs_of_one_encoder_together_without_a_batched_path(tmp_path):

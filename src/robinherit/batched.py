@@ -1,4 +1,5 @@
-"""S independent runs as one batched computation: supervised (adversarial) pre-training of stacked models.
+"""S independent runs as one batched computation: supervised or contrastive (adversarial) pre-training of stacked
+models.
 
 At the default sizes one two-layer step is far too small to keep a CPU busy: time goes to Python and
 autograd overhead. Stacking S models that share shapes (weights (S, m, d), inputs (S, n, d)) turns S
@@ -9,8 +10,10 @@ own init, data batches and attack random starts; Adam and SGD act elementwise, s
 stacked tensors is S independent optimisers. A model's result equals the one ``run_experiment`` gives for
 its config (to float rounding: a batched matmul sums in another order). Adversarial training is
 Madry et al. (2018), with PGD/FGM run per model on the stack using closed-form input gradients
-(``robinherit.fused``). Only pre-training is batched (it is the dominant cost); purification, downstream
-heads and evaluation run per model, exactly as in ``run_experiment``.
+(``robinherit.fused``). Contrastive pre-training is SimCLR's InfoNCE, adversarial as in RoCL (Kim et al. 2020),
+with each model's own augmented views and its own batch as negatives, its weight gradients in closed form too.
+Only pre-training is batched (it is the dominant cost); purification, downstream heads and evaluation run per
+model, exactly as in ``run_experiment``.
 """
 
 from __future__ import annotations
@@ -27,23 +30,40 @@ from torch import Tensor, nn
 
 from robinherit.activations import active_grad, row_norms, unit, unit_rows
 from robinherit.attacks import random_start
-from robinherit.config import AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
+from robinherit.augment import make_views
+from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
 from robinherit.data import BatchStream
 from robinherit.fused import (
+    MIN_CLOSED_FORM_TEMPERATURE,
+    InfoNCEViewLoss,
     TwoLayerLoss,
     back_through_head,
     two_layer_loss,
     two_layer_loss_and_grad,
+    view_loss,
 )
-from robinherit.losses import LOSS_GRADS, multilabel_bce
-from robinherit.models import TwoLayerNet
+from robinherit.losses import LOSS_GRADS, info_nce_and_grad, multilabel_bce
+from robinherit.models import TwoLayerNet, projector_weight
 from robinherit.seeding import generator
 from robinherit.training import PretrainLog, check_finite, make_optimizer
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 # Methods whose pre-training has a batched implementation; others run one model at a time.
-BATCHED_METHODS = frozenset({Method.supervised})
+BATCHED_METHODS = frozenset({Method.supervised, Method.contrastive})
+
+
+def supports_config(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s pre-training has a stacked, closed-form path: the two-layer encoder, a method of
+    ``BATCHED_METHODS``, a training attack of ``STACKED_ATTACKS``, and for contrastive pre-training a temperature
+    of at least ``fused.MIN_CLOSED_FORM_TEMPERATURE`` (below it the shifted exponentials could underflow). Every
+    other config trains on the autograd loop of ``robinherit.pretraining``."""
+    pcfg = cfg.pretrain
+    if pcfg.method not in BATCHED_METHODS or cfg.model.encoder != EncoderKind.two_layer:
+        return False
+    if pcfg.eps > 0 and pcfg.attack not in STACKED_ATTACKS:
+        return False
+    return pcfg.method != Method.contrastive or pcfg.temperature >= MIN_CLOSED_FORM_TEMPERATURE
 
 
 def batch_key(cfg: ExperimentConfig) -> str | None:
@@ -52,15 +72,23 @@ def batch_key(cfg: ExperimentConfig) -> str | None:
     Everything that shapes pre-training must agree except the seed and the attack budget (kept per model);
     clean and adversarial runs go to different stacks, so clean ones do not pay for an attack.
     """
-    if cfg.pretrain.method not in BATCHED_METHODS or cfg.model.encoder != EncoderKind.two_layer:
+    if not supports_config(cfg):
         return None
     raw = cfg.resolved()
     pre = dict(raw["pretrain"], eps=None, adversarial=cfg.pretrain.eps > 0)
     return json.dumps([raw["data"], raw["model"], pre, raw["device"]], sort_keys=True)
 
 
+# The largest stack of a method on the CPU, where larger stacks cost more per model: a contrastive step's (2n, 2n)
+# similarity matrices, 1 MiB per model at batch 256, leave the caches as S grows. Measured on the 2-core machine,
+# one thread, `python -m benchmarks.contrastive_step --steps 20 --repeats 3 --sizes 2,4,8,16,32`: CPU ms per model
+# and step 27.8 (S = 1), 23.4, 23.5, 22.7 (S = 8), 25.4, 26.3 (S = 32).
+CPU_MAX_STACK: dict[Method, int] = {Method.contrastive: 8}
+
+
 def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[list[int]]:
-    """Indices of ``cfgs`` grouped into stacks of at most ``max_size`` (order kept); unsupported ones alone."""
+    """Indices of ``cfgs`` grouped into stacks of at most ``max_size`` (``CPU_MAX_STACK`` on the CPU, where smaller;
+    order kept); unsupported ones alone."""
     groups: dict[str, list[list[int]]] = {}
     out: list[list[int]] = []
     for i, cfg in enumerate(cfgs):
@@ -68,8 +96,11 @@ def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[
         if key is None:
             out.append([i])
             continue
+        limit = max_size
+        if torch.device(cfg.device).type == "cpu":
+            limit = min(limit, CPU_MAX_STACK.get(cfg.pretrain.method, limit))
         stacks = groups.setdefault(key, [])
-        if not stacks or len(stacks[-1]) >= max_size:
+        if not stacks or len(stacks[-1]) >= limit:
             stacks.append([])
             out.append(stacks[-1])
         stacks[-1].append(i)
@@ -175,6 +206,15 @@ def closed_form_grads(
     g_v = g.transpose(1, 2) @ h  # (S, K, m)
     g_c = g.sum(dim=1)  # (S, K)
     g_u = active_grad(back_through_head(g, V), h)  # (S, n, m)
+    g_w, g_b = _first_layer_grads(g_u, u, x, w, norms, b, cfg, learn_b)
+    return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
+
+
+def _first_layer_grads(
+    g_u: Tensor, u: Tensor, x: Tensor, w: Tensor, norms: Tensor, b: Tensor, cfg: ModelConfig, learn_b: bool
+) -> tuple[Tensor, Tensor | None]:
+    """(dW, db or None) from the gradient at the pre-activations g_u = dL/du (S, n, m), u = x w^T, w the effective
+    weights (W / ||W|| with ``normalize_rows``, whose row norms are ``norms``)."""
     g_w = g_u.transpose(1, 2) @ x  # (S, m, d)
     if cfg.normalize_rows:
         g_w = (g_w - w * (g_w * w).sum(dim=2, keepdim=True)) / norms
@@ -182,7 +222,42 @@ def closed_form_grads(
     if learn_b:
         # dh/db = -threshold_sign(u) where the unit is active (g_u is 0 elsewhere); clamp_min(0) passes b >= 0.
         g_b = -(g_u * unit(cfg.activation).threshold_sign(u)).sum(dim=1) * (b >= 0)
-    return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
+    return g_w, g_b
+
+
+def contrastive_grads(
+    W: Tensor,
+    b: Tensor,
+    P: Tensor | None,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    temperature: float,
+    cfg: ModelConfig,
+    learn_b: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor | None]]:
+    """Mean InfoNCE per model (S,) of the views x1, x2 (S, n, d) and the gradients (dW, db or None, dP or None) of
+    the stack's summed mean losses: the backward pass of ``pretraining.pretrain_contrastive``'s training step
+    written out (what autograd computes through ``losses.info_nce``).
+
+    Both views go through the encoder as one batch of 2n, e = act(x w^T, b) P^T (P the optional linear
+    projector (S, k, m)); ``losses.info_nce_and_grad`` gives dL/de in closed form, and from there
+    dP = g_e^T h, dU = (g_e P) * act'(u), and the first layer as in :func:`closed_form_grads`. The model's head
+    takes no part. A pure function of tensors.
+    """
+    n = x1.shape[1]
+    norms = row_norms(W)  # (S, m, 1)
+    w = W / norms if cfg.normalize_rows else W
+    x = torch.cat([x1, x2], dim=1)  # (S, 2n, d)
+    u = x @ w.transpose(1, 2)  # (S, 2n, m)
+    h = unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
+    e = h if P is None else h @ P.transpose(1, 2)  # (S, 2n, k)
+    loss, g_e = info_nce_and_grad(e, temperature)  # (S, n), (S, 2n, k)
+    g_e = g_e.div_(n)  # of the mean over the batch
+    g_p = None if P is None else g_e.transpose(1, 2) @ h  # (S, k, m)
+    g_u = active_grad(g_e if P is None else g_e @ P, h)  # (S, 2n, m)
+    g_w, g_b = _first_layer_grads(g_u, u, x, w, norms, b, cfg, learn_b)
+    return loss.mean(dim=1), (g_w, g_b, g_p)
 
 
 def adversarial_grads(
@@ -421,28 +496,122 @@ def pretrain_stacked(
             else:
                 loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
                 loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
-        finite = torch.isfinite(loss.detach())
-        if not bool(finite.all()):
-            bad = int((~finite).nonzero()[0, 0])
-            check_finite(loss[bad], step, cfgs[bad].pretrain)
+        _check_stack_finite(loss, step, cfgs)
         opt.step()
-        running += loss.detach().cpu().double()
-        if (step + 1) % logs[0].log_every == 0:
-            for s, log in enumerate(logs):
-                log.losses.append(float(running[s]) / log.log_every)
-            running.zero_()
+        _log_step(logs, running, loss, step)
+        if on_step is not None:
+            on_step(step + 1, pcfg.steps)
+    return logs
+
+
+def _check_stack_finite(loss: Tensor, step: int, cfgs: Sequence[ExperimentConfig]) -> None:
+    """The single run's finiteness check, for the first model of the stack whose loss (S,) is not finite."""
+    finite = torch.isfinite(loss.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        check_finite(loss[bad], step, cfgs[bad].pretrain)
+
+
+def _log_step(logs: Sequence[PretrainLog], running: Tensor, loss: Tensor, step: int) -> None:
+    """``PretrainLog.add`` for every model of the stack; ``running`` (S,) float64, as the single run sums floats."""
+    running += loss.detach().cpu().double()
+    if (step + 1) % logs[0].log_every == 0:
+        for s, log in enumerate(logs):
+            log.losses.append(float(running[s]) / log.log_every)
+        running.zero_()
+
+
+def stacked_embed(net: StackedTwoLayer, projector: Tensor | None, x: Tensor) -> Tensor:
+    """(S, n, d) centred inputs -> (S, n, k) contrastive embeddings: the hidden features, projected where there is
+    a projector (S, k, m). No gradient."""
+    with torch.no_grad():
+        h = unit(net.cfg.activation).fast(x @ net.weight().transpose(1, 2), net.threshold())
+        return h if projector is None else h @ projector.transpose(1, 2)
+
+
+def stacked_view_loss(
+    net: StackedTwoLayer, projector: Tensor | None, partner: Tensor, temperature: float
+) -> InfoNCEViewLoss:
+    """The RoCL attack's loss on the stack (``fused.InfoNCEViewLoss``, closed-form input gradient) at the current
+    weights, against the partner views ``partner`` (S, n, d), whose embeddings are held fixed."""
+    return view_loss(
+        net.weight().detach(),
+        net.threshold().detach(),
+        net.cfg.activation,
+        None if projector is None else projector.detach(),
+        stacked_embed(net, projector, partner),
+        temperature,
+    )
+
+
+def pretrain_contrastive_stacked(
+    net: StackedTwoLayer,
+    streams: Sequence[Any],
+    cfgs: Sequence[ExperimentConfig],
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[PretrainLog]:
+    """``pretraining.pretrain_contrastive`` for a stack: model s sees streams[s], its own augmented views (the
+    seed's ``augment`` stream), its own projector (the ``projector`` stream) and, when adversarial, its own attack
+    starts (``pretrain-attack``) and budget; its batch alone gives its negatives. The training step's gradients
+    are in closed form (:func:`contrastive_grads`), the attack's too (``fused.InfoNCEViewLoss`` on the stack).
+    The model's head is not trained; the projector is discarded afterwards, as in the single run.
+    """
+    if len({batch_key(c) for c in cfgs}) != 1 or batch_key(cfgs[0]) is None:
+        raise ValueError("a contrastive stack needs configs with one shared batch_key (see group_configs)")
+    pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
+    dev, dtype = net.W.device, net.W.dtype
+    views = [make_views(pcfg, getattr(s, "world", None), c.seed, dev) for s, c in zip(streams, cfgs, strict=True)]
+    projector = None
+    if pcfg.projector_dim > 0:
+        width = net.W.shape[1]
+        weights = [projector_weight(pcfg.projector_dim, width, generator(c.seed, "projector")) for c in cfgs]
+        projector = nn.Parameter(torch.stack(weights).to(device=dev, dtype=dtype))
+    params = [net.W] + ([net.b] if net.b.requires_grad else []) + ([projector] if projector is not None else [])
+    opt = make_optimizer(params, pcfg, fused=True)
+    eps = [c.pretrain.eps for c in cfgs]
+    gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]
+    attack = STACKED_ATTACKS[pcfg.attack]
+    t = pcfg.temperature
+    logs = [PretrainLog() for _ in cfgs]
+    running = torch.zeros(len(cfgs), dtype=torch.float64)
+
+    def attack_against(x: Tensor, partner: Tensor) -> Tensor:
+        with torch.no_grad():  # closed-form input gradients: no graph
+            loss = stacked_view_loss(net, projector, partner, t)
+            return attack(loss, x, eps=eps, norm=pcfg.norm, steps=pcfg.attack_steps, generators=gens)
+
+    for step in range(pcfg.steps):
+        batches = [s.next() for s in streams]
+        # each model draws its first view, then its second, from its own generator, as its single run does; the
+        # views are made of the raw inputs and then centred, as the encoder centres them
+        v1 = net.centred(torch.stack([view(b) for view, b in zip(views, batches, strict=True)]))  # (S, n, d)
+        v2 = net.centred(torch.stack([view(b) for view, b in zip(views, batches, strict=True)]))
+        if pcfg.eps > 0:  # RoCL: view 1 against the clean view 2 (and, with "both", view 2 against the clean view 1)
+            a1 = attack_against(v1, v2)
+            v2 = attack_against(v2, v1) if pcfg.adversarial_view == AdversarialView.both else v2
+            v1 = a1
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            loss, (g_w, g_b, g_p) = contrastive_grads(
+                net.W, net.b, projector, v1, v2, temperature=t, cfg=net.cfg, learn_b=net.b.requires_grad
+            )
+        net.W.grad = g_w
+        if g_b is not None:
+            net.b.grad = g_b
+        if projector is not None:
+            projector.grad = g_p
+        _check_stack_finite(loss, step, cfgs)
+        opt.step()
+        _log_step(logs, running, loss, step)
         if on_step is not None:
             on_step(step + 1, pcfg.steps)
     return logs
 
 
 def supports(model: nn.Module, cfg: ExperimentConfig) -> bool:
-    """Whether ``pretrain_stacked`` can train ``model`` under ``cfg`` (supervised pre-training of the two-layer net)."""
-    return (
-        type(model) is TwoLayerNet
-        and cfg.pretrain.method in BATCHED_METHODS
-        and (cfg.pretrain.eps == 0 or cfg.pretrain.attack in STACKED_ATTACKS)
-    )
+    """Whether the stacked path (``pretrain_stacked``, ``pretrain_contrastive_stacked``) can train ``model`` under
+    ``cfg``: the two-layer net, and a config of :func:`supports_config`."""
+    return type(model) is TwoLayerNet and supports_config(cfg)
 
 
 def pretrain_one(
@@ -460,13 +629,28 @@ def pretrain_one(
     return log
 
 
+def pretrain_contrastive_one(
+    model: TwoLayerNet, stream: Any, cfg: ExperimentConfig, on_step: Callable[[int, int], None] | None = None
+) -> PretrainLog:
+    """One model's contrastive pre-training as a stack of one: what ``pretraining.pretrain_contrastive`` runs for the
+    two-layer network (closed-form attack and training step)."""
+    net = StackedTwoLayer([model]).to(model.W.device)
+    (log,) = pretrain_contrastive_stacked(net, [stream], [cfg], on_step)
+    net.unstack([model])
+    return log
+
+
 __all__ = [
     "StackedTwoLayer",
     "batch_key",
+    "contrastive_grads",
     "group_configs",
+    "pretrain_contrastive_one",
+    "pretrain_contrastive_stacked",
     "pretrain_one",
     "pretrain_stacked",
     "stacked_fgm",
     "stacked_pgd",
     "supports",
+    "supports_config",
 ]

@@ -238,7 +238,10 @@ def pretrain_stack(
     models = [build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]
     net = batched.StackedTwoLayer(models).to(dev)
     on_step = (lambda i, n: progress("pretrain", i, n)) if progress else None
-    logs = batched.pretrain_stacked(net, streams, cfgs, loss_fn=sources[0].pretrain_loss, on_step=on_step)
+    if cfgs[0].pretrain.method == Method.contrastive:
+        logs = batched.pretrain_contrastive_stacked(net, streams, cfgs, on_step=on_step)
+    else:
+        logs = batched.pretrain_stacked(net, streams, cfgs, loss_fn=sources[0].pretrain_loss, on_step=on_step)
     models = [m.to(dev) for m in models]
     net.unstack(models)
     return sources, [m.freeze().eval() for m in models], logs, (time.perf_counter() - t0) / len(cfgs)
@@ -310,7 +313,7 @@ def run_many(
     sub = [cfgs[r] for r in reps]
     for group in batched.group_configs(sub, max_size=max_stack):
         if batched.batch_key(sub[group[0]]) is None or len(group) == 1:
-            for g in group:  # a two-layer supervised run alone is a stack of one inside pretrain_supervised
+            for g in group:  # a two-layer run alone is a stack of one inside its pre-trainer
                 alone(reps[g])
             continue
         try:

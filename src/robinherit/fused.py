@@ -171,9 +171,16 @@ def attack_loss(
 
 
 def _normalized(e: Tensor) -> tuple[Tensor, Tensor]:
-    """``F.normalize(e, dim=1, eps=1e-12)`` and the clamped norms it divided by, (n, 1)."""
+    """``F.normalize(e, dim=-1, eps=1e-12)`` and the clamped norms it divided by, (..., n, 1)."""
     r = e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return e / r, r
+
+
+def _addmm(bias: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """bias + alpha a b for one model (2-d a, b) or a stack (3-d), in one kernel."""
+    if a.dim() == 2:
+        return torch.addmm(bias, a, b, alpha=alpha)
+    return torch.baddbmm(bias, a, b, alpha=alpha)
 
 
 # Below this temperature exp(S - 1/t) could underflow (|S| <= 1/t for unit vectors); the autograd path is used.
@@ -194,11 +201,15 @@ class InfoNCEViewLoss:
         dT/dS_ab[i, j] = 1/2 exp(S_ab[i, j]) (1 / Z^a_i + 1 / Z^b_j) - [i = j],
         dT/dS_aa[i, j] = 1/2 exp(S_aa[i, j]) / Z^a_i,
 
-    so dT/da = (G_ab b + (G_aa + G_aa^T) a) / t, then through the normalisation, the projector and the
+    so dT/da = (G_ab b + (G_aa + G_aa^T) a) / t (S_aa being symmetric, the sum is one elementwise pass), then
+    through the normalisation, the projector and the
     activation as in :func:`two_layer_loss_and_grad`. Unit vectors bound |S| by 1/t, so the exponentials are
     taken of S - 1/t (<= 0) directly, without logsumexp's extra passes; ``info_nce_view_loss`` keeps
     temperatures below ``MIN_CLOSED_FORM_TEMPERATURE`` on the autograd path, where they could underflow.
     The gradient is that of the summed loss, as ``attacks.input_grad`` takes it.
+
+    The same code serves a stack of S encoders (``robinherit.batched``): weight (S, m, d), threshold (S, 1, m),
+    projector (S, k, m), partner (S, n, k), x (S, n, d); losses (S, n), each model's own batch as its negatives.
     """
 
     weight: Tensor  # (m, d) effective (row-normalised) first-layer weights
@@ -213,17 +224,17 @@ class InfoNCEViewLoss:
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.center is not None:
             x = x - self.center
-        h = unit(self.activation).fast(x @ self.weight.T, self.threshold)  # (n, m)
-        return h, (h if self.projector is None else h @ self.projector.T)
+        h = unit(self.activation).fast(x @ self.weight.mT, self.threshold)  # (..., n, m)
+        return h, (h if self.projector is None else h @ self.projector.mT)
 
     def _terms(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """exp(S_ab - 1/t), exp(S_aa - 1/t) (zero diagonal), Z^a and Z^b (both scaled by exp(-1/t)), the losses."""
         e_ab = _shifted_exp(a, self.partner, self.temperature)
         e_aa = _shifted_exp(a, a, self.temperature)
-        e_aa.diagonal().zero_()
-        z_a = e_ab.sum(dim=1) + e_aa.sum(dim=1)
-        z_b = e_ab.sum(dim=0) + self.partner_z
-        loss = 0.5 * (z_a.log() + z_b.log()) - e_ab.diagonal().log()
+        e_aa.diagonal(dim1=-2, dim2=-1).zero_()
+        z_a = e_ab.sum(dim=-1) + e_aa.sum(dim=-1)
+        z_b = e_ab.sum(dim=-2) + self.partner_z
+        loss = 0.5 * (z_a.log() + z_b.log()) - e_ab.diagonal(dim1=-2, dim2=-1).log()
         return e_ab, e_aa, z_a, z_b, loss
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -231,17 +242,18 @@ class InfoNCEViewLoss:
         return self._terms(a)[-1]
 
     def value_and_grad(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-example losses (n,) and the gradient of their sum with respect to x, (n, d)."""
+        """Per-example losses (..., n) and the gradient of their sum with respect to x, (..., n, d)."""
         h, e = self._embed(x)
         a, r = _normalized(e)
         e_ab, e_aa, z_a, z_b, loss = self._terms(a)
         half_a, half_b = 0.5 / z_a, 0.5 / z_b
-        g_ab = e_ab * (half_a[:, None] + half_b[None, :])
-        g_ab.diagonal().sub_(1.0)
-        g_aa = e_aa * half_a[:, None]
-        g_a = torch.addmm(g_ab @ self.partner, g_aa + g_aa.T, a).div_(self.temperature)
+        g_ab = e_ab * (half_a[..., :, None] + half_b[..., None, :])
+        g_ab.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+        # G_aa + G_aa^T in one pass: S_aa is symmetric, so (G_aa^T)[i, j] = 1/2 exp(S_aa[i, j]) / Z^a_j
+        g_aa = e_aa.mul_(half_a[..., :, None] + half_a[..., None, :])
+        g_a = _addmm(g_ab @ self.partner, g_aa, a).div_(self.temperature)
         # through a = e / max(||e||, 1e-12): the radial part drops out unless the norm was clamped
-        radial = (a * g_a).sum(dim=-1, keepdim=True) * (r > 1e-12)
+        radial = (a * g_a).sum(dim=-1, keepdim=True).masked_fill_(r <= 1e-12, 0.0)
         g_e = (g_a - a * radial) / r
         g_h = g_e if self.projector is None else g_e @ self.projector
         return loss, active_grad(g_h, h) @ self.weight
@@ -249,7 +261,33 @@ class InfoNCEViewLoss:
 
 def _shifted_exp(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     """exp(a b^T / t - 1/t) for unit rows: entries in [exp(-2/t), 1]."""
-    return torch.addmm(a.new_full((), -1.0 / temperature), a, b.T, alpha=1.0 / temperature).exp_()
+    return _addmm(a.new_full((), -1.0 / temperature), a, b.mT, alpha=1.0 / temperature).exp_()
+
+
+def view_loss(
+    weight: Tensor,
+    threshold: Tensor,
+    activation: str,
+    projector: Tensor | None,
+    partner_embedding: Tensor,
+    temperature: float,
+    center: Tensor | None = None,
+) -> InfoNCEViewLoss:
+    """:class:`InfoNCEViewLoss` from an encoder's tensors (one model or a stack; all detached) against the raw
+    partner embeddings (..., n, k): normalises them and sums their own block of the similarity matrix once."""
+    b, _ = _normalized(partner_embedding.detach())
+    e_bb = _shifted_exp(b, b, temperature)
+    e_bb.diagonal(dim1=-2, dim2=-1).zero_()
+    return InfoNCEViewLoss(
+        weight=weight,
+        threshold=threshold,
+        activation=activation,
+        projector=projector,
+        partner=b,
+        partner_z=e_bb.sum(dim=-1),
+        temperature=temperature,
+        center=center,
+    )
 
 
 def info_nce_view_loss(
@@ -268,16 +306,12 @@ def info_nce_view_loss(
         proj = projector.weight.detach()
     else:
         return None
-    b, _ = _normalized(partner_embedding.detach())
-    e_bb = _shifted_exp(b, b, temperature)
-    e_bb.diagonal().zero_()
-    return InfoNCEViewLoss(
-        weight=model.weight().detach(),
-        threshold=model.threshold().detach(),
-        activation=model.cfg.activation,
-        projector=proj,
-        partner=b,
-        partner_z=e_bb.sum(dim=1),
-        temperature=temperature,
-        center=model.center,
+    return view_loss(
+        model.weight().detach(),
+        model.threshold().detach(),
+        model.cfg.activation,
+        proj,
+        partner_embedding,
+        temperature,
+        model.center,
     )

@@ -75,6 +75,12 @@ class LinearHead(nn.Module):
         return self.linear(self.encoder.features(x))
 
 
+def projector_weight(dim: int, width: int, g: torch.Generator) -> Tensor:
+    """(dim, width) initial weight of contrastive pre-training's linear projector (``pretrain.projector_dim``):
+    N(0, 1 / width) entries, drawn from ``g`` (the seed's ``projector`` stream), so every path starts alike."""
+    return torch.randn(dim, width, generator=g) / math.sqrt(width)
+
+
 def build_model(
     d: int, cfg: ModelConfig, n_out: int, g: torch.Generator | None = None, center: Tensor | None = None
 ) -> TwoLayerNet:

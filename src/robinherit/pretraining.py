@@ -7,7 +7,6 @@ Contrastive pre-training: SimCLR (Chen et al. 2020), adversarial as in RoCL (Kim
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +20,7 @@ from robinherit.config import AdversarialView, ExperimentConfig, Method
 from robinherit.data import Batch
 from robinherit.fused import attack_loss, info_nce_view_loss
 from robinherit.losses import info_nce, multilabel_bce
+from robinherit.models import projector_weight
 from robinherit.seeding import generator
 from robinherit.training import PretrainLog, check_finite, make_optimizer, optimizer_step
 
@@ -104,11 +104,27 @@ def pretrain_contrastive(
     other, clean view, with the rest of the batch as negatives; the step is then taken on the perturbed
     view. ``adversarial_view=both`` perturbs each view against the other clean one.
 
-    With ``fast`` (the default) the attack on a two-layer encoder uses the closed-form input gradient of
-    InfoNCE (``fused.InfoNCEViewLoss``: the same iterates up to float rounding; the whole pre-training is about
-    1.6x faster at the default sizes, ``benchmarks/contrastive_step.py``); ``fast=False`` and other encoders
-    differentiate with autograd.
+    With ``fast`` (the default) the two-layer network trains as a stack of one model wherever
+    ``batched.supports`` says so (``batched.pretrain_contrastive_one``: closed-form attack and training step, the
+    same iterates up to float rounding); other models, and ``fast=False``, take :func:`pretrain_contrastive_generic`
+    (autograd training step; with ``fast`` its attack on a two-layer encoder still uses the closed-form input
+    gradient where ``fused.info_nce_view_loss`` has one).
     """
+    if fast and batched.supports(model, cfg):
+        return batched.pretrain_contrastive_one(model, stream, cfg, on_step)
+    return pretrain_contrastive_generic(model, stream, cfg, on_step, closed_form_attack=fast)
+
+
+def pretrain_contrastive_generic(
+    model: nn.Module,
+    stream: Stream,
+    cfg: ExperimentConfig,
+    on_step: StepCallback | None = None,
+    closed_form_attack: bool = True,
+) -> PretrainLog:
+    """:func:`pretrain_contrastive`'s loop for any encoder: autograd through ``losses.info_nce`` for the training
+    step; the attack differentiates by autograd too unless ``closed_form_attack`` and ``fused.info_nce_view_loss``
+    has a closed form for the model. The reference the stacked path is tested against."""
     pcfg = cfg.pretrain
     dev = torch.device(cfg.device)
     views = make_views(pcfg, getattr(stream, "world", None), cfg.seed, dev)
@@ -119,8 +135,7 @@ def pretrain_contrastive(
     if pcfg.projector_dim > 0:
         projector = nn.Linear(width, pcfg.projector_dim, bias=False)
         with torch.no_grad():
-            g_proj = generator(cfg.seed, "projector")
-            projector.weight.copy_(torch.randn(pcfg.projector_dim, width, generator=g_proj) / math.sqrt(width))
+            projector.weight.copy_(projector_weight(pcfg.projector_dim, width, generator(cfg.seed, "projector")))
         projector = projector.to(dev)
     head_params = {id(p) for p in model.head.parameters()}
     encoder_params = [p for p in model.parameters() if id(p) not in head_params]
@@ -137,7 +152,7 @@ def pretrain_contrastive(
         return projector(model.features(x))  # (n, m) or (n, projector_dim)
 
     def closed_form(target: Tensor) -> Callable[[Tensor], Tensor] | None:
-        return info_nce_view_loss(model, projector, target, pcfg.temperature) if fast else None
+        return info_nce_view_loss(model, projector, target, pcfg.temperature) if closed_form_attack else None
 
     def attack_against(x: Tensor, other: Tensor) -> Tensor:
         return adversarial_view(attack, embed, x, other, pcfg.temperature, closed_form)
@@ -172,5 +187,6 @@ __all__ = [
     "make_optimizer",
     "optimizer_step",
     "pretrain_contrastive",
+    "pretrain_contrastive_generic",
     "pretrain_supervised",
 ]

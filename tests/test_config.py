@@ -155,6 +155,9 @@ def test_run_id_covers_the_device_type_and_the_numerics_version(monkeypatch):
     assert real.config_hash() == real_before  # ... and leaves real-data runs (no code sampler there) as they were
     monkeypatch.setattr(config_module, "NUMERICS_BY_KIND", bumped)
     assert real.config_hash() != real_before
+    contrastive = load_config("digits", ["pretrain.method=contrastive"])
+    assert config_module.numerics_kind(contrastive) == "real_contrastive"  # its training step changed at 3
+    assert config_module.numerics_kind(real) == "real" and config_module.numerics_kind(a) == "synthetic"
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_put_replaces_and_ambiguous_prefix_is_an_error(tmp_path: Path):
 
 
 class FakeRuns:
-    """Stands in for ``run_experiment`` (the store logic is what is tested): counts calls, fails on request."""
+    """Stands in for running a config (the store logic is what is tested): counts calls, fails on request."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -89,7 +89,17 @@ class FakeRuns:
 @pytest.fixture
 def fake_runs(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
     fake = FakeRuns()
-    monkeypatch.setattr(experiment, "run_experiment", fake)
+
+    def run_many(cfgs, on_result, **_):  # the scheduler's contract: on_result(index, result or None, error or None)
+        for i, cfg in enumerate(cfgs):
+            try:
+                res = fake(cfg)
+            except Exception as err:
+                on_result(i, None, err)
+                continue
+            on_result(i, res, None)
+
+    monkeypatch.setattr(experiment, "run_many", run_many)
     return fake
 
 

@@ -296,8 +296,13 @@ def run_many(
 
     def finish_all(r: int, source: DataSource, model: nn.Module, log: PretrainLog, seconds: float) -> None:
         idx = shared[r]
-        others = build_sources([cfgs[j] for j in idx[1:]])  # each run's own splits; the data read once
         share = seconds / len(idx)  # each run's share of the pre-training, as for a stack
+        try:
+            others = build_sources([cfgs[j] for j in idx[1:]])  # each run's own splits; the data read once
+        except Exception as err:  # e.g. a split the other runs' settings make impossible: theirs, not this one's
+            for j in idx[1:]:
+                on_result(j, None, err)
+            idx, others = idx[:1], []
         for j, src in zip(idx, [source, *others], strict=True):
             one(j, lambda j=j, src=src: finish_experiment(cfgs[j], src, model, log, share))
 

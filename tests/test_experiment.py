@@ -177,3 +177,19 @@ def test_a_failed_shared_pretraining_is_every_sharing_runs_error(micro_cfg: Expe
     run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
     assert isinstance(got[0], NonFiniteLossError) and isinstance(got[1], NonFiniteLossError)
     assert isinstance(got[2], dict) and got[2]["seed"] == 3  # the other encoder is unaffected
+
+
+def test_a_shared_encoders_run_that_cannot_build_its_data_fails_alone(micro_cfg: ExperimentConfig, monkeypatch):
+    from robinherit import experiment
+    from robinherit.errors import DataError
+    from robinherit.experiment import run_many
+
+    def broken(cfgs):
+        raise DataError("eval.n_test asks for more test images than the split has")
+
+    monkeypatch.setattr(experiment, "build_sources", broken)  # only the runs after the first build their own
+    cfgs = [micro_cfg, with_updates(micro_cfg, **{"eval.n_test": 64})]
+    got: dict[int, Any] = {}
+    run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
+    assert isinstance(got[0], dict) and _no_timing(got[0]) == _no_timing(run_experiment(micro_cfg)[0])
+    assert isinstance(got[1], DataError) and "n_test" in str(got[1])

@@ -325,7 +325,7 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and how many are stored; run nothing"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     batch: int = typer.Option(
-        SWEEP_BATCH, min=1, help="runs per task; shape-sharing runs are pre-trained as one stack"
+        SWEEP_BATCH, min=1, help="encoders per task (with every run on each); shape-sharing ones pre-train as one stack"
     ),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""

@@ -261,7 +261,7 @@ OnResult = Callable[[ExperimentConfig, Result | None, str | None], None]  # (cfg
 
 
 GroupResult = list[tuple[Result | None, str | None]]  # per config: (result, error message)
-BATCH = 8  # runs per unit of work: batched pre-training pays off; a killed sweep loses at most this many
+BATCH = 8  # encoders per unit of work: batched pre-training pays off; a killed sweep loses at most their runs
 
 
 def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
@@ -504,7 +504,8 @@ def run_sweep(
     batch: int = BATCH,
 ) -> SweepReport:
     """Run every config not yet in ``store``; each result is stored as soon as it arrives. Workers take groups of
-    up to ``batch`` shape-sharing runs and pre-train them as one stack (``batch=1``: one run per task).
+    up to ``batch`` shape-sharing encoders (with every run on each) and pre-train them as one stack (``batch=1``:
+    one encoder per task).
 
     A failing run (say, a diverging loss) is reported and the others go on; nothing is stored for it.
     """

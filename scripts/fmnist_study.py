@@ -13,25 +13,20 @@ per-example worst case of PGD and AutoAttack's components where the config ran t
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 from collections import defaultdict
 from typing import Any
 
-from scipy import stats
-
 from robinherit.correlate import correlate
 from robinherit.records import eps_key
+from robinherit.reproduce.stats import paired_stats
 from robinherit.sweep import records_of
 
 
 def interval(values: list[float]) -> str:
-    """mean +- half-width of the 95% t-interval (just the mean for one value)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.3f}"
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.3f} ± {half:.3f}"
+    """mean +- half-width of the 95% t-interval over seeds (``reproduce``'s own statistics; just the mean for one
+    value)."""
+    mean, (low, high), _ = paired_stats(values)
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 
 def head(r: dict[str, Any], name: str, key: str) -> tuple[float, float]:

@@ -70,13 +70,9 @@ def correlate(
         const = x if np.ptp(xs) == 0 else y
         raise PlotError(f"'{const}' is the same in every run ({xs[0] if const == x else ys[0]:g}); nothing to rank")
     res = stats.spearmanr(xs, ys)
-
-    def stat(a: np.ndarray, b: np.ndarray) -> float:
-        return spearman(a, b)
-
     boot = stats.bootstrap(
         (xs, ys),
-        stat,
+        spearman,  # nan for a resample in which one metric is constant
         paired=True,
         vectorized=False,
         n_resamples=resamples,

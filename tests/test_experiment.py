@@ -184,7 +184,7 @@ def test_a_shared_encoders_run_that_cannot_build_its_data_fails_alone(micro_cfg:
     from robinherit.errors import DataError
     from robinherit.experiment import run_many
 
-    def broken(cfgs):
+    def broken(cfgs, known=()):
         raise DataError("eval.n_test asks for more test images than the split has")
 
     monkeypatch.setattr(experiment, "build_sources", broken)  # only the runs after the first build their own

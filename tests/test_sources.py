@@ -359,3 +359,18 @@ def test_default_atoms_are_capped_for_large_inputs(monkeypatch):
     assert ld.effective_rank(x.double().numpy()) > 4
     assert ld.learn_dictionary(x, None, DictMethod.ica).shape == (12, 4)
     assert ld.learn_dictionary(x, 6, DictMethod.ica).shape == (12, 6)  # an explicit count is kept
+
+
+def test_runs_sharing_an_encoder_read_their_data_set_once(tmp_path: Path, monkeypatch) -> None:
+    from robinherit.experiment import run_many
+
+    make_mnist_files(tmp_path, n_train=80, n_test=40)
+    cfg = _cfg(tmp_path, **{"eval.autoattack": "none", "downstream.heads": ["clean"]})
+    cfgs = [cfg, with_updates(cfg, **{"downstream.weight_decay": 0.1}), with_updates(cfg, **{"eval.n_test": 16})]
+    reads = []
+    real_load = sources.load_data
+    monkeypatch.setattr(sources, "load_data", lambda dcfg: reads.append(dcfg.source) or real_load(dcfg))
+    got: dict[int, object] = {}
+    run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
+    assert reads == ["mnist"]  # one read for the encoder's three runs
+    assert all(isinstance(got[i], dict) for i in range(3)) and got[2]["dataset"]["n_test"] == 16

@@ -298,7 +298,7 @@ def run_many(
         idx = shared[r]
         share = seconds / len(idx)  # each run's share of the pre-training, as for a stack
         try:
-            others = build_sources([cfgs[j] for j in idx[1:]])  # each run's own splits; the data read once
+            others = build_sources([cfgs[j] for j in idx[1:]], known=[(cfgs[r], source)])  # own splits, data as read
         except Exception as err:  # e.g. a split the other runs' settings make impossible: theirs, not this one's
             for j in idx[1:]:
                 on_result(j, None, err)

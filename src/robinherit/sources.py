@@ -14,7 +14,7 @@ the others; Shafahi et al. 2020, "Adversarially robust transfer learning").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,10 +315,15 @@ def build_source(cfg: ExperimentConfig) -> DataSource:
     return SOURCES["real" if cfg.is_real else "synthetic"](cfg)
 
 
-def build_sources(cfgs: list[ExperimentConfig]) -> list[DataSource]:
+def build_sources(
+    cfgs: list[ExperimentConfig], known: Sequence[tuple[ExperimentConfig, DataSource]] = ()
+) -> list[DataSource]:
     """``build_source`` for many configs, reading each distinct real data set once (a stack of S runs on one data
-    set would otherwise parse its files S times)."""
-    loaded: dict[str, ArrayDataset] = {}
+    set would otherwise parse its files S times); ``known`` (config, source) pairs lend their data sets, read
+    already."""
+    loaded: dict[str, ArrayDataset] = {
+        c.data.model_dump_json(): src.dataset for c, src in known if c.is_real and isinstance(src, ArraySource)
+    }
     out: list[DataSource] = []
     for cfg in cfgs:
         if not cfg.is_real:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from robinherit.correlate import correlate
+from robinherit.plots import axis_value
 from robinherit.records import eps_key
 from robinherit.reproduce.stats import paired_stats
 from robinherit.sweep import records_of
@@ -37,13 +38,8 @@ def head(r: dict[str, Any], name: str, key: str) -> tuple[float, float]:
 def by(records: list[dict[str, Any]], *paths: str) -> dict[tuple, list[dict[str, Any]]]:
     out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        k = []
-        for p in paths:
-            node: Any = r["config"]
-            for part in p.split("."):
-                node = node[part]
-            k.append(tuple(node) if isinstance(node, list) else node)
-        out[tuple(k)].append(r)
+        values = (axis_value(r, p) for p in paths)
+        out[tuple(tuple(v) if isinstance(v, list) else v for v in values)].append(r)
     for v in out.values():
         v.sort(key=lambda r: r["seed"])
     return dict(sorted(out.items()))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import sqlite3
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,57 @@ def test_a_worker_killed_by_the_os_is_reported_with_its_run_id_and_the_others_ar
     assert ResultStore(tmp_path / "k.db").run_ids() == {c.config_hash() for c in load_sweep(spec).configs()} - {
         doomed.config_hash()
     }
+
+
+class RacingPool:
+    """A process pool, in this process, whose worker on the doomed seed dies at the worst moment: after ``wait`` has
+    returned another run's result and before the driver's next ``submit``, which the broken pool refuses. A real pool
+    reaches this order only by chance (it is the order a 2-core machine hit)."""
+
+    def __init__(self, n: int):
+        self.n, self.broken, self.dying = n, False, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, cfg_jsons):
+        if self.broken:
+            for fut in self.dying:  # as a real pool does: every future in flight fails with it
+                fut.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+            raise BrokenProcessPool("a child process terminated abruptly, the process pool is not usable anymore")
+        fut = Future()
+        if any(c["seed"] == DOOMED_SEED for c in cfg_jsons):
+            self.broken = True
+            if self.n == 1:  # alone, nobody else submits: the pool notices at once
+                fut.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+            else:
+                self.dying.append(fut)
+        else:
+            fut.set_result(fn(cfg_jsons))
+        return fut
+
+
+def test_a_group_the_broken_pool_refuses_runs_in_a_new_pool_and_nothing_else_is_lost(tmp_path, micro_yaml, monkeypatch):
+    from robinherit import sweep
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0, DOOMED_SEED, 2, 3]}))
+    cfgs = load_sweep(spec).configs()
+    doomed = next(c for c in cfgs if c.seed == DOOMED_SEED)
+    pools: list[RacingPool] = []
+    monkeypatch.setattr(sweep, "local_pool", lambda n: pools.append(RacingPool(n)) or pools[-1])
+    res = CliRunner().invoke(
+        app, ["sweep", str(spec), "--store", str(tmp_path / "k.db"), "--quiet", "--batch", "1", "--workers", "2"]
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"run {doomed.config_hash()} failed" in res.output and "killed by the operating system" in res.output
+    assert "1 of 4 runs failed" in res.output
+    # the race happened: the first pool refused a submit, and the refused run and the one after it were stored
+    assert pools[0].broken and [p.n for p in pools] == [2, 1, 2]
+    assert ResultStore(tmp_path / "k.db").run_ids() == {c.config_hash() for c in cfgs} - {doomed.config_hash()}
 
 
 def _old_store(path: Path, micro_yaml: Path) -> None:

@@ -366,14 +366,16 @@ def run_local(
     n = workers or os.cpu_count() or 1
     units = groups(cfgs, batch)
     while True:
-        suspects = _pool_until_broken(units, n, on_result, fn=execute_fn or execute)
+        suspects, unstarted = _pool_until_broken(units, n, on_result, fn=execute_fn or execute)
         # A worker died (killed by the OS, say for memory): every group in flight failed with it. Each of their
         # runs goes again alone, one at a time in its own process, so only the run that kills its worker is
         # reported as killed and the others are computed and stored.
         for cfg in suspects:
             _pool_until_broken(iter([[cfg]]), 1, on_result, alone=True, fn=execute_fn or execute)
-        if not suspects:
+        if not suspects and not unstarted:
             return
+        # A group the broken pool refused never started: it opens the next pool, in its place in the order.
+        units = itertools.chain(unstarted, units)
 
 
 KILLED = (
@@ -388,19 +390,26 @@ def _pool_until_broken(
     on_result: OnResult,
     alone: bool = False,
     fn: Callable[[list[dict[str, Any]]], GroupResult] = execute,
-) -> list[ExperimentConfig]:
-    """Run ``units`` on a pool of ``n`` spawned workers until they are done or a worker dies; returns the configs of
-    the groups in flight when it died (to run again; none if all went well)."""
+) -> tuple[list[ExperimentConfig], list[list[ExperimentConfig]]]:
+    """Run ``units`` on a pool of ``n`` spawned workers until they are done or a worker dies. Returns the configs of
+    the groups in flight when it died (to run again alone) and the groups the broken pool refused before any
+    worker started them (to run in a new pool); both empty if all went well."""
     suspects: list[ExperimentConfig] = []
+    unstarted: list[list[ExperimentConfig]] = []
     with local_pool(n) as ex:
         running: dict[Future, list[ExperimentConfig]] = {}
 
         def fill() -> None:
-            while len(running) < n and not suspects:
+            while len(running) < n and not suspects and not unstarted:
                 group = next(units, None)
                 if group is None:
                     return
-                running[ex.submit(fn, [c.model_dump(mode="json") for c in group])] = group
+                try:
+                    running[ex.submit(fn, [c.model_dump(mode="json") for c in group])] = group
+                except BrokenProcessPool:
+                    # A worker died after `wait` returned and before this submit: the pool refuses new work.
+                    # The futures in flight fail with BrokenProcessPool too and are collected below.
+                    unstarted.append(group)
 
         fill()
         while running:
@@ -416,7 +425,7 @@ def _pool_until_broken(
                     continue
                 _deliver(group, None if err else fut.result(), error_text(err) if err else None, on_result)
             fill()
-    return suspects
+    return suspects, unstarted
 
 
 def run_ray(

@@ -220,6 +220,37 @@ def test_second_call_only_renders(good, monkeypatch):
     monkeypatch.setattr(c6_cost, "clean_head_cost", boom)
     again = reproduce(settings, store)
     assert [c["effect"] for c in again.claims] == [c["effect"] for c in result.claims]
+    # nothing was computed the second time, and the timing says so
+    assert again.timing["worker_s"] == 0 and all(r["computed"] == 0 and r["stored"] > 0 for r in again.timing["work"])
+
+
+def test_the_timing_accounts_for_every_stage_run_and_derived_result(good):
+    out, result, store, settings = good
+    timing = json.loads((out / "claims.json").read_text())["timing_s"]
+    assert list(timing["stages"]) == [
+        "planning",
+        "pre-training runs (with their heads and evaluation)",
+        "derived results",
+        "claims (gathered results, statistics)",
+    ]
+    assert timing["wall"] == pytest.approx(sum(timing["stages"].values())) and timing["workers"] == settings.workers
+    rows = {r["what"]: r for r in timing["work"]}
+    for arm in ("at", "clean"):
+        recs = result.records["supervised"][arm]
+        for part, label in (("pretrain", "pre-training"), ("downstream", "heads"), ("eval", "evaluation")):
+            row = rows[f"supervised {arm}: {label}"]
+            assert row["computed"] == len(SEEDS) and row["stored"] == 0
+            assert row["worker_s"] == pytest.approx(sum(r["timing_s"][part] for r in recs))
+    # every derived result computed here has its seconds, stored with its value
+    jobs = [j for spec in settings.selected() for j in spec.jobs(result.evidence)]
+    for kind in {j.kind for j in jobs}:
+        mine = [j for j in jobs if j.kind == kind]
+        stored = [store.get_aux(j.kind, j.key)["seconds"] for j in mine]
+        assert rows[f"derived: {kind}"]["computed"] == len(mine) and all(s > 0 for s in stored)
+        assert rows[f"derived: {kind}"]["worker_s"] == pytest.approx(sum(stored))
+    assert timing["worker_s"] > 0 and timing["worker_s"] == pytest.approx(sum(r["worker_s"] for r in timing["work"]))
+    assert "## Where the time went" in (out / "report.md").read_text()
+    assert "<table id='work'>" in (out / "report.html").read_text()
 
 
 def test_non_purifying_pretraining_fails_the_claims(tmp_path):
@@ -542,3 +573,26 @@ def test_jobs_a_claim_tells_apart_may_not_share_a_key(tmp_path):
     jobs = [AuxJob("t", "run/abc", f"task {i}", _square_or_fail, lambda i=i: (i,), tag=i) for i in (1, 3)]
     with pytest.raises(RobinheritError, match="share the store key run/abc"):
         run_derived({"4": jobs}, ResultStore(tmp_path / "r.db"), workers=1, tick=lambda _w: None)
+
+
+def test_the_reproduce_command_prints_the_wall_time_of_each_stage(tmp_path):
+    from typer.testing import CliRunner
+
+    from robinherit.cli import app
+
+    sets = [a for s in TINY for a in ("--set", s)]
+    res = CliRunner().invoke(
+        app,
+        ["reproduce", "--claims", "1", "--seeds", "2", "--workers", "1", "--out", str(tmp_path / "out"),
+         "--store", str(tmp_path / "r.db"), *sets],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cells = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in res.output.splitlines() if
+             line.count("│") == 3}  # fmt: skip
+    for stage in ("planning", "derived results", "report and figures", "total"):
+        assert float(cells[stage]) >= 0, res.output
+    assert float(cells["total"]) >= float(cells["report and figures"]) > 0
+    timing = json.loads((tmp_path / "out" / "claims.json").read_text())["timing_s"]
+    assert {r["what"] for r in timing["work"]} == {
+        f"supervised {arm}: {part}" for arm in ("at", "clean") for part in ("pre-training", "heads", "evaluation")
+    }

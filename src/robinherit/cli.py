@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -303,12 +304,20 @@ def reproduce(
             bar.update(task, completed=done, total=total, description=what)
 
         result = run_reproduce(settings, db, progress=on_progress)
+    t_report = time.perf_counter()
     claims_path = write_claims(result, out_dir)
     html_path, md_path = write_report(result, db, out_dir)
+    report_s = time.perf_counter() - t_report
     table = Table("#", "claim", "result", "effect", "95% CI", "p", "seeds")
     for c in result.claims:
         table.add_row(*_claim_cells(c))
     out.print(table)
+    stages = {**result.timing["stages"], "report and figures": report_s, "total": 0.0}
+    stages["total"] = sum(stages.values())
+    times = Table("stage", "wall s", title=f"where the time went (the work inside: {md_path.name})")
+    for name, secs in stages.items():
+        times.add_row(name, f"{secs:.1f}")
+    out.print(times)
     out.print(f"wrote {claims_path}, {html_path}, {md_path}")
 
 

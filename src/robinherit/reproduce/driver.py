@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from robinherit.reproduce.claims import CLAIMS
 from robinherit.reproduce.jobs import AuxJob, run_aux
 from robinherit.reproduce.spec import ARMS, AT_EPS, EPS_REF, ClaimNotRunError, ClaimSpec, Evidence, Tick, pair_configs
 from robinherit.reproduce.stats import Claim, not_run_row
+from robinherit.reproduce.timing import StageClock, derived_work, run_work
+from robinherit.reproduce.timing import summary as timing_summary
 from robinherit.store import ResultStore
 
 CONFIG_DIR = Path(str(resources.files("robinherit") / "configs"))  # the shipped configs, inside the package
@@ -86,6 +88,7 @@ class ReproduceResult:
     records: dict[str, dict[str, list[dict]]]  # family -> arm -> per-seed run records
     evidence: Evidence  # everything the claims read; the report draws their figures from it
     settings: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)  # reproduce.timing.summary: stages and their work
 
 
 class Meter:
@@ -105,16 +108,31 @@ class Meter:
 
 def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progress | None = None) -> ReproduceResult:
     """Run (or load) everything the wanted claims need and evaluate them."""
-    specs = settings.selected()
-    ev = Evidence(settings, store, configs={f: per_arm(settings, f) for f in settings.families()})
-    runs = planned_runs(specs, ev)
-    jobs = {spec.id: spec.jobs(ev) for spec in specs}
+    clock = StageClock()
+    with clock.stage("planning"):
+        specs = settings.selected()
+        ev = Evidence(settings, store, configs={f: per_arm(settings, f) for f in settings.families()})
+        runs = planned_runs(specs, ev)
+        jobs = {spec.id: spec.jobs(ev) for spec in specs}
+        stored_runs = store.run_ids()
     meter = Meter(progress, len(runs) + sum(map(len, jobs.values())) + sum(s.extra_ticks(settings) for s in specs))
     meter.say(f"{len(runs)} pre-training runs")
-    ev.records = run_pretraining(runs, store, settings.workers, meter.tick)
-    ev.derived = run_derived(jobs, store, settings.workers, meter.tick)
-    rows = [claim_row(spec, ev, meter.tick) for spec in specs]
-    return ReproduceResult(claims=rows, records=ev.records, evidence=ev, settings=settings.summary())
+    with clock.stage("pre-training runs (with their heads and evaluation)"):
+        ev.records = run_pretraining(runs, store, settings.workers, meter.tick)
+    seconds: dict[tuple[str, str], float] = {}
+    with clock.stage("derived results"):
+        ev.derived = run_derived(jobs, store, settings.workers, meter.tick, seconds)
+    with clock.stage("claims (gathered results, statistics)"):
+        rows = [claim_row(spec, ev, meter.tick) for spec in specs]
+    computed = {cfg.config_hash() for _, _, cfg in runs} - stored_runs
+    work = run_work(runs, ev.records, computed) + derived_work([j for js in jobs.values() for j in js], seconds)
+    return ReproduceResult(
+        claims=rows,
+        records=ev.records,
+        evidence=ev,
+        settings=settings.summary(),
+        timing=timing_summary(clock, work, settings.workers),
+    )
 
 
 def per_arm(settings: ReproduceSettings, family: str) -> dict[str, list[ExperimentConfig]]:
@@ -177,7 +195,11 @@ def _run_parallel(cfgs: list[ExperimentConfig], store: ResultStore, workers: int
 
 
 def run_derived(
-    jobs: dict[str, list[AuxJob]], store: ResultStore, workers: int, tick: Tick
+    jobs: dict[str, list[AuxJob]],
+    store: ResultStore,
+    workers: int,
+    tick: Tick,
+    seconds: dict[tuple[str, str], float] | None = None,
 ) -> dict[str, list[tuple[AuxJob, dict]]]:
     """Every claim's derived results (stored or computed now, heaviest first on the pool), per claim id."""
     for cid, js in jobs.items():
@@ -191,7 +213,7 @@ def run_derived(
                     "them apart in the job's params"
                 )
     order = sorted((job for js in jobs.values() for job in js), key=lambda j: -j.weight)  # stable: ties keep order
-    values = run_aux(store, order, workers, tick)
+    values = run_aux(store, order, workers, tick, seconds)
     return {cid: [(job, values[job.kind, job.key]) for job in js] for cid, js in jobs.items()}
 
 
@@ -233,6 +255,6 @@ def _json_safe(obj: Any) -> Any:
 def write_claims(result: ReproduceResult, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "claims.json"
-    body = _json_safe({"settings": result.settings, "claims": result.claims})
+    body = _json_safe({"settings": result.settings, "claims": result.claims, "timing_s": result.timing})
     path.write_text(json.dumps(body, indent=2, allow_nan=False))
     return path

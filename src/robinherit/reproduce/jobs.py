@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
@@ -78,12 +79,25 @@ def _unwrap(stored: dict[str, Any]) -> dict[str, Any]:
     return stored["value"] if {"value", "git_commit"} <= set(stored) else stored
 
 
+def timed(fn: Callable[..., dict], *args: Any, **params: Any) -> tuple[dict, float]:
+    """``fn(*args, **params)`` and the seconds it took, measured in the process that ran it."""
+    t0 = time.perf_counter()
+    value = fn(*args, **params)
+    return value, time.perf_counter() - t0
+
+
 def run_aux(
-    store: ResultStore, jobs: Sequence[AuxJob], workers: int, tick: Callable[[str], None]
+    store: ResultStore,
+    jobs: Sequence[AuxJob],
+    workers: int,
+    tick: Callable[[str], None],
+    seconds: dict[tuple[str, str], float] | None = None,
 ) -> dict[tuple[str, str], dict]:
     """Every job's result, from the store or computed (on a local pool of ``workers`` single-threaded processes
     when > 1, in the order given). Each result is stored as soon as it exists, so a failure or an interrupt
-    loses none of the others: the error names the failed jobs and the rerun computes only what is missing."""
+    loses none of the others: the error names the failed jobs and the rerun computes only what is missing.
+    ``seconds``, where given, receives each computed job's worker seconds under (kind, key); they are stored
+    with the value too."""
     from robinherit.sweep import error_text, local_pool
 
     out: dict[tuple[str, str], dict] = {}
@@ -97,21 +111,25 @@ def run_aux(
             tick(f"{job.label} (stored)")
     failed: list[str] = []
 
-    def done(job: AuxJob, value: dict) -> None:
+    def done(job: AuxJob, value_and_seconds: tuple[dict, float]) -> None:
+        value, took = value_and_seconds
         envelope = {
             "value": value,
             "kind": job.kind,
             "params": job.params,
+            "seconds": took,
             "versions": versions(),
             "git_commit": git_commit(),
         }
         store.put_aux(job.kind, job.key, envelope)
         out[job.kind, job.key] = value
+        if seconds is not None:
+            seconds[job.kind, job.key] = took
         tick(job.label)
 
     if workers > 1 and len(missing) > 1:
         with local_pool(min(workers, len(missing))) as ex:
-            futures = {ex.submit(job.fn, *job.make_args(), **job.params): job for job in missing}
+            futures = {ex.submit(timed, job.fn, *job.make_args(), **job.params): job for job in missing}
             for fut in as_completed(futures):
                 try:
                     done(futures[fut], fut.result())
@@ -120,7 +138,7 @@ def run_aux(
     else:
         for job in missing:
             try:
-                done(job, job.fn(*job.make_args(), **job.params))
+                done(job, timed(job.fn, *job.make_args(), **job.params))
             except Exception as err:  # as on the pool: the others still run and are stored
                 failed.append(f"{job.label}: {error_text(err)}")
     if failed:

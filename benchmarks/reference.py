@@ -31,8 +31,8 @@ class ReferenceNet(nn.Module):
 
 def pgd_l2(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, g: torch.Generator | None) -> Tensor:
     alpha = 2.5 * eps / steps
-    delta = torch.randn(x.shape, generator=g)
-    delta = delta / delta.norm(dim=1, keepdim=True) * eps * torch.rand(x.shape[0], 1, generator=g)
+    delta = torch.randn(x.shape, generator=g, device=x.device)
+    delta = delta / delta.norm(dim=1, keepdim=True) * eps * torch.rand(x.shape[0], 1, generator=g, device=x.device)
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = F.binary_cross_entropy_with_logits(model(x + delta), y)
@@ -45,7 +45,7 @@ def pgd_l2(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, g: to
 def train(model: nn.Module, sample, steps: int, eps: float, attack_steps: int, lr: float, seed: int = 0) -> None:
     """``sample()`` -> (x, y) batches; ``steps`` Adam steps of l2 PGD-``attack_steps`` adversarial training."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for _ in range(steps):
         x, y = sample()
         x_adv = pgd_l2(model, x, y, eps, attack_steps, g)

@@ -22,6 +22,11 @@ interleaved, and the best time kept (other load on the machine only ever slows a
 
     python -m benchmarks.train_step            # table
     python -m benchmarks.train_step --json     # one JSON object
+    python -m benchmarks.train_step --device cuda --sizes 1,32,128,512 --skip-large   # on a GPU
+
+With ``--device cuda`` every path, the reference included, runs on the GPU (the data streams draw on the host and
+copy each batch over, as training does), and each timed run waits for the GPU's queue to drain before the clock
+stops.
 """
 
 from __future__ import annotations
@@ -60,16 +65,26 @@ def flops_per_sample(cfg: ExperimentConfig) -> float:
     return per_pass * (2 * a + 1 + 2)
 
 
-def matmul_peak(seconds: float = 1.0) -> tuple[float, float]:
-    """Best fp32 GFLOP/s of a square matmul on this machine (sizes 1024 and 2048): by wall clock, by CPU time."""
+def sync(device: torch.device | str) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously; a timer must not stop before they end)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(seconds: float = 1.0, device: str = "cpu") -> tuple[float, float]:
+    """Best fp32 GFLOP/s of a square matmul on ``device`` (sizes 1024 and 2048, and 4096 on a GPU): by wall
+    clock, by CPU time (the latter means little on a GPU, where the host only waits)."""
     wall = cpu = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+    sizes = (1024, 2048, 4096) if torch.device(device).type == "cuda" else (1024, 2048)
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         a @ b  # warm-up
+        sync(device)
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 2:
+        while time.perf_counter() - t0 < seconds / len(sizes):
             w1, c1 = time.perf_counter(), time.process_time()
             a @ b
+            sync(device)
             w, c = time.perf_counter() - w1, time.process_time() - c1
             wall = max(wall, 2 * n**3 / w / 1e9)
             cpu = max(cpu, 2 * n**3 / max(c, 1e-9) / 1e9 * torch.get_num_threads())
@@ -77,12 +92,13 @@ def matmul_peak(seconds: float = 1.0) -> tuple[float, float]:
 
 
 def _streams(cfg: ExperimentConfig, seeds: range) -> list[BatchStream]:
-    return [BatchStream(make_world(cfg.data, s), cfg.pretrain.batch_size, s) for s in seeds]
+    return [BatchStream(make_world(cfg.data, s), cfg.pretrain.batch_size, s, device=cfg.device) for s in seeds]
 
 
 def run_reference(cfg: ExperimentConfig, steps: int) -> None:
     stream = _streams(cfg, range(1))[0]
     model = ReferenceNet(cfg.data.d, cfg.model.width, cfg.data.n_tasks, cfg.model.threshold, generator(0, "init"))
+    model = model.to(cfg.device)
 
     def sample():
         batch = stream.next()
@@ -94,7 +110,7 @@ def run_reference(cfg: ExperimentConfig, steps: int) -> None:
 def run_single(cfg: ExperimentConfig, steps: int, fast: bool = True) -> None:
     c = with_updates(cfg, **{"pretrain.steps": steps})
     stream = _streams(c, range(1))[0]
-    model = build_model(c.data.d, c.model, c.data.n_tasks, generator(0, "init"))
+    model = build_model(c.data.d, c.model, c.data.n_tasks, generator(0, "init")).to(c.device)
     pretrain_supervised(model, stream, c, fast=fast)
 
 
@@ -102,7 +118,7 @@ def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
     cfgs = [with_updates(cfg, **{"pretrain.steps": steps, "seed": s}) for s in range(size)]
     streams = _streams(cfgs[0], range(size))
     net = StackedTwoLayer([build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs])
-    pretrain_stacked(net, streams, cfgs)
+    pretrain_stacked(net.to(cfgs[0].device), streams, cfgs)
 
 
 def compiled(run: Callable[[int], None]) -> Callable[[int], None]:
@@ -136,10 +152,13 @@ def run_matmuls_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
     PGD step the forward (x W^T, then the head) and the input gradient (through the head, then W), the final
     loss's forward, and the training step's forward and weight gradients, at the stacked path's shapes."""
     n, d, m, k = cfg.pretrain.batch_size, cfg.data.d, cfg.model.width, cfg.data.n_tasks
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
-    v, c = torch.randn(size, k, m, generator=g), torch.randn(size, 1, k, generator=g)
-    g_logits, g_u = torch.randn(size, n, k, generator=g), torch.randn(size, n, m, generator=g)
+    g, dev = torch.Generator().manual_seed(0), cfg.device
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(dev)
+
+    x, w, v, c = randn(size, n, d), randn(size, m, d), randn(size, k, m), randn(size, 1, k)
+    g_logits, g_u = randn(size, n, k), randn(size, n, m)
     for _ in range(steps):
         for _ in range(cfg.pretrain.attack_steps):
             h = x @ w.transpose(1, 2)
@@ -155,21 +174,26 @@ def run_matmuls_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
         g_u.transpose(1, 2) @ x
 
 
-def best_seconds_per_step(run: Callable[[int], None], repeats: int, target_s: float) -> tuple[float, float]:
+def best_seconds_per_step(
+    run: Callable[[int], None], repeats: int, target_s: float, device: str = "cpu"
+) -> tuple[float, float]:
     """(wall, CPU) seconds per step, each the best of ``repeats`` timed runs of about ``target_s``.
 
     CPU time (of this process, all its threads) is reported next to wall time because on a shared
     machine other processes stretch the wall clock but not the work done.
     """
     run(2)  # warm-up: lazy imports, allocator, first optimiser step, compiling where asked for
+    sync(device)
     t0 = time.perf_counter()
     run(4)  # calibration, after the warm-up so that one-off costs do not shrink the timed runs
+    sync(device)
     per_step = (time.perf_counter() - t0) / 4
     steps = int(min(500, max(3, target_s / max(per_step, 1e-6))))
     wall = cpu = float("inf")
     for _ in range(repeats):
         w0, c0 = time.perf_counter(), time.process_time()
         run(steps)
+        sync(device)
         wall = min(wall, (time.perf_counter() - w0) / steps)
         cpu = min(cpu, (time.process_time() - c0) / steps)
     return wall, cpu
@@ -191,7 +215,7 @@ def bench_config(
     rows = []
     flops = flops_per_sample(cfg)
     for path, size, run in paths:
-        wall, cpu = best_seconds_per_step(run, repeats, target_s)
+        wall, cpu = best_seconds_per_step(run, repeats, target_s, cfg.device)
         sps = size * cfg.pretrain.batch_size / wall
         sps_cpu = size * cfg.pretrain.batch_size / cpu
         rows.append(
@@ -246,15 +270,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time the paths with ROBINHERIT_COMPILE=1 (compiles first)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (every path, the reference included)")
+    parser.add_argument(
+        "--sizes", default="1,8,32", help="stack sizes S of the batched path on the default config (comma-separated)"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    sizes = tuple(sorted({int(s) for s in args.sizes.split(",")}))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch here; run on a GPU machine or leave it out")
 
-    peak, peak_cpu = matmul_peak()
-    base = ExperimentConfig()
-    rows = bench_config("default", with_updates(base, **DEFAULT), (1, 8, 32), args.repeats, args.seconds, args.compile)
+    peak, peak_cpu = matmul_peak(device=args.device)
+    base = with_updates(ExperimentConfig(), device=args.device)
+    rows = bench_config("default", with_updates(base, **DEFAULT), sizes, args.repeats, args.seconds, args.compile)
     if not args.skip_large:
         rows += bench_config("large", with_updates(base, **LARGE), (1, 8), args.repeats, args.seconds, args.compile)
+    top = max(sizes)
 
     def pick(config: str, path: str, size: int = 1) -> dict:
         return next(r for r in rows if r["config"] == config and r["path"] == path and r["S"] == size)
@@ -263,17 +295,18 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "reference_samples_per_s": pick("default", "reference")["samples_per_s"],
         "single_samples_per_s": pick("default", "single")["samples_per_s"],
-        "batched_samples_per_s": {str(s): pick("default", "batched", s)["samples_per_s"] for s in (8, 32)},
-        # drawing the 32 streams' batches alone: a ceiling for any training path at S = 32
-        "data_only_samples_per_s": pick("default", "data only", 32)["samples_per_s"],
-        # the step's matrix products alone at S = 32, and the bound data + products put on any path there
-        "matmuls_only_samples_per_s": pick("default", "matmuls only", 32)["samples_per_s"],
-        "ceiling_samples_per_s": pick("default", "ceiling", 32)["samples_per_s"],
+        "batched_samples_per_s": {str(s): pick("default", "batched", s)["samples_per_s"] for s in sizes if s > 1},
+        # drawing the largest stack's batches alone (S = 32 by default): a ceiling for any training path at that S
+        "ceiling_S": top,
+        "data_only_samples_per_s": pick("default", "data only", top)["samples_per_s"],
+        # the step's matrix products alone at that S, and the bound data + products put on any path there
+        "matmuls_only_samples_per_s": pick("default", "matmuls only", top)["samples_per_s"],
+        "ceiling_samples_per_s": pick("default", "ceiling", top)["samples_per_s"],
         **(
             {
                 "compiled_single_samples_per_s": pick("default", "single+compile")["samples_per_s"],
                 "compiled_batched_samples_per_s": {
-                    str(s): pick("default", "batched+compile", s)["samples_per_s"] for s in (8, 32)
+                    str(s): pick("default", "batched+compile", s)["samples_per_s"] for s in sizes if s > 1
                 },
             }
             if args.compile
@@ -284,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         # the best training path on the large config (its rows, bounds included, are in "rows")
         "large_config_gflops": max((r["gflops"] for r in large), default=None),
         "commit": commit(),
+        "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name(args.device)})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows,

@@ -174,3 +174,17 @@ def test_realdata_cnn_toolkit_step_is_the_reference_step():
     for t, r in zip(_weights(toolkit), _weights(ref), strict=True):
         torch.testing.assert_close(t, r, rtol=0, atol=1e-7)
     assert float((_weights(toolkit)[-2] - _weights(clean)[-2]).abs().max()) > cfg.pretrain.lr
+
+
+def test_train_step_takes_the_stack_sizes_and_refuses_a_missing_gpu(capsys, monkeypatch):
+    import json
+
+    monkeypatch.setattr(train_step, "DEFAULT", {**train_step.DEFAULT, **SMALL})
+    monkeypatch.setattr(train_step, "matmul_peak", lambda seconds=1.0, device="cpu": (1.0, 1.0))
+    train_step.main(["--json", "--skip-large", "--sizes", "2,1", "--repeats", "1", "--seconds", "0.01"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["ceiling_S"] == 2 and list(out["batched_samples_per_s"]) == ["2"] and out["device"] == "cpu"
+    assert sorted({r["S"] for r in out["rows"] if r["path"] == "batched"}) == [1, 2]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        train_step.main(["--device", "cuda"])

@@ -191,3 +191,23 @@ def test_sweep_over_a_missing_shipped_name_says_where_it_looked(tmp_path):
     spec.write_text(yaml.safe_dump({"base": "no_such_config"}))
     with pytest.raises(ConfigError, match="base config 'no_such_config' not found"):
         load_sweep(spec)
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, micro_yaml):
+    """Spawned workers import the driving script again; a sweep started at its top level kills every worker at
+    start-up. The error names the guard that fixes it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from robinherit.config import load_config, with_updates\n"
+        "from robinherit.store import ResultStore\n"
+        "from robinherit.sweep import run_sweep\n"
+        f"cfgs = [with_updates(load_config({str(micro_yaml)!r}), seed=s) for s in (0, 1)]\n"
+        f"rep = run_sweep(cfgs, ResultStore({str(tmp_path / 'u.db')!r}), workers=2)\n"
+        "print('FAILED', len(rep.failed), rep.failed[0][1] if rep.failed else '')\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("FAILED 2 ") and "if __name__ == '__main__':" in last, res.stdout + res.stderr[-2000:]

@@ -380,7 +380,10 @@ def run_local(
 
 KILLED = (
     "the worker process running it died (killed by the operating system, e.g. out of memory, or by a signal); "
-    "the other runs went on. Lower its sizes (batch, width, n_test) or give the machine more memory, then rerun"
+    "the other runs went on. Lower its sizes (batch, width, n_test) or give the machine more memory, then rerun. "
+    "If every run died at once, the workers may have failed to start: a Python script that starts sweeps or "
+    "reproduce from its top level must guard that code with `if __name__ == '__main__':` (spawned workers "
+    "import the script again)"
 )
 
 

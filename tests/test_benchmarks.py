@@ -188,3 +188,27 @@ def test_train_step_takes_the_stack_sizes_and_refuses_a_missing_gpu(capsys, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         train_step.main(["--device", "cuda"])
+
+
+def test_compile_cost_separates_the_fixed_cost_from_the_per_step_cost(monkeypatch, capsys):
+    from benchmarks import compile_cost
+
+    assert compile_cost.fit([1000, 3000], [12.0, 28.0]) == pytest.approx((4.0, 0.008))
+    # fake processes: eager 2 s + 8 ms/step, compiled 10 s + 4 ms/step warm and 30 s more cold
+    calls = []
+
+    def fake(steps, compile_, cache, threads):
+        calls.append((steps, compile_))
+        if not compile_:
+            return 2 + 0.008 * steps
+        cold = sum(c for _, c in calls) == 1
+        return 10 + 0.004 * steps + (30 if cold else 0)
+
+    monkeypatch.setattr(compile_cost, "in_fresh_process", fake)
+    compile_cost.main(["--steps", "6000,2000", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == [2000, 6000] and out["breakeven_steps_warm"] == pytest.approx(2000)
+    assert out["compiled_cold_s"]["2000"] == pytest.approx(48.0) and out["compiled_fixed_s_warm"] == pytest.approx(8)
+    with pytest.raises(SystemExit, match="two lengths"):
+        compile_cost.main(["--steps", "2000"])
+    assert compile_cost.one_run(3) > 0  # the child's job runs here too

@@ -345,3 +345,24 @@ def test_a_sweep_over_head_settings_groups_each_encoders_runs_together():
     for g in got:
         for seed in {c.seed for c in g}:
             assert sum(c.seed == seed for c in g) == 3  # an encoder's runs are never split across groups
+
+
+def test_a_sweep_with_few_encoders_still_gives_every_worker_a_group(tmp_path, monkeypatch):
+    from robinherit import sweep
+    from robinherit.config import with_updates
+    from robinherit.store import ResultStore
+
+    base = load_config(None, ["data.d=8", "model.width=8"])
+    # a head dial: 4 encoders (seeds) x 3 head settings, all shape-sharing, under the default of 8 encoders a group
+    cfgs = [with_updates(base, **{"downstream.weight_decay": wd, "seed": s}) for wd in (0, 0.01, 0.1) for s in range(4)]
+    seen = {}
+
+    def record(units, on_result, *, workers, address, batch):
+        seen[workers] = [len({c.pretrain_hash() for c in g}) for g in sweep.groups(units, batch)]
+
+    monkeypatch.setitem(sweep.BACKENDS, sweep.Backend.local, record)
+    for workers in (1, 2, 3, 8):
+        sweep.run_sweep(cfgs, ResultStore(tmp_path / f"{workers}.db"), workers=workers)
+    # encoders per group: one group for one worker; else an even share, so no worker waits while another has two
+    assert seen == {1: [4], 2: [2, 2], 3: [2, 2], 8: [1, 1, 1, 1]}
+    assert sweep.spread(cfgs, batch=8, workers=None) == 8  # a Ray cluster of unknown size: the batch as given

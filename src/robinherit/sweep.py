@@ -548,8 +548,20 @@ def run_sweep(
             on_progress(report)
 
     if todo:
+        batch = spread(todo, batch, workers or (os.cpu_count() or 1) if backend == Backend.local else workers)
         BACKENDS[backend](pending(), on_result, workers=workers, address=address, batch=batch)
     return report
+
+
+def spread(todo: list[ExperimentConfig], batch: int, workers: int | None) -> int:
+    """Encoders per group so that ``workers`` processes all get work: at most ``batch``, and no more than an even
+    share of the sweep's encoders. Groups count encoders, so without this cap a sweep over head settings (a few
+    encoders, many runs each) can fit in one group and leave every other worker idle. ``workers`` None (a Ray
+    cluster of unknown size): ``batch`` as given."""
+    if not workers or workers <= 1:
+        return batch
+    encoders = len({c.pretrain_hash() for c in todo})
+    return max(1, min(batch, math.ceil(encoders / workers)))
 
 
 def dump_spec(spec: SweepSpec) -> str:

@@ -231,7 +231,7 @@ def test_the_timing_accounts_for_every_stage_run_and_derived_result(good):
         "planning",
         "pre-training runs (with their heads and evaluation)",
         "derived results",
-        "claims (gathered results, statistics)",
+        "claims (the runs a claim gathers itself, e.g. claim 7's real data; statistics)",
     ]
     assert timing["wall"] == pytest.approx(sum(timing["stages"].values())) and timing["workers"] == settings.workers
     rows = {r["what"]: r for r in timing["work"]}

@@ -496,12 +496,26 @@ def pretrain_stacked(
             else:
                 loss = per_example(loss_fn, net(x), y).mean(dim=1)  # (S,)
                 loss.sum().backward()  # model s's parameters get exactly the gradient of its own mean loss
-        _check_stack_finite(loss, step, cfgs)
-        opt.step()
-        _log_step(logs, running, loss, step)
-        if on_step is not None:
-            on_step(step + 1, pcfg.steps)
+        _end_step(opt, loss, step, cfgs, logs, running, on_step)
     return logs
+
+
+def _end_step(
+    opt: torch.optim.Optimizer,
+    loss: Tensor,
+    step: int,
+    cfgs: Sequence[ExperimentConfig],
+    logs: Sequence[PretrainLog],
+    running: Tensor,
+    on_step: Callable[[int, int], None] | None,
+) -> None:
+    """The end of every stacked step, supervised or contrastive: the finiteness check before the update, the
+    update, the loss log and the progress callback."""
+    _check_stack_finite(loss, step, cfgs)
+    opt.step()
+    _log_step(logs, running, loss, step)
+    if on_step is not None:
+        on_step(step + 1, cfgs[0].pretrain.steps)
 
 
 def _check_stack_finite(loss: Tensor, step: int, cfgs: Sequence[ExperimentConfig]) -> None:
@@ -600,11 +614,7 @@ def pretrain_contrastive_stacked(
             net.b.grad = g_b
         if projector is not None:
             projector.grad = g_p
-        _check_stack_finite(loss, step, cfgs)
-        opt.step()
-        _log_step(logs, running, loss, step)
-        if on_step is not None:
-            on_step(step + 1, pcfg.steps)
+        _end_step(opt, loss, step, cfgs, logs, running, on_step)
     return logs
 
 

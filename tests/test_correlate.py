@@ -73,3 +73,17 @@ def test_the_cli_prints_rho_and_writes_the_scatter(tmp_path: Path):
     assert (tmp_path / "fig.png").stat().st_size > 0 and (tmp_path / "fig.svg").exists()
     res = CliRunner().invoke(app, ["correlate", str(db), "--x", X, "--y", "downstream.nope", "--out", str(stem)])
     assert res.exit_code != 0 and "not in the records" in res.output
+
+
+def test_a_few_constant_resamples_leave_the_interval_finite_and_list_valued_groups_plot(tmp_path):
+    from robinherit.correlate import scatter
+
+    # 6 runs, y binary: some resamples draw one y value only, so their rho is NaN (scipy alone gave (nan, nan))
+    xs, ys = np.arange(6.0), np.array([0, 0, 0, 1, 0, 1.0])
+    recs = records(xs, ys)
+    for r, classes in zip(recs, [[0, 1], [2, 3]] * 3, strict=True):
+        r["config"]["data"] = {"pretrain_classes": classes}
+    c = correlate(recs, X, Y, color_by="data.pretrain_classes", resamples=400)
+    assert np.isfinite(c.ci95).all() and c.ci95[0] <= c.rho <= c.ci95[1]
+    files = scatter(c, tmp_path / "s.png", color_by="data.pretrain_classes")  # a list per run: one colour each
+    assert [f.name for f in files] == ["s.png", "s.svg"] and all(f.stat().st_size > 0 for f in files)

@@ -4,19 +4,21 @@ robust a clean head on its features is (``downstream.clean_head.robust_acc.0.1``
 
 Spearman's rho (scipy.stats.spearmanr) asks for a monotone relation, not a linear one, so it is the same for any
 increasing rescaling of either metric. The interval resamples runs with replacement (scipy.stats.bootstrap,
-paired: a run's two metrics stay together; BCa where it is defined, else percentile), so it reflects how many
-runs the estimate rests on; a sweep's seeds are resampled as independent runs.
+paired: a run's two metrics stay together; the percentile interval over the resamples that have a rho, since one
+with a constant metric has none), so it reflects how many runs the estimate rests on; a sweep's seeds are
+resampled as independent runs.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from robinherit.plots import PlotError, axis_value, metric_value
+from robinherit.plots import PlotError, _hashable, _sort_key, axis_value, metric_value, save_figure
 
 
 @dataclass(frozen=True)
@@ -70,17 +72,13 @@ def correlate(
         const = x if np.ptp(xs) == 0 else y
         raise PlotError(f"'{const}' is the same in every run ({xs[0] if const == x else ys[0]:g}); nothing to rank")
     res = stats.spearmanr(xs, ys)
-    boot = stats.bootstrap(
-        (xs, ys),
-        spearman,  # nan for a resample in which one metric is constant
-        paired=True,
-        vectorized=False,
-        n_resamples=resamples,
-        confidence_level=0.95,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    low, high = boot.confidence_interval
+    with warnings.catch_warnings():
+        # scipy warns of a degenerate distribution when some resamples are NaN; they are left out below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        boot = _bootstrap(xs, ys, resamples, seed)
+    # scipy's percentile interval is NaN as soon as one resample is (a resample with a constant metric has no
+    # ranks); the interval is taken over the resamples that have a rho
+    low, high = np.nanpercentile(boot.bootstrap_distribution, [2.5, 97.5])
     groups = [axis_value(r, color_by) for r in records] if color_by else [None] * len(records)
     return Correlation(
         x,
@@ -94,6 +92,21 @@ def correlate(
     )
 
 
+def _bootstrap(xs: np.ndarray, ys: np.ndarray, resamples: int, seed: int) -> Any:
+    from scipy import stats
+
+    return stats.bootstrap(
+        (xs, ys),
+        spearman,  # nan for a resample in which one metric is constant
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=0.95,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+
+
 def scatter(c: Correlation, out: str | Path, *, color_by: str | None = None, title: str | None = None) -> list[Path]:
     """The runs as points (coloured by ``color_by``'s value), with rho and its interval in the title; PNG + SVG."""
     import matplotlib
@@ -103,11 +116,12 @@ def scatter(c: Correlation, out: str | Path, *, color_by: str | None = None, tit
 
     fig, ax = plt.subplots(figsize=(5.4, 4.0), layout="constrained")
     pts = np.array(c.points)
-    values = sorted({g for g in c.groups if g is not None}, key=lambda v: (str(type(v)), v))
+    groups = [_hashable(g) for g in c.groups]  # a list-valued path (e.g. data.pretrain_classes) as a tuple
+    values = sorted({g for g in groups if g is not None}, key=_sort_key)
     if values:
         cmap = plt.get_cmap("viridis", max(len(values), 2))
         for i, v in enumerate(values):
-            sel = np.array([g == v for g in c.groups])
+            sel = np.array([g == v for g in groups])
             ax.scatter(pts[sel, 0], pts[sel, 1], s=28, color=cmap(i), label=f"{color_by} = {v}")
         ax.legend(fontsize=7)
     else:
@@ -116,10 +130,4 @@ def scatter(c: Correlation, out: str | Path, *, color_by: str | None = None, tit
     ax.set_ylabel(c.y)
     head = f"Spearman rho = {c.rho:+.2f} [{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}], {c.n} runs"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
-    stem = Path(out)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    files = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for f in files:
-        fig.savefig(f, dpi=150)
-    plt.close(fig)
-    return files
+    return save_figure(fig, out)

@@ -288,6 +288,14 @@ def plot(
         ax.set_ylabel(hue or "")
         subtitle = f"mean over {seeds_txt} seeds (cell text: mean, {interval.value} below)"
     ax.set_title((title + "\n" if title else "") + subtitle, fontsize=10)
+    return save_figure(fig, out), cells
+
+
+def save_figure(fig: Any, out: str | Path) -> list[Path]:
+    """``fig`` as ``out``.png (150 dpi) and ``out``.svg (a .png or .svg suffix on ``out`` is dropped first), its
+    folder made; the figure is closed. Returns the two paths."""
+    import matplotlib.pyplot as plt
+
     stem = Path(out)
     stem = stem.with_suffix("") if stem.suffix.lower() in {".png", ".svg"} else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +303,7 @@ def plot(
     fig.savefig(files[0], dpi=150)
     fig.savefig(files[1])
     plt.close(fig)
-    return files, cells
+    return files
 
 
 def _draw_line(ax: Any, cells: list[Cell], hue: str | None, xscale: XScale) -> None:

@@ -12,8 +12,8 @@ from robinherit import batched, experiment
 from robinherit.config import ExperimentConfig, Method, ModelConfig, Norm, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.experiment import run_experiment, run_many
-from robinherit.fused import InfoNCEViewLoss, info_nce_view_loss
-from robinherit.losses import info_nce, info_nce_and_grad
+from robinherit.fused import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
+from robinherit.losses import info_nce
 from robinherit.models import TwoLayerNet, build_model
 from robinherit.pretraining import pretrain_contrastive
 from robinherit.seeding import generator

@@ -38,11 +38,12 @@ from robinherit.fused import (
     InfoNCEViewLoss,
     TwoLayerLoss,
     back_through_head,
+    info_nce_and_grad,
     two_layer_loss,
     two_layer_loss_and_grad,
     view_loss,
 )
-from robinherit.losses import LOSS_GRADS, info_nce_and_grad, multilabel_bce
+from robinherit.losses import LOSS_GRADS, multilabel_bce
 from robinherit.models import TwoLayerNet, projector_weight
 from robinherit.seeding import generator
 from robinherit.training import PretrainLog, check_finite, make_optimizer
@@ -241,7 +242,7 @@ def contrastive_grads(
     written out (what autograd computes through ``losses.info_nce``).
 
     Both views go through the encoder as one batch of 2n, e = act(x w^T, b) P^T (P the optional linear
-    projector (S, k, m)); ``losses.info_nce_and_grad`` gives dL/de in closed form, and from there
+    projector (S, k, m)); ``fused.info_nce_and_grad`` gives dL/de in closed form, and from there
     dP = g_e^T h, dU = (g_e P) * act'(u), and the first layer as in :func:`closed_form_grads`. The model's head
     takes no part. A pure function of tensors.
     """

@@ -55,46 +55,6 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     return 0.5 * (loss_a + loss_b)
 
 
-def info_nce_and_grad(e: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """:func:`info_nce` of two views and the gradient of its sum over examples, in closed form, for the training
-    step of contrastive pre-training (``robinherit.batched``) where both views are trained.
-
-    ``e`` (..., 2n, k) holds the raw embeddings of view a (rows 0..n-1) then view b (rows n..2n-1); returns the
-    per-example losses (..., n), equal to ``info_nce(e[..., :n, :], e[..., n:, :], temperature)``, and their summed
-    gradient with respect to ``e``, (..., 2n, k). Works on one batch or a stack of S batches.
-
-    The 2n views as one set: with u = e / ||e|| and S = u u^T / t (diagonal excluded), row r's anchor loss is
-    log Z_r - S[r, r'] with Z_r = sum_j exp(S[r, j]) and r' its partner view, and example i's loss is the mean of
-    rows i and n + i. The summed loss T therefore has dT/dS[r, j] = 1/2 exp(S[r, j]) / Z_r - 1/2 [j = r'], and as
-    S is symmetric, dT/du = G u / t with G[r, j] = 1/2 exp(S[r, j]) (1 / Z_r + 1 / Z_j) - [j = r'] (no transpose
-    pass), then through the normalisation. Unit vectors bound |S| by 1/t, so the exponentials are taken of
-    S - 1/t (entries in [exp(-2/t), 1]) directly, without logsumexp's extra passes; callers keep temperatures
-    below ``fused.MIN_CLOSED_FORM_TEMPERATURE`` (where those could underflow) on the autograd path.
-    """
-    n = e.shape[-2] // 2
-    r = e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    u = e / r  # F.normalize(e, eps=1e-12)
-    t = temperature
-    mt = u.transpose(-1, -2)
-    if u.dim() == 2:
-        ex = torch.addmm(u.new_full((), -1.0 / t), u, mt, alpha=1.0 / t)
-    else:
-        ex = torch.baddbmm(u.new_full((), -1.0 / t), u, mt, alpha=1.0 / t)
-    ex.exp_().diagonal(dim1=-2, dim2=-1).zero_()  # an embedding is never its own negative
-    z = ex.sum(dim=-1)  # (..., 2n), each scaled by exp(-1/t)
-    pos = (u[..., :n, :] * u[..., n:, :]).sum(dim=-1)  # (..., n) cosine of the positive pair
-    log_z = z.log()
-    loss = 0.5 * (log_z[..., :n] + log_z[..., n:]) - (pos - 1.0) / t
-    half = 0.5 / z
-    g = ex.mul_(half[..., :, None] + half[..., None, :])
-    g[..., :n, n:].diagonal(dim1=-2, dim2=-1).sub_(1.0)  # the positive of anchor i is n + i ...
-    g[..., n:, :n].diagonal(dim1=-2, dim2=-1).sub_(1.0)  # ... and that of n + i is i
-    g_u = (g @ u).div_(t)
-    # through u = e / max(||e||, 1e-12): the radial part drops out unless the norm was clamped (a zero embedding)
-    radial = (u * g_u).sum(dim=-1, keepdim=True).masked_fill_(r <= 1e-12, 0.0)
-    return loss, (g_u - u * radial) / r
-
-
 # ---- closed-form gradients with respect to the logits, for the fast paths ----
 
 # loss(logits, targets) -> (per-example loss (..., n), its gradient with respect to logits (..., n, K))

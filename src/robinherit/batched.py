@@ -38,6 +38,7 @@ from robinherit.fused import (
     InfoNCEViewLoss,
     TwoLayerLoss,
     back_through_head,
+    embed,
     info_nce_and_grad,
     two_layer_loss,
     two_layer_loss_and_grad,
@@ -536,27 +537,16 @@ def _log_step(logs: Sequence[PretrainLog], running: Tensor, loss: Tensor, step: 
         running.zero_()
 
 
-def stacked_embed(net: StackedTwoLayer, projector: Tensor | None, x: Tensor) -> Tensor:
-    """(S, n, d) centred inputs -> (S, n, k) contrastive embeddings: the hidden features, projected where there is
-    a projector (S, k, m). No gradient."""
-    with torch.no_grad():
-        h = unit(net.cfg.activation).fast(x @ net.weight().transpose(1, 2), net.threshold())
-        return h if projector is None else h @ projector.transpose(1, 2)
-
-
 def stacked_view_loss(
     net: StackedTwoLayer, projector: Tensor | None, partner: Tensor, temperature: float
 ) -> InfoNCEViewLoss:
     """The RoCL attack's loss on the stack (``fused.InfoNCEViewLoss``, closed-form input gradient) at the current
-    weights, against the partner views ``partner`` (S, n, d), whose embeddings are held fixed."""
-    return view_loss(
-        net.weight().detach(),
-        net.threshold().detach(),
-        net.cfg.activation,
-        None if projector is None else projector.detach(),
-        stacked_embed(net, projector, partner),
-        temperature,
-    )
+    weights, against the partner views ``partner`` (S, n, d, centred), whose embeddings are held fixed."""
+    w, thr = net.weight().detach(), net.threshold().detach()  # effective weights, once for both uses
+    p = None if projector is None else projector.detach()
+    with torch.no_grad():
+        _, target = embed(partner, w, thr, net.cfg.activation, p)
+    return view_loss(w, thr, net.cfg.activation, p, target, temperature)
 
 
 def pretrain_contrastive_stacked(

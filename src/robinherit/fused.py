@@ -187,6 +187,22 @@ def _addmm(bias: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
 MIN_CLOSED_FORM_TEMPERATURE = 0.05
 
 
+def embed(
+    x: Tensor,
+    weight: Tensor,
+    threshold: Tensor,
+    activation: str,
+    projector: Tensor | None = None,
+    center: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Hidden features h = act((x - centre) W^T, b), (..., n, m), and the contrastive embedding e = h P^T (h itself
+    without a projector P), for one model or a stack (weight (S, m, d), projector (S, k, m))."""
+    if center is not None:
+        x = x - center
+    h = unit(activation).fast(x @ weight.mT, threshold)
+    return h, (h if projector is None else h @ projector.mT)
+
+
 @dataclass(frozen=True)
 class InfoNCEViewLoss:
     """Per-example ``losses.info_nce(embed(x), partner, temperature)`` with its closed-form input gradient, for the
@@ -222,10 +238,7 @@ class InfoNCEViewLoss:
     center: Tensor | None = None  # (d,) the encoder's input centre
 
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.center is not None:
-            x = x - self.center
-        h = unit(self.activation).fast(x @ self.weight.mT, self.threshold)  # (..., n, m)
-        return h, (h if self.projector is None else h @ self.projector.mT)
+        return embed(x, self.weight, self.threshold, self.activation, self.projector, self.center)
 
     def _terms(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """exp(S_ab - 1/t), exp(S_aa - 1/t) (zero diagonal), Z^a and Z^b (both scaled by exp(-1/t)), the losses."""

@@ -37,6 +37,17 @@ TINY: dict[str, Any] = {
 }
 
 # Smaller still: for tests of plumbing (CLI, store) where the numbers do not matter.
+# The small contrastive world of tests/test_contrastive.py and tests/test_contrastive_stacked.py (noise views,
+# RoCL attack at 0.25, a clean head); each file sets its own run lengths on top with deep_merge.
+CONTRASTIVE: dict[str, Any] = {
+    "data": {"d": 16, "k": 3},
+    "model": {"width": 32},
+    "pretrain": {"method": "contrastive", "batch_size": 64, "eps": 0.25, "augmentation": "noise", "aug_strength": 0.05},
+    "downstream": {"heads": ["clean"]},
+    "eval": {"eps_grid": [0, 0.25], "restarts": 1},
+}
+
+
 MICRO: dict[str, Any] = {
     "data": {"d": 8, "k": 1},
     "model": {"width": 8},

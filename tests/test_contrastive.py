@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from conftest import CONTRASTIVE
 from robinherit.attacks import training_attack
 from robinherit.augment import make_views
-from robinherit.config import AttackKind, Augmentation, ExperimentConfig, Method, Norm, with_updates
+from robinherit.config import AttackKind, Augmentation, ExperimentConfig, Method, Norm, deep_merge, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.errors import ConfigError
 from robinherit.experiment import frozen_encoder, run_experiment
@@ -76,22 +77,12 @@ def test_info_nce_decreases_under_gradient_steps():
 
 
 def _tiny_cfg(**updates) -> ExperimentConfig:
-    base = ExperimentConfig.model_validate(
-        {
-            "data": {"d": 16, "k": 3},
-            "model": {"width": 32},
-            "pretrain": {
-                "method": "contrastive",
-                "steps": 60,
-                "batch_size": 64,
-                "eps": 0.25,
-                "augmentation": "noise",
-                "aug_strength": 0.05,
-            },
-            "downstream": {"steps": 30, "n_train": 200, "heads": ["clean"]},
-            "eval": {"eps_grid": [0, 0.25], "steps": 5, "restarts": 1, "n_test": 200},
-        }
-    )
+    lengths = {
+        "pretrain": {"steps": 60},
+        "downstream": {"steps": 30, "n_train": 200},
+        "eval": {"steps": 5, "n_test": 200},
+    }
+    base = ExperimentConfig.model_validate(deep_merge(CONTRASTIVE, lengths))
     return with_updates(base, **updates) if updates else base
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import CONTRASTIVE
 from robinherit import batched, experiment
-from robinherit.config import ExperimentConfig, Method, ModelConfig, Norm, with_updates
+from robinherit.config import ExperimentConfig, Method, ModelConfig, Norm, deep_merge, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.experiment import run_experiment, run_many
 from robinherit.fused import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
@@ -18,27 +19,16 @@ from robinherit.models import TwoLayerNet, build_model
 from robinherit.pretraining import pretrain_contrastive
 from robinherit.seeding import generator
 
-D, WIDTH, N = 16, 32, 64
+D, WIDTH, N = CONTRASTIVE["data"]["d"], CONTRASTIVE["model"]["width"], CONTRASTIVE["pretrain"]["batch_size"]
 
 
 def tiny(**updates) -> ExperimentConfig:
-    base = ExperimentConfig.model_validate(
-        {
-            "data": {"d": D, "k": 3},
-            "model": {"width": WIDTH},
-            "pretrain": {
-                "method": "contrastive",
-                "steps": 50,  # one loss-log window
-                "batch_size": N,
-                "eps": 0.25,
-                "attack_steps": 3,
-                "augmentation": "noise",
-                "aug_strength": 0.05,
-            },
-            "downstream": {"steps": 20, "n_train": 128, "heads": ["clean"]},
-            "eval": {"eps_grid": [0, 0.25], "steps": 3, "restarts": 1, "n_test": 128},
-        }
-    )
+    lengths = {
+        "pretrain": {"steps": 50, "attack_steps": 3},  # 50 steps: one loss-log window
+        "downstream": {"steps": 20, "n_train": 128},
+        "eval": {"steps": 3, "n_test": 128},
+    }
+    base = ExperimentConfig.model_validate(deep_merge(CONTRASTIVE, lengths))
     return with_updates(base, **updates) if updates else base
 
 

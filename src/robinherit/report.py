@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robinherit.reproduce import CLAIMS, Figure, ReproduceResult
+from robinherit.reproduce.timing import html as timing_html
 from robinherit.reproduce.timing import markdown as timing_markdown
 from robinherit.store import ResultStore
 
@@ -175,29 +176,9 @@ restarts, worst case per example.</p>
 <h2>Self-checks</h2>
 {check_html}
 {"".join(sections)}
-{_html_timing(result.timing)}
+{timing_html(result.timing)}
 </body></html>
 """
-
-
-def _html_timing(timing: dict[str, Any]) -> str:
-    """The report's "where the time went" tables (reproduce.timing), or nothing for a result without them."""
-    if not timing:
-        return ""
-    stages = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in timing["stages"].items())
-    work = "".join(
-        f"<tr><td>{html.escape(r['what'])}</td><td>{r['computed']}</td><td>{r['stored']}</td>"
-        f"<td>{r['worker_s']:.1f}</td></tr>"
-        for r in sorted(timing["work"], key=lambda r: -r["worker_s"])
-    )
-    return (
-        "<h2>Where the time went</h2>"
-        f"<table id='stages'><thead><tr><th>stage</th><th>wall s</th></tr></thead><tbody>{stages}"
-        f"<tr><td>total</td><td>{timing['wall']:.1f}</td></tr></tbody></table>"
-        f"<p>Work inside the stages in worker seconds ({timing['workers']} worker process(es)):</p>"
-        "<table id='work'><thead><tr><th>what</th><th>computed</th><th>stored</th><th>worker s</th></tr></thead>"
-        f"<tbody>{work}</tbody></table>"
-    )
 
 
 def _html_figure(i: int, f: Any) -> str:

@@ -125,7 +125,7 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
     with clock.stage("claims (the runs a claim gathers itself, e.g. claim 7's real data; statistics)"):
         rows = [claim_row(spec, ev, meter.tick) for spec in specs]
     computed = {cfg.config_hash() for _, _, cfg in runs} - stored_runs
-    work = run_work(runs, ev.records, computed) + derived_work([j for js in jobs.values() for j in js], seconds)
+    work = run_work(ev.records, computed) + derived_work([j for js in jobs.values() for j in js], seconds)
     return ReproduceResult(
         claims=rows,
         records=ev.records,

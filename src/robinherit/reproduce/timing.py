@@ -32,28 +32,25 @@ class StageClock:
             self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - t0
 
 
-def run_work(
-    runs: list[tuple[str, str, Any]], records: dict[str, dict[str, list[dict]]], computed: set[str]
-) -> list[dict[str, Any]]:
+def run_work(records: dict[str, dict[str, list[dict]]], computed: set[str]) -> list[dict[str, Any]]:
     """One row per (family, arm) and part of a run: runs computed now and stored, and the worker seconds of
-    those computed now, from each record's ``timing_s``. ``runs`` is the driver's (family, arm, config) plan;
+    those computed now, from each record's ``timing_s``. ``records`` is family -> arm -> per-seed records;
     ``computed`` the run ids this call ran."""
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    seen: dict[tuple[str, str], int] = {}
-    for fam, arm, cfg in runs:
-        i = seen.get((fam, arm), 0)
-        seen[fam, arm] = i + 1
-        rec = records[fam][arm][i]
-        now = cfg.config_hash() in computed
-        for part, label in RUN_PARTS.items():
-            row = rows.setdefault(
-                (fam, arm, part),
-                {"what": f"{fam} {arm}: {label}", "computed": 0, "stored": 0, "worker_s": 0.0},
-            )
-            row["computed" if now else "stored"] += 1
-            if now:
-                row["worker_s"] += float(rec.get("timing_s", {}).get(part, 0.0))
-    return list(rows.values())
+    rows = []
+    for fam, arms in records.items():
+        for arm, recs in arms.items():
+            now = [r for r in recs if r["run_id"] in computed]
+            for part, label in RUN_PARTS.items():
+                worker_s = sum(float(r.get("timing_s", {}).get(part, 0.0)) for r in now)
+                rows.append(
+                    {
+                        "what": f"{fam} {arm}: {label}",
+                        "computed": len(now),
+                        "stored": len(recs) - len(now),
+                        "worker_s": worker_s,
+                    }
+                )
+    return rows
 
 
 def derived_work(jobs: list[Any], seconds: dict[tuple[str, str], float]) -> list[dict[str, Any]]:
@@ -100,3 +97,26 @@ def markdown(timing: dict[str, Any]) -> list[str]:
         share = f"{100 * r['worker_s'] / total:.0f}%"
         md.append(f"| {r['what']} | {r['computed']} | {r['stored']} | {r['worker_s']:.1f} | {share} |")
     return md
+
+
+def html(timing: dict[str, Any]) -> str:
+    """The same section for report.html, or nothing for a result without timing."""
+    from html import escape
+
+    if not timing:
+        return ""
+    stages = "".join(f"<tr><td>{escape(k)}</td><td>{v:.1f}</td></tr>" for k, v in timing["stages"].items())
+    total = timing["worker_s"] or 1.0
+    work = "".join(
+        f"<tr><td>{escape(r['what'])}</td><td>{r['computed']}</td><td>{r['stored']}</td>"
+        f"<td>{r['worker_s']:.1f}</td><td>{100 * r['worker_s'] / total:.0f}%</td></tr>"
+        for r in sorted(timing["work"], key=lambda r: -r["worker_s"])
+    )
+    return (
+        "<h2>Where the time went</h2>"
+        f"<table id='stages'><thead><tr><th>stage</th><th>wall s</th></tr></thead><tbody>{stages}"
+        f"<tr><td>total</td><td>{timing['wall']:.1f}</td></tr></tbody></table>"
+        f"<p>Work inside the stages in worker seconds ({timing['workers']} worker process(es)):</p>"
+        "<table id='work'><thead><tr><th>what</th><th>computed</th><th>stored</th><th>worker s</th><th>share</th>"
+        f"</tr></thead><tbody>{work}</tbody></table>"
+    )

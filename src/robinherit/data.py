@@ -66,7 +66,7 @@ def exact_supports(n: int, D: int, k: int, g: torch.Generator) -> Tensor:
     # Step i's draws for all rows sit in row i of a (k, n) tensor, so every step works on contiguous memory.
     idx = torch.randint(0, _BITS, (k, n), generator=g) % torch.arange(D - k + 1, D + 1).unsqueeze(1)  # t on {0..j}
     for i in range(1, k):
-        taken = idx[0] == idx[1] if i == 1 else (idx[:i] == idx[i]).any(dim=0)
+        taken = (idx[:i] == idx[i]).any(dim=0)  # the row already holds step i's draw
         idx[i].masked_fill_(taken, D - k + i)
     return idx.T
 

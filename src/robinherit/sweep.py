@@ -548,7 +548,9 @@ def run_sweep(
             on_progress(report)
 
     if todo:
-        batch = spread(todo, batch, workers or (os.cpu_count() or 1) if backend == Backend.local else workers)
+        if backend == Backend.local:
+            workers = workers or os.cpu_count() or 1  # run_local's default, resolved here for spread
+        batch = spread(todo, batch, workers)
         BACKENDS[backend](pending(), on_result, workers=workers, address=address, batch=batch)
     return report
 

@@ -148,7 +148,7 @@ class RealData(ClaimSpec):
         )
 
     def figures(self, row: dict[str, Any], ev: Evidence) -> list[Figure]:
-        return [Figure("Real data", *real_figure(ev.gathered[self.id], row))]
+        return [Figure("Real data", *real_figure(ev.gathered[self.id]))]
 
 
 def _import_fix(err: ImportError) -> str:
@@ -156,7 +156,7 @@ def _import_fix(err: ImportError) -> str:
     return f"install {missing}" if missing else "reinstall robinherit with its real-data extras"
 
 
-def real_figure(real: dict[str, Any], row: dict[str, Any]) -> tuple[bytes, str]:
+def real_figure(real: dict[str, Any]) -> tuple[bytes, str]:
     """Per arm: the pre-trained model's own robust accuracy, the clean head's (SLF) and, where trained, the
     adversarial head's (ALF), as means with 95% intervals over seeds and the per-seed points."""
     import numpy as np

@@ -19,7 +19,7 @@ import torch
 from robinherit.config import build_config
 from robinherit.experiment import frozen_encoder
 from robinherit.learned_dictionary import cached_dictionary, measure_learned
-from robinherit.sources import build_source
+from robinherit.sources import build_sources
 from robinherit.store import ResultStore
 
 
@@ -35,13 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     firsts: dict[float, dict] = {}
     for r in sorted(store.runs(), key=lambda r: r["seed"]):
         firsts.setdefault(r["config"]["pretrain"]["eps"], r)
-    encoders, samples = {}, None
-    for eps, rec in sorted(firsts.items()):
-        cfg = build_config(rec["config"])
-        source = build_source(cfg)
-        encoders[eps] = frozen_encoder(cfg, store.artifact(rec["run_id"], "encoder"), source)
-        x = source.tasks.x_pre
-        samples = x - (source.center if source.center is not None else 0.0)
+    recs = [rec for _, rec in sorted(firsts.items())]
+    cfgs = [build_config(rec["config"]) for rec in recs]
+    sources = build_sources(cfgs)  # the data set is read once for all budgets
+    encoders = {
+        c.pretrain.eps: frozen_encoder(c, store.artifact(rec["run_id"], "encoder"), src)
+        for c, rec, src in zip(cfgs, recs, sources, strict=True)
+    }
+    samples = sources[0].centred_pretrain_inputs()  # every budget pre-trains on the same inputs
     print("| atoms | fit s | " + " | ".join(f"top-1 share, pretrain eps {e:g}" for e in sorted(encoders)) + " |")
     print("|---|---|" + "---|" * len(encoders))
     for k in [int(a) for a in args.atoms.split(",")]:

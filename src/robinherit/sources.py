@@ -247,13 +247,17 @@ class ArraySource:
         t = self.tasks
         return Split(t.x_te_pre, t.y_te_pre, t.n_pre), Split(t.x_te, t.y_te, t.n_down)
 
+    def centred_pretrain_inputs(self) -> Tensor:
+        """The pre-training inputs less the encoder's input centre (where it has one): what the learned dictionary
+        of :meth:`purity` is fitted on."""
+        return self.tasks.x_pre - (self.center if self.center is not None else 0.0)
+
     def purity(self, cfg: ExperimentConfig, model: nn.Module) -> dict[str, Any]:
         """Top-1 share / N_eff of first-layer weights on a dictionary learned from the (centred) pre-training
         inputs -- whole inputs for the two-layer net, patches for the conv net -- and on the pixel basis; plus
         hidden-activation sparsity on the test inputs."""
         ecfg = cfg.eval
-        x_pre = self.tasks.x_pre
-        centred = x_pre - (self.center if self.center is not None else 0.0)
+        centred = self.centred_pretrain_inputs()
         weight = model.weight().detach().cpu()
         if cfg.model.encoder == EncoderKind.conv:
             kernel = tuple(model.convs[0].kernel_size)

@@ -198,10 +198,7 @@ def closed_form_grads(
     dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||. A pure function of tensors, so it can be compiled.
     """
     n = x.shape[1]
-    norms = row_norms(W)  # (S, m, 1)
-    w = W / norms if cfg.normalize_rows else W
-    u = x @ w.transpose(1, 2)  # (S, n, m)
-    h = unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
+    w, norms, u, h = _first_layer(W, b, x, cfg)
     logits = torch.baddbmm(c[:, None, :], h, V.transpose(1, 2))  # (S, n, K)
     loss, g = loss_grad(logits, targets)  # (S, n), (S, n, K)
     g = g / n
@@ -210,6 +207,15 @@ def closed_form_grads(
     g_u = active_grad(back_through_head(g, V), h)  # (S, n, m)
     g_w, g_b = _first_layer_grads(g_u, u, x, w, norms, b, cfg, learn_b)
     return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
+
+
+def _first_layer(W: Tensor, b: Tensor, x: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The stacked first layer's forward from raw parameters, keeping what its backward (``_first_layer_grads``)
+    needs: effective weights w (S, m, d), row norms (S, m, 1), pre-activations u = x w^T and features h (S, n, m)."""
+    norms = row_norms(W)
+    w = W / norms if cfg.normalize_rows else W
+    u = x @ w.transpose(1, 2)
+    return w, norms, u, unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
 
 
 def _first_layer_grads(
@@ -248,11 +254,8 @@ def contrastive_grads(
     takes no part. A pure function of tensors.
     """
     n = x1.shape[1]
-    norms = row_norms(W)  # (S, m, 1)
-    w = W / norms if cfg.normalize_rows else W
     x = torch.cat([x1, x2], dim=1)  # (S, 2n, d)
-    u = x @ w.transpose(1, 2)  # (S, 2n, m)
-    h = unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
+    w, norms, u, h = _first_layer(W, b, x, cfg)  # u, h (S, 2n, m)
     e = h if P is None else h @ P.transpose(1, 2)  # (S, 2n, k)
     loss, g_e = info_nce_and_grad(e, temperature)  # (S, n), (S, 2n, k)
     g_e = g_e.div_(n)  # of the mean over the batch

@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from robinherit.correlate import correlate
-from robinherit.plots import axis_value
+from robinherit.plots import _hashable, axis_value
 from robinherit.records import eps_key
 from robinherit.reproduce.stats import paired_stats
 from robinherit.sweep import records_of
@@ -39,7 +39,7 @@ def by(records: list[dict[str, Any]], *paths: str) -> dict[tuple, list[dict[str,
     out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         values = (axis_value(r, p) for p in paths)
-        out[tuple(tuple(v) if isinstance(v, list) else v for v in values)].append(r)
+        out[tuple(_hashable(v) for v in values)].append(r)
     for v in out.values():
         v.sort(key=lambda r: r["seed"])
     return dict(sorted(out.items()))

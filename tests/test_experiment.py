@@ -193,3 +193,24 @@ def test_a_shared_encoders_run_that_cannot_build_its_data_fails_alone(micro_cfg:
     run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
     assert isinstance(got[0], dict) and _no_timing(got[0]) == _no_timing(run_experiment(micro_cfg)[0])
     assert isinstance(got[1], DataError) and "n_test" in str(got[1])
+
+
+def test_of_three_runs_sharing_an_encoder_only_the_one_that_cannot_build_its_data_fails(micro_cfg, monkeypatch):
+    from robinherit import experiment
+    from robinherit.errors import DataError
+    from robinherit.experiment import run_many
+
+    real = experiment.build_sources
+
+    def broken_for_64(cfgs, known=()):
+        if any(c.eval.n_test == 64 for c in cfgs):
+            raise DataError("eval.n_test asks for more test images than the split has")
+        return real(cfgs, known=known)
+
+    monkeypatch.setattr(experiment, "build_sources", broken_for_64)
+    cfgs = [micro_cfg, with_updates(micro_cfg, **{"eval.n_test": 64}), with_updates(micro_cfg, **{"eval.n_test": 32})]
+    got: dict[int, Any] = {}
+    run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
+    assert isinstance(got[1], DataError)
+    assert isinstance(got[0], dict) and isinstance(got[2], dict)  # the third run's own splits were fine
+    assert _no_timing(got[2]) == _no_timing(run_experiment(cfgs[2])[0])

@@ -156,6 +156,11 @@ def finish_experiment(
     return record, {"encoder": encoder_artifact(model, source)}
 
 
+def _source_like(cfg: ExperimentConfig, known_cfg: ExperimentConfig, known: DataSource) -> DataSource:
+    """``cfg``'s source, lent the data set ``known`` (``known_cfg``'s) has read already."""
+    return build_sources([cfg], known=[(known_cfg, known)])[0]
+
+
 def encoder_artifact(model: nn.Module, source: DataSource) -> dict[str, np.ndarray]:
     """What the store keeps of a pre-trained encoder: the two-layer net's effective weights, threshold, input
     centre (where it has one) and the true dictionary (where there is one); a conv net's state dict."""
@@ -297,14 +302,10 @@ def run_many(
     def finish_all(r: int, source: DataSource, model: nn.Module, log: PretrainLog, seconds: float) -> None:
         idx = shared[r]
         share = seconds / len(idx)  # each run's share of the pre-training, as for a stack
-        try:
-            others = build_sources([cfgs[j] for j in idx[1:]], known=[(cfgs[r], source)])  # own splits, data as read
-        except Exception as err:  # e.g. a split the other runs' settings make impossible: theirs, not this one's
-            for j in idx[1:]:
-                on_result(j, None, err)
-            idx, others = idx[:1], []
-        for j, src in zip(idx, [source, *others], strict=True):
-            one(j, lambda j=j, src=src: finish_experiment(cfgs[j], src, model, log, share))
+        one(r, lambda: finish_experiment(cfgs[r], source, model, log, share))
+        for j in idx[1:]:
+            # Its own splits of the data set as read; a split its settings make impossible fails this run alone.
+            one(j, lambda j=j: finish_experiment(cfgs[j], _source_like(cfgs[j], cfgs[r], source), model, log, share))
 
     def alone(r: int) -> None:
         try:

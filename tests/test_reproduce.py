@@ -596,3 +596,7 @@ def test_the_reproduce_command_prints_the_wall_time_of_each_stage(tmp_path):
     assert {r["what"] for r in timing["work"]} == {
         f"supervised {arm}: {part}" for arm in ("at", "clean") for part in ("pre-training", "heads", "evaluation")
     }
+    # the printed stages are the timing's own, and the total adds the report to its wall time
+    for stage in ("planning", "derived results"):
+        assert float(cells[stage]) == pytest.approx(timing["stages"][stage], abs=0.051)
+    assert float(cells["total"]) == pytest.approx(timing["wall"] + float(cells["report and figures"]), abs=0.11)

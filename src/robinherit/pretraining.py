@@ -107,8 +107,9 @@ def pretrain_contrastive(
     With ``fast`` (the default) the two-layer network trains as a stack of one model wherever
     ``batched.supports`` says so (``batched.pretrain_contrastive_one``: closed-form attack and training step, the
     same iterates up to float rounding); other models, and ``fast=False``, take :func:`pretrain_contrastive_generic`
-    (autograd training step; with ``fast`` its attack on a two-layer encoder still uses the closed-form input
-    gradient where ``fused.info_nce_view_loss`` has one).
+    (autograd training step and attack: a model the stack rejects has no closed-form view loss either, e.g. a
+    temperature below ``fused.MIN_CLOSED_FORM_TEMPERATURE``; ``closed_form_attack=True`` there, which
+    ``benchmarks.contrastive_step`` times, pairs the closed-form attack with the autograd step).
     """
     if fast and batched.supports(model, cfg):
         return batched.pretrain_contrastive_one(model, stream, cfg, on_step)

@@ -28,7 +28,7 @@ TINY = {
     "data": {"d": 16},
     "model": {"width": 32},
     "pretrain": {"steps": 100, "batch_size": 128, "attack_steps": 2},
-    "downstream": {"steps": 60, "n_train": 500, "heads": ["clean"]},
+    "downstream": {"epochs": 15, "n_train": 500, "heads": ["clean"]},
     "eval": {"n_test": 200, "steps": 10, "restarts": 1, "eps_grid": [0, 0.25, 0.5]},
 }
 

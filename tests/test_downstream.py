@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robinherit.config import HeadKind, Norm, load_config
+from robinherit.config import DownstreamConfig, HeadKind, Norm, load_config
 from robinherit.convnet import ConvConfig, ConvNet
-from robinherit.downstream import train_head
+from robinherit.downstream import batches, head_rows, train_head
 from robinherit.losses import class_margin
 from robinherit.models import build_model
 
@@ -233,3 +233,21 @@ def test_epochs_set_the_step_count_and_sgd_trains_a_head():
     head = train_head(enc, 12, 2, x, y, HeadKind.clean, sgd, norm="l2", g=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert float((head(x).argmax(1) == y).float().mean()) > 0.9
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"steps": 7},  # full batch
+        {"epochs": 3},  # full batch by epochs
+        {"epochs": 3, "batch_size": 4},  # the field's protocol: epochs over minibatches, a short last batch
+        {"steps": 5, "batch_size": 4},  # minibatch steps that end inside an epoch
+        {"steps": 6, "batch_size": 5},  # whole epochs by steps
+        {"epochs": 2, "batch_size": 64},  # one batch larger than the set: full batch
+    ],
+)
+def test_head_rows_counts_the_rows_batches_yields(over: dict) -> None:
+    cfg = DownstreamConfig(**over)
+    n = 10
+    yielded = sum(n if isinstance(r, slice) else len(r) for r in batches(n, cfg, torch.Generator().manual_seed(0)))
+    assert head_rows(n, cfg) == yielded

@@ -29,6 +29,17 @@ def head_steps(n: int, cfg: DownstreamConfig) -> int:
     return cfg.epochs * per_epoch
 
 
+def head_rows(n: int, cfg: DownstreamConfig) -> int:
+    """Training rows a head's optimiser steps see in all (what :func:`batches` yields, summed): ``steps`` x ``n``
+    full batch; with minibatches, every epoch is ``n`` rows, a started one counted by its batches."""
+    steps = head_steps(n, cfg)
+    if cfg.batch_size is None or cfg.batch_size >= n:
+        return steps * n
+    per_epoch = math.ceil(n / cfg.batch_size)
+    epochs, rest = divmod(steps, per_epoch)
+    return epochs * n + min(rest * cfg.batch_size, n)
+
+
 def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tensor | slice]:
     """The rows of each optimiser step (``head_steps``): all of them every step (full batch, ``batch_size`` None),
     or consecutive minibatches of epochs over a fresh shuffle each (the field's SLF / ALF protocol: epochs over

@@ -17,6 +17,7 @@ import torch
 
 from robinherit.config import ExperimentConfig, HeadKind
 from robinherit.data import Batch, make_world
+from robinherit.downstream import head_rows
 from robinherit.evaluation import evaluate
 from robinherit.experiment import fit_head, frozen_encoder
 from robinherit.losses import multilabel_margin
@@ -29,7 +30,7 @@ from robinherit.seeding import generator
 from robinherit.sources import Split, SyntheticSource
 
 COST_ROBUST_TOLERANCE = 0.05  # inheritance may fall this far short of end-to-end AT in robust accuracy
-DERIVED_VERSION = 1  # bump when end_to_end_at or clean_head_cost computes something else
+DERIVED_VERSION = 2  # bump when end_to_end_at or clean_head_cost computes something else (2: head rows)
 
 
 class _DownstreamStream:
@@ -84,8 +85,10 @@ def clean_head_cost(cfg: ExperimentConfig, weights: dict[str, np.ndarray] | None
     t0 = time.perf_counter()
     fit_head(cfg, enc, source, HeadKind.clean, Split(x_tr, world.downstream_labels(z_tr), 2))
     seconds = time.perf_counter() - t0
-    # Features are computed once; then each head step is one pass over the training set (of the head only).
-    return {"seconds": seconds, "grad_evals": cfg.downstream.n_train * (cfg.downstream.steps + 1)}
+    # Features are computed once (n_train encoder passes); then each head step is a pass of the head alone over
+    # its rows: the whole training set, or a minibatch.
+    rows = head_rows(cfg.downstream.n_train, cfg.downstream)
+    return {"seconds": seconds, "grad_evals": cfg.downstream.n_train + rows}
 
 
 class Cost(ClaimSpec):

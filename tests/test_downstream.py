@@ -3,6 +3,8 @@ is robust where a clean one cannot be, and the adversarial head's training attac
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -251,3 +253,42 @@ def test_head_rows_counts_the_rows_batches_yields(over: dict) -> None:
     n = 10
     yielded = sum(n if isinstance(r, slice) else len(r) for r in batches(n, cfg, torch.Generator().manual_seed(0)))
     assert head_rows(n, cfg) == yielded
+
+
+@pytest.mark.parametrize("kind", [HeadKind.clean, HeadKind.adversarial])
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_learning_rate_schedule_spans_exactly_the_heads_steps(monkeypatch, kind, schedule) -> None:
+    """Cosine decays from lr towards 0 over head_steps steps (the last minibatches barely move the head); constant
+    keeps lr throughout. The optimiser's lr is read at every step."""
+    from robinherit.downstream import head_steps
+
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    cfg = DownstreamConfig(epochs=3, batch_size=16, lr=0.05, lr_schedule=schedule, attack_steps=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    train_head(two_layer(6, 8), 8, 2, x, y, kind, cfg, norm=Norm.l2, g=g)
+    assert len(seen) == head_steps(40, cfg) == 9
+    if schedule == "constant":
+        assert seen == [0.05] * 9
+    else:
+        assert seen[0] == pytest.approx(0.05) and all(a > b for a, b in itertools.pairwise(seen))
+        assert seen[-1] < 0.05 * 0.05  # the last step's rate is under 5% of the first's
+
+
+def test_a_constant_schedule_keeps_the_run_ids_of_heads_stored_before_schedules_existed() -> None:
+    from robinherit.config import ExperimentConfig
+
+    plain = ExperimentConfig()
+    assert "lr_schedule" not in plain.identity()["downstream"]  # constant: as before the field existed
+    cosine = ExperimentConfig(downstream={"lr_schedule": "cosine"})
+    assert cosine.identity()["downstream"]["lr_schedule"] == "cosine"
+    assert cosine.config_hash() != plain.config_hash()
+    assert cosine.pretrain_hash() == plain.pretrain_hash()  # one encoder for both

@@ -74,6 +74,11 @@ class Optimizer(str, Enum):
     sgd = "sgd"
 
 
+class LrSchedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"  # cosine decay from lr to 0 over the head's optimiser steps (Loshchilov & Hutter 2017)
+
+
 class Augmentation(str, Enum):
     none = "none"
     noise = "noise"
@@ -300,6 +305,11 @@ class DownstreamConfig(_Strict):
         "replaces steps by epochs x ceil(n_train / batch_size)",
     )
     optimizer: Optimizer = Field(Optimizer.adam, description="head optimiser: adam, or sgd (momentum 0.9)")
+    lr_schedule: LrSchedule = Field(
+        LrSchedule.constant,
+        description="head learning rate over its steps: constant, or cosine (decays to 0 by the last step, so a "
+        "minibatch head ends at a converged point rather than wherever the last batches left it)",
+    )
 
 
 class EvalConfig(_Strict):
@@ -463,6 +473,9 @@ def inert_paths(cfg: ExperimentConfig) -> list[str]:
         out += ["downstream.eps", "downstream.attack_steps"]
     if cfg.downstream.epochs is not None:
         out.append("downstream.steps")
+    if cfg.downstream.lr_schedule == LrSchedule.constant:
+        # what every head did before schedules existed: left out, so the runs stored then keep their ids
+        out.append("downstream.lr_schedule")
     if cfg.model.encoder != EncoderKind.conv:
         out.append("model.conv")
     if cfg.eval.autoattack == AutoAttackSet.none:

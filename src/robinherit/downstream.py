@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import pgd
-from robinherit.config import DownstreamConfig, HeadKind, Norm, Optimizer
+from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
 from robinherit.fused import attack_loss
 from robinherit.losses import cross_entropy
 from robinherit.models import LinearHead
@@ -59,11 +59,26 @@ def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tenso
             done += 1
 
 
-def _optimizer(head: LinearHead, cfg: DownstreamConfig) -> torch.optim.Optimizer:
+def _stepper(head: LinearHead, cfg: DownstreamConfig, n: int) -> Callable[[Tensor], None]:
+    """One optimiser step of the head on a loss (backward included), with ``cfg.lr_schedule`` over the
+    ``head_steps(n, cfg)`` steps."""
     params = head.linear.parameters()
     if cfg.optimizer == Optimizer.sgd:
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = None
+    if cfg.lr_schedule == LrSchedule.cosine:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=head_steps(n, cfg))
+
+    def step(loss: Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+    return step
 
 
 def _train_clean(
@@ -71,12 +86,9 @@ def _train_clean(
 ) -> None:
     with torch.no_grad():
         feats = head.encoder.features(x)  # encoder frozen: compute the features once
-    opt = _optimizer(head, cfg)
+    step = _stepper(head, cfg, x.shape[0])
     for rows in batches(x.shape[0], cfg, g):
-        loss = cross_entropy(head.linear(feats[rows]), y[rows]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(cross_entropy(head.linear(feats[rows]), y[rows]).mean())
 
 
 def _train_adversarial(
@@ -89,7 +101,7 @@ def _train_adversarial(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
 ) -> None:
-    opt = _optimizer(head, cfg)
+    step = _stepper(head, cfg, x.shape[0])
     for rows in batches(x.shape[0], cfg, g):
         xb, yb = x[rows], y[rows]
         x_adv = pgd(
@@ -101,10 +113,7 @@ def _train_adversarial(
             generator=g,
             clip=clip,
         )
-        loss = cross_entropy(head(x_adv), yb).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(cross_entropy(head(x_adv), yb).mean())
 
 
 HEAD_TRAINERS: dict[HeadKind, Callable[..., None]] = {

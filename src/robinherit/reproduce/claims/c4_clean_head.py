@@ -34,7 +34,8 @@ from robinherit.sources import Split, SyntheticSource
 CLEAN_HEAD_TOLERANCE = 0.05  # the adversarial head's largest mean gain on AT features that is "little"
 CLAIM4_TASKS = 4  # downstream tasks per seed, the run's own included
 # Quick mode, contrastive row: the run's own task only. Each extra task trains an adversarial head (about 19 s of CPU
-# on the shared 2-core machine where this was measured), and on contrastive features the gap varies far less
+# on the shared 2-core machine where this was measured, with the full-batch heads of then; about 1 s with the
+# shipped 25 epochs of minibatches), and on contrastive features the gap varies far less
 # between tasks (sd 0.035 within a seed, clean features, seeds 0-2 x 4 tasks) than on supervised ones (0.073):
 # the own task alone gave +0.339 [+0.260, +0.417] against +0.322 [+0.311, +0.334] over 4 (docs/claims.md).
 CLAIM4_TASKS_QUICK_CONTRASTIVE = 1

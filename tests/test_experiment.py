@@ -18,6 +18,7 @@ from robinherit.experiment import run_experiment
 from robinherit.models import build_model
 from robinherit.pretraining import PRETRAINERS
 from robinherit.seeding import generator
+from test_batched import assert_close_tree
 
 
 @functools.cache
@@ -160,7 +161,12 @@ def test_runs_that_differ_after_pretraining_share_one_encoder(micro_cfg: Experim
     run_many(cfgs, lambda i, res, err: got.__setitem__(i, res[0] if err is None else err))
     assert calls["alone"] + calls["stacked"] == len(seeds)  # one pre-training per encoder, not per run
     for i, want in enumerate(alone):
-        assert _no_timing(got[i]) == want  # every record is the one the run gives alone
+        if len(seeds) == 1:
+            assert _no_timing(got[i]) == want  # every record is the one the run gives alone, to the bit
+        else:
+            # a stack's batched products may round differently from one model's on some CPUs (measured: purity
+            # 0.3769429096 vs 0.3769429097 on one machine, bit-equal on another), as in test_batched
+            assert_close_tree(_no_timing(got[i]), want)
     assert got[1]["pretrain"]["loss_curve"] == got[0]["pretrain"]["loss_curve"]
     assert got[1]["downstream"] != got[0]["downstream"]  # the head's settings still act
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from robinherit.cli import app
-from robinherit.config import build_config, load_config
+from robinherit.config import build_config, load_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.store import ResultStore
 from robinherit.sweep import Backend, load_sweep, run_sweep, sweep_from_dict
@@ -366,3 +367,46 @@ def test_a_sweep_with_few_encoders_still_gives_every_worker_a_group(tmp_path, mo
     # encoders per group: one group for one worker; else an even share, so no worker waits while another has two
     assert seen == {1: [4], 2: [2, 2], 3: [2, 2], 8: [1, 1, 1, 1]}
     assert sweep.spread(cfgs, batch=8, workers=None) == 8  # a Ray cluster of unknown size: the batch as given
+
+
+# ------------------------------------------------------------------------------------------- --set
+
+
+def test_set_overrides_every_run_and_wins_over_the_specs_own_set(tmp_path, base_yaml):
+    sw = load_sweep(write_spec(tmp_path, base_yaml, set={"pretrain.lr": 0.02}, **GRID_24))
+    over = sw.with_overrides(["pretrain.lr=0.05", "eval.n_test=50"])
+    cfgs, plain = over.configs(), sw.configs()
+    assert len(cfgs) == len(plain) == 24
+    assert all(c.pretrain.lr == 0.05 and c.eval.n_test == 50 for c in cfgs)
+    assert all(c.pretrain.lr == 0.02 and c.eval.n_test == 100 for c in plain)  # the loaded sweep is unchanged
+    # each run is the spec's run with the override applied: same points and seeds, new ids
+    want = {with_updates(c, **{"pretrain.lr": 0.05, "eval.n_test": 50}).config_hash() for c in plain}
+    assert {c.config_hash() for c in cfgs} == want
+    assert sw.with_overrides([]) is sw
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("model.threshold=0", "the sweep's grid varies this path"),
+        ("seed=3", "'seeds' key"),
+        ("model.widht=3", "unknown key 'model.widht'"),
+        ("eval.n_test=-1", "eval.n_test"),
+        ("pretrain.eps", "not of the form path=value"),
+    ],
+)
+def test_set_refuses_swept_paths_and_bad_values_by_name(tmp_path, base_yaml, item, message):
+    sw = load_sweep(write_spec(tmp_path, base_yaml, **GRID_24))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sw.with_overrides([item])
+
+
+def test_cli_sweep_set_reaches_the_runs(tmp_path, base_yaml):
+    spec = write_spec(tmp_path, base_yaml, grid={"pretrain.eps": [0, 0.25]}, seeds=1)
+    db = tmp_path / "s.db"
+    res = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(db), "--quiet", "--set", "eval.n_test=40"])
+    assert res.exit_code == 0, res.output
+    recs = ResultStore(db).runs()
+    assert len(recs) == 2 and all(r["config"]["eval"]["n_test"] == 40 for r in recs)
+    bad = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(db), "--set", "pretrain.eps=0.1"])
+    assert bad.exit_code == 2 and "grid varies this path" in bad.output

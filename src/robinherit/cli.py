@@ -335,6 +335,9 @@ def sweep(
     batch: int = typer.Option(
         SWEEP_BATCH, min=1, help="encoders per task (with every run on each); shape-sharing ones pre-train as one stack"
     ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="override a config path in every run, e.g. --set device=cuda (not a path the spec sweeps)"
+    ),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
     from robinherit.store import ResultStore
@@ -344,7 +347,7 @@ def sweep(
         backend_kind = Backend(backend)
     except ValueError:
         raise fail(f"--backend '{backend}' is not one of: {', '.join(b.value for b in Backend)}") from None
-    sw = load_sweep(spec)
+    sw = load_sweep(spec).with_overrides(set_)
     cfgs = sw.configs()  # every point validated before the store is touched or anything runs
     db_path = store or sw.spec.store or DEFAULT_STORE
     if not dry_run and backend_kind == Backend.local:  # a Ray cluster's GPUs are its workers', not this machine's

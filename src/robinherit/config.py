@@ -561,18 +561,23 @@ def build_config(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(_fmt_validation_error(err, ExperimentConfig)) from None
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"eval.eps_grid=[0,0.2]"`` -> ``("eval.eps_grid", [0, 0.2])``: a dotted path and its value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}' is not of the form path=value, e.g. --set pretrain.eps=0.25")
+    path, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {path}: cannot parse '{text}' as YAML ({err})") from None
+    return path.strip(), value
+
+
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["data.d=96", "eval.eps_grid=[0,0.2]"]`` -> nested dict; values parsed as YAML."""
     out: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set '{item}' is not of the form path=value, e.g. --set pretrain.eps=0.25")
-        path, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {path}: cannot parse '{text}' as YAML ({err})") from None
-        set_path(out, path.strip(), value)
+        set_path(out, *parse_override(item))
     return out
 
 

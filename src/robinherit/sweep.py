@@ -17,10 +17,10 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,16 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from robinherit.config import ExperimentConfig, deep_merge, load_config, load_yaml, resolve_path, set_path
+from robinherit.config import (
+    ExperimentConfig,
+    build_config,
+    deep_merge,
+    load_config,
+    load_yaml,
+    parse_override,
+    resolve_path,
+    set_path,
+)
 from robinherit.errors import ConfigError, RobinheritError
 from robinherit.seeding import derive_seed
 from robinherit.store import ResultStore
@@ -181,18 +190,47 @@ class Sweep:
         draws = [{p: r.draw(rng) for p, r in self.spec.random.items()} for _ in range(self.spec.samples)]
         return [{**g, **d} for g in grid_points for d in draws]
 
+    def with_overrides(self, items: Sequence[str]) -> Sweep:
+        """This sweep with ``path=value`` overrides (``--set``, values parsed as YAML) added to the spec's fixed
+        ``set`` for every run; an override wins over the spec's own ``set`` of that path. A path the spec sweeps
+        (``grid`` or ``random``) is refused: the override would make every point the same run."""
+        extra: dict[str, Any] = {}
+        for item in items:
+            path, value = parse_override(item)
+            if path in self.spec.grid or path in self.spec.random:
+                where = "grid" if path in self.spec.grid else "random"
+                raise ConfigError(
+                    f"--set {path}: the sweep's {where} varies this path, so one value for every run would collapse "
+                    f"its points; change the spec's {where} instead, or leave --set {path} out"
+                )
+            if path == "seed":
+                raise ConfigError("--set seed: a sweep's seeds are its spec's 'seeds' key; edit that instead")
+            extra[path] = value
+        if not extra:
+            return self
+        spec = self.spec.model_copy(update={"set": {**self.spec.set, **extra}})
+        try:  # a bad path or value fails here, named, before any point is expanded
+            build_config(_merged(self.base.model_dump(mode="json"), spec.set))
+        except ConfigError as err:
+            raise ConfigError(f"--set: {err}") from None
+        return replace(self, spec=spec)
+
     def configs(self) -> list[ExperimentConfig]:
         """Configs of all runs (points x seeds), each validated; duplicates (same hash) kept once."""
         base = self.base.model_dump(mode="json")
         out: dict[str, ExperimentConfig] = {}
         for point in self.points():
-            raw = base
-            for path, value in {**self.spec.set, **point}.items():
-                raw = deep_merge(raw, _nested(path, value))
+            raw = _merged(base, {**self.spec.set, **point})
             for seed in self.spec.seeds:
                 cfg = _build(raw | {"seed": seed}, point)
                 out.setdefault(cfg.config_hash(), cfg)
         return list(out.values())
+
+
+def _merged(raw: dict[str, Any], paths: dict[str, Any]) -> dict[str, Any]:
+    for path, value in paths.items():
+        raw = deep_merge(raw, _nested(path, value))
+    return raw
 
 
 def _nested(path: str, value: Any) -> dict[str, Any]:
@@ -202,8 +240,6 @@ def _nested(path: str, value: Any) -> dict[str, Any]:
 
 
 def _build(raw: dict[str, Any], point: dict[str, Any]) -> ExperimentConfig:
-    from robinherit.config import build_config
-
     try:
         return build_config(raw)
     except ConfigError as err:
@@ -270,7 +306,6 @@ def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     with its own error (nothing swallowed)."""
     import torch
 
-    from robinherit.config import build_config
     from robinherit.experiment import run_many
 
     torch.set_num_threads(1)

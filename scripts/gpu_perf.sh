@@ -3,8 +3,8 @@
 #   1. tests/test_cuda.py (CPU = CUDA to tolerance, the stacked paths, both encoders on real data);
 #   2. benchmarks.train_step on the CPU (S = 1, 8, 32) and on the GPU (S = 1, 32, 128, 512), default config,
 #      with the GPU / CPU ratio of every path both ran;
-#   3. a sweep of 256 synthetic runs (configs/supervised.yaml, seeds 0-255, clean heads only, 500 test
-#      examples: the GPU's stacked pre-training is what is timed) on the GPU, its wall time.
+#   3. a sweep of 256 synthetic runs (sweeps/supervised_256_seeds.yaml: configs/supervised.yaml, seeds 0-255,
+#      clean heads only, 500 test examples: the GPU's stacked pre-training is what is timed) on the GPU, its wall time.
 # Results go to $OUT (default results/gpu_perf); docs/performance.md says where they were written up.
 #   bash scripts/gpu_perf.sh
 set -euo pipefail
@@ -37,17 +37,9 @@ for r in gpu["rows"]:
     print(f"{r['path']:14} {r['S']:>4} {r['samples_per_s']:>14.0f} {r['ratio']:>9.2f} {cs} {ratio}")
 PYEOF
 
-# 3. 256 synthetic runs as one sweep on the GPU
-cat > "$OUT/synthetic256.yaml" <<YAML
-name: synthetic 256 on cuda
-base: $(pwd)/src/robinherit/configs/supervised.yaml
-set:
-  device: cuda
-  downstream.heads: [clean]
-  eval.n_test: 500
-seeds: 256
-YAML
+# 3. 256 synthetic runs as one sweep on the GPU: the shipped spec with device=cuda
 start=$(date +%s.%N)
-$PY -m robinherit.cli sweep "$OUT/synthetic256.yaml" --store "$OUT/synthetic256.db" --batch 64 --workers 2 --quiet
+$PY -m robinherit.cli sweep supervised_256_seeds --set device=cuda --store "$OUT/synthetic256.db" --batch 64 \
+  --workers 2 --quiet
 end=$(date +%s.%N)
 echo "256 synthetic runs on the GPU: $(echo "$end - $start" | bc) s wall" | tee "$OUT/sweep.txt"

@@ -26,29 +26,12 @@ done
 
 # 3. the study's sweeps on the GPU (head dial, class-split transfer, purity vs inheritance)
 for spec in fashion_mnist_head_dial fashion_mnist_transfer fashion_mnist_purity; do
-  # the shipped spec with device: cuda added to its set (and its base made absolute)
-  $PY - "$spec" "$OUT/$spec.yaml" <<'PYEOF'
-import sys, yaml
-from robinherit.config import resolve_path
-src = resolve_path(sys.argv[1], "sweeps")
-spec = yaml.safe_load(src.read_text())
-spec["base"] = str((src.parent / spec["base"]).resolve())
-spec.setdefault("set", {})["device"] = "cuda"
-spec.pop("store", None)
-open(sys.argv[2], "w").write(yaml.safe_dump(spec))
-PYEOF
-  /usr/bin/time -f "%e s wall" $RH sweep "$OUT/$spec.yaml" --store "$OUT/$spec.db" --quiet \
+  /usr/bin/time -f "%e s wall" $RH sweep "$spec" --set device=cuda --store "$OUT/$spec.db" --quiet \
     2> "$OUT/$spec.time" || echo "$spec failed" >> "$OUT/failures.txt"
 done
 
-# 4. 256 synthetic runs (the supervised defaults, 256 seeds) as one sweep on the GPU, wall time
-cat > "$OUT/synthetic256.yaml" <<YAML
-name: synthetic 256 on cuda
-base: $(pwd)/configs/supervised.yaml
-set:
-  device: cuda
-seeds: 256
-YAML
-/usr/bin/time -f "%e s wall" $RH sweep "$OUT/synthetic256.yaml" --store "$OUT/synthetic256.db" --batch 64 --quiet \
+# 4. 256 synthetic runs (sweeps/supervised_256_seeds.yaml) as one sweep on the GPU, wall time
+/usr/bin/time -f "%e s wall" $RH sweep supervised_256_seeds --set device=cuda --store "$OUT/synthetic256.db" \
+  --batch 64 --quiet \
   2> "$OUT/synthetic256.time"
 tail -n 1 "$OUT"/*.time

@@ -410,3 +410,19 @@ def test_cli_sweep_set_reaches_the_runs(tmp_path, base_yaml):
     assert len(recs) == 2 and all(r["config"]["eval"]["n_test"] == 40 for r in recs)
     bad = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(db), "--set", "pretrain.eps=0.1"])
     assert bad.exit_code == 2 and "grid varies this path" in bad.output
+
+
+def test_every_shipped_spec_expands_and_takes_a_device_override():
+    """The specs under src/robinherit/sweeps load by name, every point validates, and --set device=cuda (what the GPU
+    scripts pass) changes the device of every run and nothing else of its identity."""
+    from importlib import resources
+
+    names = sorted(p.stem for p in (resources.files("robinherit") / "sweeps").iterdir() if p.name.endswith(".yaml"))
+    assert "supervised_256_seeds" in names
+    for name in names:
+        sw = load_sweep(name)
+        cfgs, on_cuda = sw.configs(), sw.with_overrides(["device=cuda"]).configs()
+        assert cfgs and len(on_cuda) == len(cfgs)
+        assert all(c.device == "cuda" for c in on_cuda)
+        assert [with_updates(c, device="cuda").config_hash() for c in cfgs] == [c.config_hash() for c in on_cuda]
+    assert len(load_sweep("supervised_256_seeds").configs()) == 256

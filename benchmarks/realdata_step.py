@@ -49,17 +49,17 @@ import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
 from benchmarks.reference_real import ReferenceConvNet, ReferenceTwoLayer
 from benchmarks.reference_real import train as reference_train
-from benchmarks.train_step import commit
+from benchmarks.timing import best, interleaved
 from robinherit.config import EncoderKind, ExperimentConfig, load_config, with_updates
 from robinherit.datasets import ArrayDataset
 from robinherit.experiment import build_encoder, pretrain
+from robinherit.provenance import git_commit
 from robinherit.seeding import generator
 from robinherit.sources import ArraySource, _arrays
 
@@ -128,25 +128,6 @@ def run_reference(cfg: ExperimentConfig, source: ArraySource, steps: int) -> tor
     return model
 
 
-def time_paths(
-    paths: dict[str, Callable[[int], object]], steps: dict[str, int], repeats: int
-) -> dict[str, list[tuple[float, float]]]:
-    """(wall, CPU) seconds per step of each path in each of ``repeats`` rounds, after 2 untimed warm-up steps of
-    every path. A round times ``steps[name]`` steps of every path in turn, the order reversed every other round so
-    that neither path of a pair always runs first."""
-    for run in paths.values():
-        run(2)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
-    names = list(paths)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            n = steps[name]
-            w0, c0 = time.perf_counter(), time.process_time()
-            paths[name](n)
-            times[name].append(((time.perf_counter() - w0) / n, (time.process_time() - c0) / n))
-    return times
-
-
 def bench(
     steps: int, repeats: int, n_train: int = 10_000, batch_size: int | None = None, two_layer_steps: int | None = None
 ) -> dict:
@@ -165,11 +146,11 @@ def bench(
         paths[f"{family}/toolkit"] = lambda n, c=cfg, s=source: run_toolkit(c, s, n)
         per_round[f"{family}/reference"] = per_round[f"{family}/toolkit"] = family_steps[family]
     load_before = os.getloadavg()
-    times = time_paths(paths, per_round, repeats)
+    times = interleaved(paths, per_round, repeats)
     rows = []
     for name, rounds in times.items():
         family, path = name.split("/")
-        wall, cpu = min(w for w, _ in rounds), min(c for _, c in rounds)
+        wall, cpu = best(rounds)
         rows.append(
             {
                 "model": family,
@@ -205,7 +186,7 @@ def bench(
         "n_train": n_train,
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
-        "commit": commit(),
+        "commit": git_commit(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "rows": rows,

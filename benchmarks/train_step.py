@@ -17,8 +17,9 @@ In one process, for the default config (d=64, m=128, batch 256, l2 PGD-5) and a 
                  at that S (printed as "ceiling");
 
 and prints samples/s (total over the S models), the ratio to (a), achieved GFLOP/s and the share of the
-machine's matmul peak, measured here with one large fp32 matmul. Each path is timed ``--repeats`` times,
-interleaved, and the best time kept (other load on the machine only ever slows a run down).
+machine's matmul peak, measured here with one large fp32 matmul. Each path is timed ``--repeats`` times, in
+rounds that interleave the paths (``benchmarks.timing.interleaved``), and the best time kept (other load on the
+machine only ever slows a run down).
 
     python -m benchmarks.train_step            # table
     python -m benchmarks.train_step --json     # one JSON object
@@ -34,22 +35,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from benchmarks.reference import ReferenceNet
 from benchmarks.reference import train as reference_train
+from benchmarks.timing import best, interleaved, steps_for, sync
 from robinherit.batched import StackedTwoLayer, pretrain_stacked
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.fused import back_through_head
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
+from robinherit.provenance import git_commit
 from robinherit.seeding import generator
 
 DEFAULT = {"data.d": 64, "model.width": 128, "pretrain.batch_size": 256, "pretrain.attack_steps": 5}
@@ -63,12 +64,6 @@ def flops_per_sample(cfg: ExperimentConfig) -> float:
     d, m, k, a = cfg.data.d, cfg.model.width, cfg.data.n_tasks, cfg.pretrain.attack_steps
     per_pass = 2 * d * m + 2 * m * k  # forward of one example
     return per_pass * (2 * a + 1 + 2)
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for the device's queued kernels (CUDA runs them asynchronously; a timer must not stop before they end)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(seconds: float = 1.0, device: str = "cpu") -> tuple[float, float]:
@@ -123,7 +118,7 @@ def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
 
 def compiled(run: Callable[[int], None]) -> Callable[[int], None]:
     """``run`` with ``ROBINHERIT_COMPILE=1`` (the adversarial step compiled by torch.compile). The first call
-    per shape compiles; ``best_seconds_per_step``'s warm-up takes that, so the timed runs do not."""
+    per shape compiles; the untimed warm-up (``timing.steps_for``) takes that, so the timed runs do not."""
 
     def go(steps: int) -> None:
         old = os.environ.get("ROBINHERIT_COMPILE")
@@ -174,31 +169,6 @@ def run_matmuls_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
         g_u.transpose(1, 2) @ x
 
 
-def best_seconds_per_step(
-    run: Callable[[int], None], repeats: int, target_s: float, device: str = "cpu"
-) -> tuple[float, float]:
-    """(wall, CPU) seconds per step, each the best of ``repeats`` timed runs of about ``target_s``.
-
-    CPU time (of this process, all its threads) is reported next to wall time because on a shared
-    machine other processes stretch the wall clock but not the work done.
-    """
-    run(2)  # warm-up: lazy imports, allocator, first optimiser step, compiling where asked for
-    sync(device)
-    t0 = time.perf_counter()
-    run(4)  # calibration, after the warm-up so that one-off costs do not shrink the timed runs
-    sync(device)
-    per_step = (time.perf_counter() - t0) / 4
-    steps = int(min(500, max(3, target_s / max(per_step, 1e-6))))
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        run(steps)
-        sync(device)
-        wall = min(wall, (time.perf_counter() - w0) / steps)
-        cpu = min(cpu, (time.process_time() - c0) / steps)
-    return wall, cpu
-
-
 def bench_config(
     name: str, cfg: ExperimentConfig, sizes: tuple[int, ...], repeats: int, target_s: float, compile_: bool = False
 ) -> list[dict]:
@@ -212,10 +182,13 @@ def bench_config(
         paths += [("batched+compile", s, compiled(lambda n, s=s: run_batched(cfg, n, s))) for s in sizes if s > 1]
     paths.append(("data only", max(sizes), lambda n: run_data_only(cfg, n, max(sizes))))
     paths.append(("matmuls only", max(sizes), lambda n: run_matmuls_only(cfg, n, max(sizes))))
+    runs = {f"{path}/{size}": run for path, size, run in paths}
+    steps = {name: steps_for(run, target_s, cfg.device) for name, run in runs.items()}
+    times = interleaved(runs, steps, repeats, cfg.device, warmup=0)  # steps_for has warmed each path up
     rows = []
     flops = flops_per_sample(cfg)
-    for path, size, run in paths:
-        wall, cpu = best_seconds_per_step(run, repeats, target_s, cfg.device)
+    for path, size, _ in paths:
+        wall, cpu = best(times[f"{path}/{size}"])
         sps = size * cfg.pretrain.batch_size / wall
         sps_cpu = size * cfg.pretrain.batch_size / cpu
         rows.append(
@@ -248,16 +221,6 @@ BOUNDS = frozenset({"data only", "matmuls only", "ceiling"})
 def trains(row: dict) -> bool:
     """Whether ``row`` times a training path (not one of the bounds of ``BOUNDS``)."""
     return row["path"] not in BOUNDS
-
-
-def commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown"
-    return sha + ("-dirty" if dirty.strip() else "") if sha else "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_peak_gflops_by_cpu_time": peak_cpu,
         # the best training path on the large config (its rows, bounds included, are in "rows")
         "large_config_gflops": max((r["gflops"] for r in large), default=None),
-        "commit": commit(),
+        "commit": git_commit(),
         "device": args.device if args.device == "cpu" else f"{args.device} ({torch.cuda.get_device_name(args.device)})",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

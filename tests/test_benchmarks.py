@@ -212,3 +212,20 @@ def test_compile_cost_separates_the_fixed_cost_from_the_per_step_cost(monkeypatc
     with pytest.raises(SystemExit, match="two lengths"):
         compile_cost.main(["--steps", "2000"])
     assert compile_cost.one_run(3) > 0  # the child's job runs here too
+
+
+def test_interleaved_rounds_alternate_the_order_and_time_each_paths_own_steps():
+    from benchmarks.timing import best, interleaved
+
+    calls: list[tuple[str, int]] = []
+    paths = {name: (lambda n, name=name: calls.append((name, n))) for name in ("a", "b", "c")}
+    times = interleaved(paths, {"a": 3, "b": 5, "c": 7}, repeats=3, warmup=2)
+    assert calls[:3] == [("a", 2), ("b", 2), ("c", 2)]  # the untimed warm-up, every path once
+    rounds = [name for name, _ in calls[3:]]
+    assert rounds == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]  # every other round reversed
+    assert all(n == {"a": 3, "b": 5, "c": 7}[name] for name, n in calls[3:])
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert best([(3.0, 1.0), (2.0, 4.0)]) == (2.0, 1.0)  # wall and CPU minimised apart
+    calls.clear()
+    interleaved(paths, {"a": 1, "b": 1, "c": 1}, repeats=1, warmup=0)
+    assert calls == [("a", 1), ("b", 1), ("c", 1)]  # no warm-up asked for: none run (and no 0-step run)

@@ -3,6 +3,7 @@ timing on a GPU needs. (The commit a result was measured at is ``robinherit.prov
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 
@@ -21,12 +22,15 @@ def interleaved(
     repeats: int,
     device: torch.device | str = "cpu",
     warmup: int = 2,
+    faults: dict[str, list[float]] | None = None,
 ) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds per step of each path in each of ``repeats`` rounds. Every path first runs ``warmup``
     untimed steps (lazy imports, the allocator, compiling where asked for); a round then times ``steps[name]`` steps
     of every path in turn, the order reversed every other round, so that drift in the machine's speed and other
     load fall on all paths alike and neither of a pair always runs first. CPU time (this process, all its threads)
-    sits beside wall time: on a shared machine other processes stretch the wall clock but not the work done."""
+    sits beside wall time: on a shared machine other processes stretch the wall clock but not the work done.
+    ``faults``, where given, receives each round's minor page faults per step of every path (memory the
+    allocator took fresh from the kernel rather than reused)."""
     if warmup:
         for run in paths.values():
             run(warmup)
@@ -36,10 +40,13 @@ def interleaved(
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             n = steps[name]
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             w0, c0 = time.perf_counter(), time.process_time()
             paths[name](n)
             sync(device)
             times[name].append(((time.perf_counter() - w0) / n, (time.process_time() - c0) / n))
+            if faults is not None:
+                faults.setdefault(name, []).append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n)
     return times
 
 

@@ -184,7 +184,8 @@ def bench_config(
     paths.append(("matmuls only", max(sizes), lambda n: run_matmuls_only(cfg, n, max(sizes))))
     runs = {f"{path}/{size}": run for path, size, run in paths}
     steps = {name: steps_for(run, target_s, cfg.device) for name, run in runs.items()}
-    times = interleaved(runs, steps, repeats, cfg.device, warmup=0)  # steps_for has warmed each path up
+    faults: dict[str, list[float]] = {}
+    times = interleaved(runs, steps, repeats, cfg.device, warmup=0, faults=faults)  # steps_for warmed them up
     rows = []
     flops = flops_per_sample(cfg)
     for path, size, _ in paths:
@@ -199,6 +200,9 @@ def bench_config(
                 "samples_per_s": sps,
                 "samples_per_cpu_s": sps_cpu,
                 "gflops": 0.0 if path == "data only" else sps * flops / 1e9,
+                # fresh pages from the kernel per step (fewest of the rounds): large tensors above glibc's
+                # mmap threshold are handed back and faulted in again on every allocation
+                "minor_faults_per_step": min(faults[f"{path}/{size}"]),
             }
         )
     data, products = rows[-2], rows[-1]
@@ -292,13 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s (by CPU time: {peak_cpu:.1f})")
     print(
         f"{'config':8} {'path':15} {'S':>3} {'samples/s':>10} {'x ref':>6} {'GFLOP/s':>8} {'% peak':>7} "
-        f"{'samples/cpu-s':>14} {'x ref':>6}"
+        f"{'samples/cpu-s':>14} {'x ref':>6} {'faults/step':>11}"
     )
     for r in rows:
         print(
             f"{r['config']:8} {r['path']:15} {r['S']:>3} {r['samples_per_s']:>10.0f} {r['ratio']:>6.2f} "
             f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}% "
-            f"{r['samples_per_cpu_s']:>14.0f} {r['ratio_cpu']:>6.2f}"
+            f"{r['samples_per_cpu_s']:>14.0f} {r['ratio_cpu']:>6.2f} "
+            + (f"{r['minor_faults_per_step']:>11.0f}" if "minor_faults_per_step" in r else f"{'-':>11}")
         )
 
 

@@ -227,5 +227,12 @@ def test_interleaved_rounds_alternate_the_order_and_time_each_paths_own_steps():
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert best([(3.0, 1.0), (2.0, 4.0)]) == (2.0, 1.0)  # wall and CPU minimised apart
     calls.clear()
+    faults: dict[str, list[float]] = {}
+    # a path that takes 64 MB fresh each step (above glibc's largest mmap threshold, so new pages every time), and
+    # one that allocates nothing
+    fresh = {"alloc": lambda n: [torch.ones(16_000_000) for _ in range(n)], "none": lambda n: None}
+    interleaved(fresh, {"alloc": 2, "none": 2}, repeats=2, warmup=0, faults=faults)
+    assert {k: len(v) for k, v in faults.items()} == {"alloc": 2, "none": 2}
+    assert min(faults["alloc"]) > 1000 > max(faults["none"])  # 64 MB is about 16,000 pages of 4 kB
     interleaved(paths, {"a": 1, "b": 1, "c": 1}, repeats=1, warmup=0)
     assert calls == [("a", 1), ("b", 1), ("c", 1)]  # no warm-up asked for: none run (and no 0-step run)

@@ -1,11 +1,12 @@
 """Where one adversarial pre-training step's time goes: ``torch.profiler`` over a path of ``benchmarks.train_step``.
 
-    python -m benchmarks.profile_step single      # or: reference, generic, batched8, batched32
+    python -m benchmarks.profile_step single      # or: reference, generic, batched8, batched32, head
     python -m benchmarks.profile_step single --steps 100 --top 15
 
-Prints the operations per step (every aten call, views included) and the operations that take the most
-time, per step and per call. Profiling adds overhead to every call, so these times are larger than the
-benchmark's; use them for proportions, not rates.
+``head`` is one step of an adversarial downstream head instead (a minibatch of 128, PGD through the frozen
+encoder, as the synthetic configs train it). Prints the operations per step (every aten call, views included)
+and the operations that take the most time, per step and per call. Profiling adds overhead to every call, so
+these times are larger than the benchmark's; use them for proportions, not rates.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_step import DEFAULT, run_batched, run_reference, run_single
-from robinherit.config import ExperimentConfig, with_updates
+from robinherit.config import ExperimentConfig, HeadKind, with_updates
+from robinherit.data import make_world
+from robinherit.experiment import fit_head, frozen_encoder
+from robinherit.sources import SyntheticSource
 
 
 def paths(cfg: ExperimentConfig) -> dict[str, Callable[[int], None]]:
@@ -27,7 +31,15 @@ def paths(cfg: ExperimentConfig) -> dict[str, Callable[[int], None]]:
         "generic": lambda n: run_single(cfg, n, fast=False),
         "batched8": lambda n: run_batched(cfg, n, 8),
         "batched32": lambda n: run_batched(cfg, n, 32),
+        "head": lambda n: run_head(cfg, n),
     }
+
+
+def run_head(cfg: ExperimentConfig, steps: int) -> None:
+    """``steps`` minibatch steps (128 examples) of an adversarial head on the config's freshly initialised encoder."""
+    c = with_updates(cfg, **{"downstream.epochs": None, "downstream.batch_size": 128, "downstream.steps": steps})
+    source = SyntheticSource(make_world(c.data, c.seed), c.seed)
+    fit_head(c, frozen_encoder(c, None, source), source, HeadKind.adversarial)
 
 
 def profile_path(run: Callable[[int], None], steps: int) -> list[tuple[str, float, float, float]]:

@@ -236,3 +236,14 @@ def test_interleaved_rounds_alternate_the_order_and_time_each_paths_own_steps():
     assert min(faults["alloc"]) > 1000 > max(faults["none"])  # 64 MB is about 16,000 pages of 4 kB
     interleaved(paths, {"a": 1, "b": 1, "c": 1}, repeats=1, warmup=0)
     assert calls == [("a", 1), ("b", 1), ("c", 1)]  # no warm-up asked for: none run (and no 0-step run)
+
+
+def test_profile_step_head_path_runs_the_steps_it_is_asked_for(monkeypatch):
+    """``run_head(cfg, n)`` is n optimiser steps of an adversarial head (what 'per step' divides by)."""
+    steps = []
+    real = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    cfg = with_updates(ExperimentConfig(), **SMALL, **{"downstream.n_train": 300})
+    profile_step.run_head(cfg, 5)
+    assert len(steps) == 5
+    assert "head" in profile_step.paths(cfg)

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from robinherit.activations import unit
 from robinherit.attacks import pgd, project
 from robinherit.certify import (
     BoundMethod,
@@ -77,6 +78,47 @@ def test_relaxation_lines_enclose_the_unit_and_are_exact_on_a_linear_piece(activ
     stable = torch.stack([(k <= lo) | (k >= hi) for k in kinks]).all(0)
     assert bool(stable.any())
     assert torch.allclose(a_l[stable], a_u[stable]) and torch.allclose(c_l[stable], c_u[stable])
+
+
+def broadcast_relaxation(net: TwoLayerLinear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``certify.relaxation`` written as one broadcast over (n, m, pairs, points): the form it replaced, kept as
+    the reference its candidate-by-candidate loop must equal to the bit."""
+    kinks = [torch.minimum(torch.maximum(k.expand_as(lo), lo), hi) for k in unit(net.activation).kinks(net.b)]
+    pts = torch.stack([lo, *kinks, hi], dim=-1)  # (n, m, P)
+    vals = unit(net.activation).function(pts, net.b[:, None])
+    i, j = torch.triu_indices(pts.shape[-1], pts.shape[-1], offset=1)
+    width = pts[..., j] - pts[..., i]
+    wide = width > 1e-12
+    slopes = torch.where(wide, (vals[..., j] - vals[..., i]) / torch.where(wide, width, 1.0), 0.0)  # (n, m, Q)
+    resid = vals[..., None, :] - slopes[..., :, None] * pts[..., None, :]  # (n, m, Q, P)
+    c_up, c_low = resid.amax(-1), resid.amin(-1)
+    mid = ((lo + hi) / 2)[..., None]
+    k_up = (slopes * mid + c_up).argmin(-1, keepdim=True)
+    k_low = (slopes * mid + c_low).argmax(-1, keepdim=True)
+    return tuple(
+        t.gather(-1, k).squeeze(-1) for t, k in ((slopes, k_low), (c_low, k_low), (slopes, k_up), (c_up, k_up))
+    )
+
+
+@pytest.mark.parametrize("activation", [Activation.sym_relu, Activation.relu])
+@pytest.mark.parametrize("eps", [0.0, 1e-13, 0.1, 0.5, 2.0])
+def test_relaxation_equals_the_broadcast_form_to_the_bit(activation: Activation, eps: float) -> None:
+    g = torch.Generator().manual_seed(3)
+    n, m = 200, 32
+    b = torch.rand(m, generator=g, dtype=torch.float64) * 0.5
+    b[:4] = 0.0  # b = 0: the kinks meet
+    net = TwoLayerLinear(torch.eye(m, dtype=torch.float64), b, activation, torch.zeros(1, m, dtype=torch.float64),
+                         torch.zeros(1, dtype=torch.float64))  # fmt: skip
+    u = torch.randn(n, m, generator=g, dtype=torch.float64)
+    u[:40] = b * torch.sign(torch.randn(40, m, generator=g, dtype=torch.float64))  # centred on a kink
+    lo, hi = u - eps, u + eps
+    lo[40:60] = b  # an end on a kink
+    hi[60:80] = -b
+    lo[80:100] = hi[80:100] - 1e-12  # widths at the "wide" cut-off
+    lo[100:120] = hi[100:120] - 2e-12
+    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    for got, want in zip(relaxation(net, lo, hi), broadcast_relaxation(net, lo, hi), strict=True):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("activation", [Activation.sym_relu, Activation.relu])

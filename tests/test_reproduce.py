@@ -3,6 +3,7 @@ pre-training fails the claims."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -27,7 +28,7 @@ from robinherit.reproduce import (
     write_claims,
 )
 from robinherit.reproduce.claims import c4_clean_head, c5_mechanism, c6_cost
-from robinherit.reproduce.driver import claim_row
+from robinherit.reproduce.driver import claim_row, per_arm
 from robinherit.reproduce.jobs import derived_job
 from robinherit.reproduce.spec import SideCondition, Statistic
 from robinherit.store import ResultStore
@@ -600,3 +601,29 @@ def test_the_reproduce_command_prints_the_wall_time_of_each_stage(tmp_path):
     for stage in ("planning", "derived results"):
         assert float(cells[stage]) == pytest.approx(timing["stages"][stage], abs=0.051)
     assert float(cells["total"]) == pytest.approx(timing["wall"] + float(cells["report and figures"]), abs=0.11)
+
+
+def test_end_to_end_at_trains_the_seeds_as_one_stack_with_the_results_of_each_alone(good, monkeypatch):
+    _out, _result, _store, settings = good
+    cfgs = [c.model_copy(update={"seed": s}) for c, s in zip([settings.base("supervised")] * 2, (0, 1), strict=True)]
+    stacks = []
+    real = c6_cost.batched.pretrain_stacked
+    monkeypatch.setattr(
+        c6_cost.batched, "pretrain_stacked", lambda net, *a, **k: stacks.append(net.W.shape[0]) or real(net, *a, **k)
+    )
+    together = c6_cost.end_to_end_at(cfgs)["per_seed"]
+    assert stacks == [2]
+    alone = [c6_cost.end_to_end_at([c])["per_seed"][0] for c in cfgs]
+    assert stacks == [2, 1, 1]  # a seed alone is a stack of one (batched.pretrain_one)
+    for t, a in zip(together, alone, strict=True):
+        assert t["grad_evals"] == a["grad_evals"] and t["clean_acc"] == pytest.approx(a["clean_acc"], abs=0.01)
+        assert t["robust_acc"] == pytest.approx(a["robust_acc"], abs=1 / 300)  # at most one test point of 300
+    assert together[0]["robust_acc"] != together[1]["robust_acc"]  # two seeds, two networks: a swap would show
+    # each seed's time is its share of the stack's
+    assert together[0]["seconds"] == together[1]["seconds"] > 0
+    # the job is keyed by every seed's run: other seeds, another key
+    ev = Evidence(settings, store=None, configs={"supervised": per_arm(settings, "supervised")})
+    key = next(j.key for j in CLAIMS["6"].jobs(ev) if j.kind == "end_to_end_at")
+    fewer = dataclasses.replace(settings, seeds=settings.seeds[:2])
+    ev2 = Evidence(fewer, store=None, configs={"supervised": per_arm(fewer, "supervised")})
+    assert key != next(j.key for j in CLAIMS["6"].jobs(ev2) if j.kind == "end_to_end_at")

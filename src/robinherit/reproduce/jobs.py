@@ -68,6 +68,12 @@ def derived_job(
     return AuxJob(kind, key, label, fn, make_args, params=params, tag=tag, weight=weight)
 
 
+def stack_key(run_hashes: Sequence[str], params: str) -> str:
+    """The key of a job over several runs (say, one stack of every seed): a short hash of their run hashes, in order,
+    and of :func:`params_hash`."""
+    return f"{hashlib.sha256('/'.join(run_hashes).encode()).hexdigest()[:16]}/{params}"
+
+
 def encoder_weights(store: ResultStore, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
     """The stored encoder artifact {"W", "b", "M"} of ``cfg``'s run."""
     return store.artifact(cfg.config_hash(), "encoder")

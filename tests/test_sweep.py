@@ -426,3 +426,33 @@ def test_every_shipped_spec_expands_and_takes_a_device_override():
         assert all(c.device == "cuda" for c in on_cuda)
         assert [with_updates(c, device="cuda").config_hash() for c in cfgs] == [c.config_hash() for c in on_cuda]
     assert len(load_sweep("supervised_256_seeds").configs()) == 256
+
+
+def _die() -> None:
+    os._exit(1)  # a worker killed mid-task, as the OS does to one out of memory
+
+
+def test_shared_pools_start_the_workers_once_and_replace_a_broken_pool():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from robinherit import sweep
+
+    with sweep.local_pool(2) as a:
+        first = {a.submit(os.getpid).result() for _ in range(4)}
+    with sweep.local_pool(2) as b:
+        assert b is not a  # outside shared_pools: a new pool each time
+    with sweep.shared_pools():
+        with sweep.local_pool(2) as a:
+            pids = {a.submit(os.getpid).result() for _ in range(8)}
+        with sweep.local_pool(2) as b:
+            assert b is a and {b.submit(os.getpid).result() for _ in range(8)} <= pids  # the same workers
+        assert os.getpid() not in pids and not pids & first
+        with sweep.shared_pools():  # nested: the outer block's pools
+            with sweep.local_pool(2) as c:
+                assert c is a
+        with pytest.raises(BrokenProcessPool):
+            a.submit(_die).result()
+        with sweep.local_pool(2) as d:  # the broken pool is replaced at its next use
+            assert d is not a and d.submit(sum, [1, 2]).result() == 3
+    with pytest.raises(RuntimeError, match="shutdown"):  # the block's end shut its pools down
+        d.submit(int)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -375,13 +376,60 @@ def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def local_pool(n: int) -> ProcessPoolExecutor:
-    """The process pool every local parallel job uses (sweeps, and reproduce's derived results): ``n`` spawned,
-    single-threaded workers that leave when the driver dies. Spawned, not forked: forking a process that holds
-    torch's thread pools can deadlock."""
+def _new_pool(n: int) -> ProcessPoolExecutor:
+    # Spawned, not forked: forking a process that holds torch's thread pools can deadlock.
     return ProcessPoolExecutor(
         max_workers=n, mp_context=mp.get_context("spawn"), initializer=_init_local_worker, initargs=(os.getpid(),)
     )
+
+
+_shared: dict[int, ProcessPoolExecutor] | None = None  # pools by size, while a shared_pools() block is open
+
+
+@contextmanager
+def shared_pools() -> Iterator[None]:
+    """Inside this block :func:`local_pool` hands out one pool per size and keeps it for the next use, so work that
+    comes in stages (a reproduce's pre-training runs, then its derived results) starts its workers once: each new
+    pool costs about 2 s on the 2-core machine (spawning the processes, importing torch, shutting them down). A pool
+    that a dead worker broke is replaced at its next use. Every pool shuts down when the block ends; nested blocks
+    share the outer one's pools."""
+    global _shared
+    if _shared is not None:
+        yield
+        return
+    _shared = {}
+    try:
+        yield
+    finally:
+        pools, _shared = _shared, None
+        for ex in pools.values():
+            ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _usable(ex: ProcessPoolExecutor) -> bool:
+    """Whether a kept pool still takes work (a pool whose worker died refuses every submit)."""
+    try:
+        ex.submit(int).result()
+    except BrokenProcessPool:
+        return False
+    return True
+
+
+@contextmanager
+def local_pool(n: int) -> Iterator[ProcessPoolExecutor]:
+    """The process pool every local parallel job uses (sweeps, and reproduce's derived results): ``n`` spawned,
+    single-threaded workers that leave when the driver dies. A new pool, shut down when the block ends, or inside
+    :func:`shared_pools` the kept pool of ``n`` workers."""
+    if _shared is None:
+        with _new_pool(n) as ex:
+            yield ex
+        return
+    ex = _shared.get(n)
+    if ex is None or not _usable(ex):
+        if ex is not None:
+            ex.shutdown(wait=False, cancel_futures=True)
+        ex = _shared[n] = _new_pool(n)
+    yield ex
 
 
 def run_local(

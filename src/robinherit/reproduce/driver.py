@@ -28,6 +28,7 @@ from robinherit.reproduce.stats import Claim, not_run_row
 from robinherit.reproduce.timing import StageClock, derived_work, run_work
 from robinherit.reproduce.timing import summary as timing_summary
 from robinherit.store import ResultStore
+from robinherit.sweep import shared_pools
 
 CONFIG_DIR = Path(str(resources.files("robinherit") / "configs"))  # the shipped configs, inside the package
 ALL_CLAIMS = tuple(sorted({spec.number for spec in CLAIMS.values()}))
@@ -117,13 +118,14 @@ def reproduce(settings: ReproduceSettings, store: ResultStore, progress: Progres
         stored_runs = store.run_ids()
     meter = Meter(progress, len(runs) + sum(map(len, jobs.values())) + sum(s.extra_ticks(settings) for s in specs))
     meter.say(f"{len(runs)} pre-training runs")
-    with clock.stage("pre-training runs (with their heads and evaluation)"):
-        ev.records = run_pretraining(runs, store, settings.workers, meter.tick)
     seconds: dict[tuple[str, str], float] = {}
-    with clock.stage("derived results"):
-        ev.derived = run_derived(jobs, store, settings.workers, meter.tick, seconds)
-    with clock.stage("claims (the runs a claim gathers itself, e.g. claim 7's real data; statistics)"):
-        rows = [claim_row(spec, ev, meter.tick) for spec in specs]
+    with shared_pools():  # the stages' work runs on one set of worker processes, started once
+        with clock.stage("pre-training runs (with their heads and evaluation)"):
+            ev.records = run_pretraining(runs, store, settings.workers, meter.tick)
+        with clock.stage("derived results"):
+            ev.derived = run_derived(jobs, store, settings.workers, meter.tick, seconds)
+        with clock.stage("claims (the runs a claim gathers itself, e.g. claim 7's real data; statistics)"):
+            rows = [claim_row(spec, ev, meter.tick) for spec in specs]
     computed = {cfg.config_hash() for _, _, cfg in runs} - stored_runs
     work = run_work(ev.records, computed) + derived_work([j for js in jobs.values() for j in js], seconds)
     return ReproduceResult(

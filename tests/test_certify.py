@@ -230,3 +230,34 @@ def test_pure_node_oracle_certified_close_to_attacked() -> None:
     gap = res.robust_acc["0.25"] - res.certified_acc["0.25"]
     assert res.robust_acc["0.25"] > 0.8  # pure nodes are robust at this radius
     assert 0 <= gap <= 0.02, gap
+
+
+def test_the_relaxation_memo_answers_equal_inputs_only_and_keeps_to_its_budget() -> None:
+    from robinherit.certify import _RelaxationMemo, preactivation_bounds
+
+    net = as_two_layer(random_head("sym_relu", 0.3))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, D_IN, generator=g, dtype=torch.float64)
+    memo = _RelaxationMemo()
+    first = memo.lines(net, x, 0.3, Norm.l2)
+    direct = relaxation(net, *preactivation_bounds(net, x, 0.3, Norm.l2))
+    assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
+    # a copy of the same inputs (another tensor, the same bytes) is a hit; any change is a miss
+    again = memo.lines(as_two_layer(random_head("sym_relu", 0.3)), x.clone(), 0.3, Norm.l2)
+    assert all(a is b for a, b in zip(again, first, strict=True))
+    x2 = x.clone()
+    x2[0, 0] += 1e-12
+    for args in ((net, x2, 0.3, Norm.l2), (net, x, 0.31, Norm.l2), (net, x, 0.3, Norm.linf)):
+        assert memo.lines(*args)[0] is not first[0]
+    other = as_two_layer(random_head("sym_relu", 0.3, seed=1))
+    assert not torch.equal(memo.lines(other, x, 0.3, Norm.l2)[1], first[1])
+    assert len(memo.entries) == 5
+    # the budget: entries beyond it are dropped, oldest first, and an entry larger than the budget is not kept
+    size = sum(t.numel() * t.element_size() for t in first)
+    small = _RelaxationMemo(budget=2 * size)
+    for eps in (0.1, 0.2, 0.3):
+        small.lines(net, x, eps, Norm.l2)
+    assert len(small.entries) == 2 and small.key(net, x, 0.1, Norm.l2) not in small.entries
+    tiny = _RelaxationMemo(budget=size - 1)
+    tiny.lines(net, x, 0.1, Norm.l2)
+    assert not tiny.entries

@@ -19,7 +19,9 @@ two-layer case is short: the first layer is linear, so its pre-activation bounds
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -170,10 +172,49 @@ def relaxation(net: TwoLayerLinear, lo: Tensor, hi: Tensor) -> tuple[Tensor, Ten
     return best[0], best[1], best[3], best[4]
 
 
+class _RelaxationMemo:
+    """The relaxations of recent (first layer, inputs, eps, norm), by content: a run evaluates its pre-training
+    network and each head on the same test inputs through the same encoder, so the units' intervals, and their
+    lines, are the same for all of them (two thirds of a run's certification on the 2-core machine). Keyed by a
+    hash of the tensors' bytes, so equal inputs give the stored lines (a pure function, to the bit) and anything
+    else a miss; at most ``budget`` bytes are kept, most recent first. CPU tensors only (hashing a GPU tensor
+    would copy it to the host)."""
+
+    def __init__(self, budget: int = 64 * 2**20):
+        self.budget = budget
+        self.entries: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
+
+    @staticmethod
+    def key(net: TwoLayerLinear, x: Tensor, eps: float, norm: Norm) -> str | None:
+        if x.device.type != "cpu":
+            return None
+        h = hashlib.blake2b(f"{net.activation}/{Norm(norm).value}/{eps!r}".encode(), digest_size=16)
+        for t in (net.W, net.b, x):
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.detach().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def lines(self, net: TwoLayerLinear, x: Tensor, eps: float, norm: Norm) -> tuple[Tensor, ...]:
+        key = self.key(net, x, eps, norm)
+        if key is not None and key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        lo, hi = preactivation_bounds(net, x, eps, norm)
+        out = relaxation(net, lo, hi)
+        size = sum(t.numel() * t.element_size() for t in out)
+        if key is not None and size <= self.budget:
+            self.entries[key] = out
+            while sum(t.numel() * t.element_size() for v in self.entries.values() for t in v) > self.budget:
+                self.entries.popitem(last=False)
+        return out
+
+
+_MEMO = _RelaxationMemo()
+
+
 def _crown(net: TwoLayerLinear, x: Tensor, spec: Tensor, eps: float, norm: Norm) -> Tensor:
     x = x.to(net.W)
-    lo, hi = preactivation_bounds(net, x, eps, norm)
-    a_l, c_l, a_u, c_u = relaxation(net, lo, hi)
+    a_l, c_l, a_u, c_u = _MEMO.lines(net, x, eps, norm)
     A = spec @ net.V  # (n, r, m)
     pos = A >= 0
     # A lower bound of sum_i A_i h_i takes each unit's lower line where A_i >= 0 and its upper line elsewhere.

@@ -10,7 +10,7 @@ import torch
 
 from robinherit.config import DownstreamConfig, HeadKind, Norm, load_config
 from robinherit.convnet import ConvConfig, ConvNet
-from robinherit.downstream import batches, head_rows, train_head
+from robinherit.downstream import batches, head_rows, train_head, train_heads
 from robinherit.losses import class_margin
 from robinherit.models import build_model
 
@@ -292,3 +292,61 @@ def test_a_constant_schedule_keeps_the_run_ids_of_heads_stored_before_schedules_
     assert cosine.identity()["downstream"]["lr_schedule"] == "cosine"
     assert cosine.config_hash() != plain.config_hash()
     assert cosine.pretrain_hash() == plain.pretrain_hash()  # one encoder for both
+
+
+# ---- heads of one encoder as a stack ----
+
+
+@pytest.mark.parametrize("kind", list(HeadKind))
+@pytest.mark.parametrize(
+    "over",
+    [
+        ("downstream.epochs=3", "downstream.batch_size=16", "downstream.lr_schedule=cosine"),  # last batch of 8
+        ("downstream.steps=20",),  # full batch, constant rate
+        ("downstream.epochs=2", "downstream.batch_size=16", "downstream.optimizer=sgd", "downstream.weight_decay=0.01"),
+    ],
+)
+def test_heads_trained_as_a_stack_equal_the_heads_trained_one_by_one(kind, over):
+    enc = two_layer(16, 12, threshold=0.3)
+    enc.center = torch.full((16,), 0.1)  # a centred encoder: the stack must centre its attack points too
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 16, generator=g)
+    ys = [torch.randint(0, 3, (40,), generator=g) for _ in range(3)]
+    cfg = downstream_cfg(*over)
+    alone = [
+        train_head(enc, 12, 3, x, y, kind, cfg, norm=Norm.l2, g=torch.Generator().manual_seed(10 + s))
+        for s, y in enumerate(ys)
+    ]
+    gens = [torch.Generator().manual_seed(10 + s) for s in range(3)]
+    stack = train_heads(enc, 12, 3, x, ys, kind, cfg, norm=Norm.l2, gens=gens)
+    for a, b in zip(alone, stack, strict=True):
+        assert b.encoder is enc
+        for p, q in zip(a.linear.parameters(), b.linear.parameters(), strict=True):
+            # the same minibatches, starts and updates; batched products (and the stack's PGD) round differently
+            assert torch.allclose(p, q, atol=1e-5, rtol=1e-4)
+        assert not torch.equal(a.linear.weight, torch.zeros_like(a.linear.weight))
+    # each head drew as many numbers from its own stream as its own training did
+    for s, gen in enumerate(gens):
+        ref = torch.Generator().manual_seed(10 + s)
+        train_head(enc, 12, 3, x, ys[s], kind, cfg, norm=Norm.l2, g=ref)
+        assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=ref))
+
+
+def test_heads_on_a_conv_encoder_or_clipped_inputs_train_one_by_one(monkeypatch):
+    import robinherit.downstream as downstream
+
+    calls = []
+    real = downstream.train_head
+    monkeypatch.setattr(downstream, "train_head", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(20, 1, 4, 4, generator=g)
+    ys = [torch.randint(0, 2, (20,), generator=g) for _ in range(2)]
+    cfg = downstream_cfg("downstream.steps=3")
+    gens = [torch.Generator().manual_seed(s) for s in range(2)]
+    heads = downstream.train_heads(conv(12), 12, 2, x, ys, HeadKind.adversarial, cfg, norm=Norm.linf, gens=gens)
+    assert len(heads) == 2 and len(calls) == 2
+    flat = x.reshape(20, 16)
+    downstream.train_heads(
+        two_layer(16, 12), 12, 2, flat, ys, HeadKind.clean, cfg, norm=Norm.l2, gens=gens, clip=(0, 1)
+    )
+    assert len(calls) == 4

@@ -217,7 +217,7 @@ def test_second_call_only_renders(good, monkeypatch):
     monkeypatch.setattr(experiment, "run_experiment", boom)
     monkeypatch.setattr(c5_mechanism, "mechanism_curve", boom)
     monkeypatch.setattr(c6_cost, "end_to_end_at", boom)
-    monkeypatch.setattr(c4_clean_head, "extra_task", boom)
+    monkeypatch.setattr(c4_clean_head, "extra_tasks", boom)
     monkeypatch.setattr(c6_cost, "clean_head_cost", boom)
     again = reproduce(settings, store)
     assert [c["effect"] for c in again.claims] == [c["effect"] for c in result.claims]
@@ -342,13 +342,29 @@ def test_a_derived_result_is_keyed_by_what_it_reads(good, monkeypatch):
     assert _mechanism_job(settings).key == job.key
 
 
-def test_the_extra_tasks_key_holds_the_task_index_not_the_number_of_tasks(good):
+def test_the_extra_tasks_are_one_job_per_encoder_keyed_by_the_tasks_it_stacks(good):
     _out, _result, _store, settings = good
-    ev = Evidence(settings, store=None, configs={"supervised": {"at": [settings.base("supervised")], "clean": []}})
+    at, clean = [settings.base("supervised")], [settings.base("supervised").model_copy(update={"seed": 1})]
+    ev = Evidence(settings, store=None, configs={"supervised": {"at": at, "clean": clean}})
     few = c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=3).jobs(ev)
     many = c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=5).jobs(ev)
-    assert [j.key for j in few] == [j.key for j in many[:2]]  # more tasks add jobs and keep the others' values
-    assert len({j.key for j in many}) == 4
+    assert [j.tag for j in few] == [("at", 0), ("clean", 0)] and [j.params["indices"] for j in few] == [[1, 2]] * 2
+    # the heads of a job's tasks train as one stack, whose floats depend on its members: other tasks, another key
+    assert len({j.key for j in few + many}) == 4 and [j.params["indices"] for j in many] == [[1, 2, 3, 4]] * 2
+    assert c4_clean_head.CleanHeadIsEnough("4", "supervised", n_tasks=1).jobs(ev) == []  # the run's own task only
+
+
+def test_extra_tasks_as_a_stack_give_each_task_its_own_heads(good):
+    _out, _result, store, settings = good
+    cfg = settings.base("supervised")
+    weights = store.artifact(cfg.config_hash(), "encoder")
+    both = c4_clean_head.extra_tasks(cfg, weights, [1, 2])["tasks"]
+    alone = [c4_clean_head.extra_task(cfg, weights, i) for i in (1, 2)]
+    assert [t["index"] for t in both] == [1, 2]
+    for t, a in zip(both, alone, strict=True):
+        for kind in ("clean", "adversarial"):
+            assert t[kind]["robust_acc"] == pytest.approx(a[kind]["robust_acc"], abs=1 / 300)  # one point of 300
+    assert both[0]["clean"]["robust_acc"] != both[1]["clean"]["robust_acc"]  # two tasks, two problems
 
 
 # --------------------------------------------------------------------------------------------- registry

@@ -9,16 +9,17 @@ already robust.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import pgd
+from robinherit.batched import per_example, pgd_from, stacked_random_start
 from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
-from robinherit.fused import attack_loss
+from robinherit.fused import TwoLayerLoss, attack_loss
 from robinherit.losses import cross_entropy
-from robinherit.models import LinearHead
+from robinherit.models import LinearHead, TwoLayerNet
 
 
 def head_steps(n: int, cfg: DownstreamConfig) -> int:
@@ -59,10 +60,9 @@ def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tenso
             done += 1
 
 
-def _stepper(head: LinearHead, cfg: DownstreamConfig, n: int) -> Callable[[Tensor], None]:
-    """One optimiser step of the head on a loss (backward included), with ``cfg.lr_schedule`` over the
+def _stepper(params: Iterable[nn.Parameter], cfg: DownstreamConfig, n: int) -> Callable[[Tensor], None]:
+    """One optimiser step of a head's parameters on a loss (backward included), with ``cfg.lr_schedule`` over the
     ``head_steps(n, cfg)`` steps."""
-    params = head.linear.parameters()
     if cfg.optimizer == Optimizer.sgd:
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
@@ -86,7 +86,7 @@ def _train_clean(
 ) -> None:
     with torch.no_grad():
         feats = head.encoder.features(x)  # encoder frozen: compute the features once
-    step = _stepper(head, cfg, x.shape[0])
+    step = _stepper(head.linear.parameters(), cfg, x.shape[0])
     for rows in batches(x.shape[0], cfg, g):
         step(cross_entropy(head.linear(feats[rows]), y[rows]).mean())
 
@@ -101,7 +101,7 @@ def _train_adversarial(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
 ) -> None:
-    step = _stepper(head, cfg, x.shape[0])
+    step = _stepper(head.linear.parameters(), cfg, x.shape[0])
     for rows in batches(x.shape[0], cfg, g):
         xb, yb = x[rows], y[rows]
         x_adv = pgd(
@@ -141,3 +141,72 @@ def train_head(
     head = LinearHead(encoder, width, n_classes).to(x.device)
     HEAD_TRAINERS[HeadKind(kind)](head, x, y, cfg, norm=norm, g=g, clip=clip)
     return head
+
+
+def train_heads(
+    encoder: nn.Module,
+    width: int,
+    n_classes: int,
+    x: Tensor,
+    ys: Sequence[Tensor],
+    kind: HeadKind,
+    cfg: DownstreamConfig,
+    *,
+    norm: Norm,
+    gens: Sequence[torch.Generator],
+    clip: tuple[float, float] | None = None,
+) -> list[LinearHead]:
+    """Heads of one ``kind`` on one frozen encoder and one set of inputs ``x``, head s trained on the labels ``ys[s]``
+    with the random stream ``gens[s]``: what :func:`train_head` gives for each, trained as one stack.
+
+    Every head takes its own minibatches, random starts and optimiser state, drawn in the order its own
+    ``train_head`` draws them; the stack runs the steps of all heads as one batched computation (closed-form PGD
+    through the shared encoder, ``batched.pgd_from``; one optimiser over the stacked weights, whose update is
+    elementwise, so each head's is its own). Equal to the heads trained one by one up to float rounding
+    (``tests/test_downstream.py``). Encoders other than the two-layer network, and clipped inputs, train one by one.
+    """
+    if not isinstance(encoder, TwoLayerNet) or clip is not None or len(ys) < 2:
+        return [
+            train_head(encoder, width, n_classes, x, y, kind, cfg, norm=norm, g=g, clip=clip)
+            for y, g in zip(ys, gens, strict=True)
+        ]
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    S, dev = len(ys), x.device
+    V = nn.Parameter(torch.zeros(S, n_classes, width, device=dev, dtype=x.dtype))
+    c = nn.Parameter(torch.zeros(S, n_classes, device=dev, dtype=x.dtype))
+    step = _stepper([V, c], cfg, x.shape[0])
+    y = torch.stack(list(ys))  # (S, n)
+    orders = [batches(x.shape[0], cfg, g) for g in gens]
+    adversarial = HeadKind(kind) == HeadKind.adversarial
+    feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
+    eps = torch.full((S, 1, 1), cfg.eps, device=dev, dtype=x.dtype)
+    alpha = eps * 2.5 / cfg.attack_steps
+    for rows in zip(*orders, strict=True):
+        yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
+        if adversarial:
+            xb = torch.stack([x[r] for r in rows])  # (S, B, d)
+            loss = TwoLayerLoss(
+                weight=encoder.weight().detach(),
+                threshold=encoder.threshold().detach(),
+                head_weight=V.detach(),
+                head_bias=c.detach()[:, None, :],
+                activation=encoder.cfg.activation,
+                loss=cross_entropy,
+                targets=yb,
+                center=encoder.center,
+            )
+            start = stacked_random_start(xb, [cfg.eps] * S, norm, gens)
+            fb = encoder.features(pgd_from(loss, xb, start, eps, alpha, norm, cfg.attack_steps))
+        else:
+            fb = torch.stack([feats[r] for r in rows])  # (S, B, m)
+        logits = torch.baddbmm(c[:, None, :], fb, V.transpose(1, 2))  # (S, B, K)
+        step(per_example(cross_entropy, logits, yb).mean(dim=1).sum())  # each head's own mean loss
+    heads = []
+    for s in range(S):
+        head = LinearHead(encoder, width, n_classes).to(dev)
+        with torch.no_grad():
+            head.linear.weight.copy_(V[s])
+            head.linear.bias.copy_(c[s])
+        heads.append(head)
+    return heads

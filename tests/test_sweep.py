@@ -447,9 +447,8 @@ def test_shared_pools_start_the_workers_once_and_replace_a_broken_pool():
         with sweep.local_pool(2) as b:
             assert b is a and {b.submit(os.getpid).result() for _ in range(8)} <= pids  # the same workers
         assert os.getpid() not in pids and not pids & first
-        with sweep.shared_pools():  # nested: the outer block's pools
-            with sweep.local_pool(2) as c:
-                assert c is a
+        with sweep.shared_pools(), sweep.local_pool(2) as c:  # nested: the outer block's pools
+            assert c is a
         with pytest.raises(BrokenProcessPool):
             a.submit(_die).result()
         with sweep.local_pool(2) as d:  # the broken pool is replaced at its next use

@@ -51,7 +51,7 @@ def params_hash(kind: str, params: dict[str, Any], version: int) -> str:
 
 def derived_job(
     kind: str,
-    cfg: ExperimentConfig,
+    cfg: ExperimentConfig | Sequence[ExperimentConfig],
     label: str,
     fn: Callable[..., dict],
     make_args: Callable[[], tuple],
@@ -63,15 +63,14 @@ def derived_job(
 ) -> AuxJob:
     """A job on ``cfg``'s run, keyed by the run hash and :func:`params_hash`. ``make_args`` may return only
     the config and what the store holds for its run (both covered by the run hash); every other input goes in
-    ``params``, which is what makes the key cover it."""
-    key = f"{cfg.config_hash()}/{params_hash(kind, params, version)}"
+    ``params``, which is what makes the key cover it. A job over several runs (say, one stack of every seed) takes
+    their configs, and its key's first part is a short hash of their run hashes, in order."""
+    if isinstance(cfg, ExperimentConfig):
+        runs = cfg.config_hash()
+    else:
+        runs = hashlib.sha256("/".join(c.config_hash() for c in cfg).encode()).hexdigest()[:16]
+    key = f"{runs}/{params_hash(kind, params, version)}"
     return AuxJob(kind, key, label, fn, make_args, params=params, tag=tag, weight=weight)
-
-
-def stack_key(run_hashes: Sequence[str], params: str) -> str:
-    """The key of a job over several runs (say, one stack of every seed): a short hash of their run hashes, in order,
-    and of :func:`params_hash`."""
-    return f"{hashlib.sha256('/'.join(run_hashes).encode()).hexdigest()[:16]}/{params}"
 
 
 def encoder_weights(store: ResultStore, cfg: ExperimentConfig) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from robinherit.losses import multilabel_margin
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
 from robinherit.records import eps_key
-from robinherit.reproduce.jobs import AuxJob, derived_job, encoder_weights, params_hash, stack_key
+from robinherit.reproduce.jobs import AuxJob, derived_job, encoder_weights
 from robinherit.reproduce.spec import EPS_REF, ClaimSpec, Evidence, Figure, SideCondition, Statistic, robust_at
 from robinherit.seeding import generator
 from robinherit.sources import Split, SyntheticSource
@@ -124,12 +124,14 @@ class Cost(ClaimSpec):
         # One job for every seed's end-to-end network (a stack), keyed by all their run ids: the longest derived
         # job, first on the pool.
         e2e = [
-            AuxJob(
+            derived_job(
                 "end_to_end_at",
-                stack_key([c.config_hash() for c in at], params_hash("end_to_end_at", {}, DERIVED_VERSION)),
+                at,
                 f"claim 6: end-to-end AT, seeds {', '.join(str(c.seed) for c in at)}",
                 end_to_end_at,
                 lambda: (at,),
+                params={},
+                version=DERIVED_VERSION,
                 tag="e2e",
                 weight=10.0 * len(at),
             )

@@ -384,7 +384,7 @@ def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators
     return torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
 
 
-def _budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:
+def budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:
     """(eps, step size 2.5 eps / steps) per model, shaped (S, 1, 1)."""
     eps_t = torch.tensor(eps, dtype=x.dtype, device=x.device)[:, None, None]
     alpha = torch.tensor([2.5 * e / steps for e in eps], dtype=x.dtype, device=x.device)[:, None, None]
@@ -402,7 +402,7 @@ def stacked_pgd(
 ) -> Tensor:
     """``attacks.pgd`` (one restart, random start) on a stack: x (S, n, d), model s attacked with eps[s]."""
     x = x.detach()
-    eps_t, alpha = _budgets(eps, steps, x)
+    eps_t, alpha = budgets(eps, steps, x)
     return pgd_from(loss, x, stacked_random_start(x, eps, norm, generators), eps_t, alpha, norm, steps)
 
 
@@ -468,7 +468,7 @@ def pretrain_stacked(
     attack = STACKED_ATTACKS[pcfg.attack]
     logs = [PretrainLog() for _ in cfgs]
     running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
-    eps_t, alpha = _budgets(eps, pcfg.attack_steps, net.W)
+    eps_t, alpha = budgets(eps, pcfg.attack_steps, net.W)
     for step in range(pcfg.steps):
         batches = [s.next() for s in streams]
         x = net.centred(torch.stack([b.x for b in batches]))  # (S, n, d); no clip in training, so delta is the same

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.attacks import pgd
-from robinherit.batched import per_example, pgd_from, stacked_random_start
+from robinherit.batched import budgets, per_example, pgd_from, stacked_random_start
 from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
 from robinherit.fused import TwoLayerLoss, attack_loss
 from robinherit.losses import cross_entropy
@@ -180,15 +180,15 @@ def train_heads(
     orders = [batches(x.shape[0], cfg, g) for g in gens]
     adversarial = HeadKind(kind) == HeadKind.adversarial
     feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
-    eps = torch.full((S, 1, 1), cfg.eps, device=dev, dtype=x.dtype)
-    alpha = eps * 2.5 / cfg.attack_steps
+    eps, alpha = budgets([cfg.eps] * S, cfg.attack_steps, x)  # (S, 1, 1) each, as the stacked pre-training's
+    w, b = encoder.weight().detach(), encoder.threshold().detach()  # frozen: the same every step
     for rows in zip(*orders, strict=True):
         yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
         if adversarial:
             xb = torch.stack([x[r] for r in rows])  # (S, B, d)
             loss = TwoLayerLoss(
-                weight=encoder.weight().detach(),
-                threshold=encoder.threshold().detach(),
+                weight=w,
+                threshold=b,
                 head_weight=V.detach(),
                 head_bias=c.detach()[:, None, :],
                 activation=encoder.cfg.activation,

@@ -69,27 +69,31 @@ def extra_tasks(
     x_tr, z_tr = world.sample(cfg.downstream.n_train, generator(cfg.seed, "downstream-train"))
     x_te, z_te = world.sample(cfg.eval.n_test, generator(cfg.seed, "test"))
     tasks = [dataclasses.replace(world, downstream_task=fresh_task(world, i, cfg.seed)) for i in indices]
+    x_tr, x_te = x_tr.to(dev), x_te.to(dev)
+    y_tr = [w.downstream_labels(z_tr).to(dev) for w in tasks]
+    y_te = [w.downstream_labels(z_te).to(dev) for w in tasks]
+    grid = tuple(e for e in cfg.eval.eps_grid if e <= eps_ref) or (eps_ref,)
     out: list[dict[str, Any]] = [{"index": i} for i in indices]
     for kind in (HeadKind.clean, HeadKind.adversarial):
         heads = train_heads(
             enc,
             cfg.model.width,
             2,
-            x_tr.to(dev),
-            [w.downstream_labels(z_tr).to(dev) for w in tasks],
+            x_tr,
+            y_tr,
             kind,
             cfg.downstream,
             norm=cfg.eval.norm,
             gens=[generator(cfg.seed, f"head-{kind.value}-task-{i}", dev) for i in indices],
             clip=source.clip,
         )
-        for i, w, head, res in zip(indices, tasks, heads, out, strict=True):
+        for i, y, head, res in zip(indices, y_te, heads, out, strict=True):
             ev = evaluate(
                 head,
-                x_te.to(dev),
-                w.downstream_labels(z_te).to(dev),
+                x_te,
+                y,
                 class_margin,
-                eps_grid=tuple(e for e in cfg.eval.eps_grid if e <= eps_ref) or (eps_ref,),
+                eps_grid=grid,
                 norm=cfg.eval.norm,
                 steps=cfg.eval.steps,
                 restarts=cfg.eval.restarts,

@@ -64,22 +64,24 @@ def main() -> None:
         at, clean = pair_configs(load_config(family), seeds)
         run_many_or_load(at + clean, store)  # the encoders, pre-trained here where the store lacks them
         for arm, cfgs in (("AT", at), ("clean", clean)):
+            # each seed's source, stored encoder and test split, built once for every head kind and protocol
+            parts = []
+            for cfg in cfgs:
+                source = SyntheticSource(make_world(cfg.data, cfg.seed), cfg.seed)
+                parts.append((cfg, source, frozen_encoder(cfg, encoder_weights(store, cfg), source)))
             for kind in (HeadKind.adversarial, HeadKind.clean):
                 for name, over in PROTOCOLS.items():
                     accs, secs = [], []
-                    for cfg in cfgs:
-                        world = make_world(cfg.data, cfg.seed)
-                        source = SyntheticSource(world, cfg.seed)
-                        enc = frozen_encoder(cfg, encoder_weights(store, cfg), source)
+                    for cfg, source, enc in parts:
                         c = with_updates(cfg, **over)
                         t0 = time.perf_counter()
                         head = fit_head(c, enc, source, kind)
                         secs.append(time.perf_counter() - t0)
-                        x_te, z_te = world.sample(c.eval.n_test, generator(c.seed, "test"))
+                        _, test = source.test_splits(c)  # the run's own downstream test split
                         res = evaluate(
                             head,
-                            x_te,
-                            world.downstream_labels(z_te),
+                            test.x,
+                            test.y,
                             class_margin,
                             eps_grid=(args.eps,),
                             norm=c.eval.norm,

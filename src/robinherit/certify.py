@@ -181,7 +181,7 @@ class _RelaxationMemo:
     would copy it to the host)."""
 
     def __init__(self, budget: int = 64 * 2**20):
-        self.budget = budget
+        self.budget, self.size = budget, 0  # bytes allowed, bytes held
         self.entries: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
 
     @staticmethod
@@ -201,12 +201,16 @@ class _RelaxationMemo:
             return self.entries[key]
         lo, hi = preactivation_bounds(net, x, eps, norm)
         out = relaxation(net, lo, hi)
-        size = sum(t.numel() * t.element_size() for t in out)
-        if key is not None and size <= self.budget:
+        if key is not None and _nbytes(out) <= self.budget:
             self.entries[key] = out
-            while sum(t.numel() * t.element_size() for v in self.entries.values() for t in v) > self.budget:
-                self.entries.popitem(last=False)
+            self.size += _nbytes(out)
+            while self.size > self.budget:
+                self.size -= _nbytes(self.entries.popitem(last=False)[1])
         return out
+
+
+def _nbytes(tensors: tuple[Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 _MEMO = _RelaxationMemo()

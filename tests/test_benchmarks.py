@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import profile_step, realdata_step, train_step
+from benchmarks import derived_parts, profile_step, realdata_step, train_step
 
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.experiment import build_encoder
@@ -247,3 +247,17 @@ def test_profile_step_head_path_runs_the_steps_it_is_asked_for(monkeypatch):
     profile_step.run_head(cfg, 5)
     assert len(steps) == 5
     assert "head" in profile_step.paths(cfg)
+
+
+def test_derived_parts_times_each_part_against_the_form_it_replaced(capsys):
+    sizes = ["--n-test", "60", "--n-train", "200", "--pretrain-steps", "5", "--repeats", "1", "--workers", "1"]
+    derived_parts.main(["--json", *sizes])
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["relaxation"]["seconds"]) == {"broadcast (before)", "loop (now)"}
+    assert len(out["evaluation"]["seconds"]) == 3 and set(out["heads"]) == {"adversarial", "clean"}
+    # every faster form gives its reference's results (the certifier to the bit, the stacked heads to rounding)
+    assert out["relaxation"]["equal"] and out["evaluation"]["equal"]
+    assert all(h["equal"] and h["max_weight_difference"] < 1e-4 for h in out["heads"].values())
+    assert all(s > 0 for sec in (out["relaxation"], out["evaluation"], out["pools"]) for s in sec["seconds"].values())
+    # one worker: a pool per stage starts two processes over the two stages, shared pools one
+    assert out["pools"]["processes"] == {"a pool per stage (before)": 2, "shared pools (now)": 1}

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 import torch
+from benchmarks.reference_certify import broadcast_relaxation
 
-from robinherit.activations import unit
 from robinherit.attacks import pgd, project
 from robinherit.certify import (
     BoundMethod,
@@ -78,26 +78,6 @@ def test_relaxation_lines_enclose_the_unit_and_are_exact_on_a_linear_piece(activ
     stable = torch.stack([(k <= lo) | (k >= hi) for k in kinks]).all(0)
     assert bool(stable.any())
     assert torch.allclose(a_l[stable], a_u[stable]) and torch.allclose(c_l[stable], c_u[stable])
-
-
-def broadcast_relaxation(net: TwoLayerLinear, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``certify.relaxation`` written as one broadcast over (n, m, pairs, points): the form it replaced, kept as
-    the reference its candidate-by-candidate loop must equal to the bit."""
-    kinks = [torch.minimum(torch.maximum(k.expand_as(lo), lo), hi) for k in unit(net.activation).kinks(net.b)]
-    pts = torch.stack([lo, *kinks, hi], dim=-1)  # (n, m, P)
-    vals = unit(net.activation).function(pts, net.b[:, None])
-    i, j = torch.triu_indices(pts.shape[-1], pts.shape[-1], offset=1)
-    width = pts[..., j] - pts[..., i]
-    wide = width > 1e-12
-    slopes = torch.where(wide, (vals[..., j] - vals[..., i]) / torch.where(wide, width, 1.0), 0.0)  # (n, m, Q)
-    resid = vals[..., None, :] - slopes[..., :, None] * pts[..., None, :]  # (n, m, Q, P)
-    c_up, c_low = resid.amax(-1), resid.amin(-1)
-    mid = ((lo + hi) / 2)[..., None]
-    k_up = (slopes * mid + c_up).argmin(-1, keepdim=True)
-    k_low = (slopes * mid + c_low).argmax(-1, keepdim=True)
-    return tuple(
-        t.gather(-1, k).squeeze(-1) for t, k in ((slopes, k_low), (c_low, k_low), (slopes, k_up), (c_up, k_up))
-    )
 
 
 @pytest.mark.parametrize("activation", [Activation.sym_relu, Activation.relu])

@@ -184,6 +184,10 @@ class _RelaxationMemo:
         self.budget, self.size = budget, 0  # bytes allowed, bytes held
         self.entries: OrderedDict[str, tuple[Tensor, ...]] = OrderedDict()
 
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
+
     @staticmethod
     def key(net: TwoLayerLinear, x: Tensor, eps: float, norm: Norm) -> str | None:
         if x.device.type != "cpu":

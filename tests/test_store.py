@@ -218,3 +218,26 @@ def test_corrupt_store_is_refused_and_left_unchanged(tmp_path: Path, damage: str
     with pytest.raises(StoreError, match="corrupt"):
         ResultStore(path)
     assert path.read_bytes() == before
+
+
+def test_compare_stores_ignores_timings_and_names_what_differs(tmp_path: Path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_stores", Path(__file__).parents[1] / "scripts/compare_stores.py"
+    )
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rec = {"run_id": "r1", "seed": 0, "config": {}, "downstream": {"acc": 0.5}, "timing_s": {"total": 1.0}}
+    a, b = ResultStore(tmp_path / "a.db"), ResultStore(tmp_path / "b.db")
+    a.put(rec)
+    b.put({**rec, "timing_s": {"total": 2.0}, "git_commit": "other"})  # the same numbers, another time
+    for store, seconds in ((a, 1.0), (b, 3.0)):
+        store.put_aux("e2e", "k", {"value": {"per_seed": [{"seconds": seconds, "acc": 0.9}]}, "seconds": seconds})
+    assert a.aux_keys() == {("e2e", "k")}
+    assert compare.main([str(tmp_path / "a.db"), str(tmp_path / "b.db")]) == 0
+    b.put({**rec, "downstream": {"acc": 0.6}})
+    b.put_aux("e2e", "k", {"value": {"per_seed": [{"seconds": 1.0, "acc": 0.8}]}, "seconds": 1.0})
+    assert compare.main([str(tmp_path / "a.db"), str(tmp_path / "b.db")]) == 1
+    out = capsys.readouterr().out
+    assert "r1 differs in downstream" in out and "k differs in value" in out

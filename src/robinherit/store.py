@@ -235,6 +235,10 @@ class ResultStore:
         )
         return None if row is None else json.loads(row[0])
 
+    def aux_keys(self) -> set[tuple[str, str]]:
+        """(kind, key) of every stored derived result."""
+        return {(k, key) for k, key in self._retry(lambda con: con.execute("SELECT kind, key FROM aux").fetchall())}
+
     def put_aux(self, kind: str, key: str, value: dict[str, Any]) -> None:
         self._retry(
             lambda con: con.execute(

@@ -1,4 +1,4 @@
-"""The parts of a reproduce that the third round of issue 15 made cheaper, each against the form it replaced, in one
+"""Parts of a reproduce that have a faster form, each timed against the form it replaced, in one
 process on one thread (as a reproduce worker runs):
 
   relaxation   ``certify.relaxation`` (one candidate line at a time) against the broadcast over (n, m, pairs,

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from robinherit.activations import UNITS, active_grad, unit_rows
+from robinherit.activations import UNITS, active_grad, uniform_threshold, unit_rows
 from robinherit.config import Activation
 
 
@@ -59,3 +59,38 @@ def test_unit_rows_are_unit_length_and_keep_zero_rows():
     out = unit_rows(w)
     torch.testing.assert_close(out[0], torch.tensor([0.6, 0.8]))
     assert torch.equal(out[1], torch.zeros(2))
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The float32 bit patterns, zeros' signs set aside (a zero feature is a zero feature either way)."""
+    return torch.where(t == 0, torch.zeros_like(t), t).view(torch.int32)
+
+
+@pytest.mark.parametrize("act", list(UNITS))
+def test_one_float_threshold_gives_the_tensor_forms_bits(act):
+    # the one-pass kernels a shared float threshold selects (softshrink and its backward for sym_relu) must give
+    # the tensor forms' values to the bit, at the kinks, beside them, at zero and on NaN
+    b = 0.3
+    bt = torch.full((64,), b)
+    u = torch.randn(400, 64, generator=torch.Generator().manual_seed(4)) * 0.5
+    u[0, :8] = torch.tensor([b, -b, float(bt[0]), -float(bt[0]), 0.0, -0.0, float("nan"), 1e-30])
+    u[1, :2] = torch.nextafter(torch.tensor([b, -b]), torch.tensor([1.0, -1.0]))
+    fast_f, fast_t = UNITS[act].fast(u.clone(), b), UNITS[act].fast(u.clone(), bt)
+    assert torch.equal(torch.isnan(fast_f), torch.isnan(fast_t)) and torch.isnan(fast_f).any()
+    finite = ~torch.isnan(fast_t)
+    assert torch.equal(_bits(fast_f[finite]), _bits(fast_t[finite]))
+    g = torch.randn(400, 64, generator=torch.Generator().manual_seed(5))
+    h = fast_t
+    grad_f, grad_t = UNITS[act].active(g, u, h, b), UNITS[act].active(g, u, h, bt)
+    assert torch.equal(grad_t, active_grad(g, h))  # the generic rule
+    # the same everywhere but at a NaN pre-activation, whose loss is NaN already (the one-pass form passes no
+    # gradient there, the generic one passes g)
+    assert torch.equal(grad_f[finite], grad_t[finite])
+    assert (grad_f == 0).any() and (grad_f != 0).any()
+
+
+def test_uniform_threshold_is_a_float_only_when_every_unit_shares_one():
+    assert uniform_threshold(torch.full((2, 1, 5), 0.25)) == 0.25
+    assert isinstance(uniform_threshold(torch.full((5,), 0.25)), float)
+    mixed = torch.tensor([0.25, 0.25, 0.5])
+    assert uniform_threshold(mixed) is mixed

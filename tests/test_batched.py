@@ -85,6 +85,28 @@ def test_stacked_attacks_equal_one_attack_per_model(norm):
             assert not torch.equal(out[s], x[s])
 
 
+@pytest.mark.parametrize("norm", list(Norm))
+def test_pgd_keeps_the_same_point_with_or_without_its_iterates(norm, monkeypatch):
+    # pgd_from keeps every iterate for one gather at the end, or, where they would take too much memory, compares
+    # and copies per iterate: the same points to the bit, the earliest of tied maxima, never a NaN-valued one
+    _, net, x, y = _models_and_losses(3, n=40)
+    loss = net.attack_loss(multilabel_bce, y)
+    eps, alpha = batched.budgets([0.2, 0.3, 0.5], 4, x)
+    start = batched.stacked_random_start(x, [0.2, 0.3, 0.5], norm, [torch.Generator().manual_seed(s) for s in range(3)])
+    kept = batched.pgd_from(loss, x, start, eps, alpha, norm, 4)
+    monkeypatch.setattr(batched, "KEEP_ITERATES_BYTES", 0)
+    running = batched.pgd_from(loss, x, start, eps, alpha, norm, 4)
+    assert torch.equal(kept, running)
+    assert not torch.equal(kept, x + start)  # the attack moved the points
+
+    points = [torch.full((1, 3, 2), float(t)) for t in range(4)]
+    values = torch.tensor(
+        [[[1.0, float("nan"), 0.0]], [[2.0, 5.0, 0.0]], [[2.0, 1.0, 0.0]], [[0.0, float("nan"), 0.0]]]
+    )
+    best = batched.best_point(points, list(values))
+    assert best[0, :, 0].tolist() == [1.0, 1.0, 0.0]  # the first of the tied 2.0s; NaN passed over; all tied: first
+
+
 @pytest.mark.parametrize(
     "variant",
     [
@@ -122,6 +144,28 @@ def test_stacked_pretraining_equals_separate_runs(variant):
     # the models really differ (each its own seed) and really trained
     assert not torch.allclose(models[0].W, models[1].W)
     assert not torch.allclose(models[0].W, build_model(8, cfgs[0].model, 1, generator(0, "init")).W)
+
+
+@pytest.mark.parametrize("activation", ["sym_relu", "relu"])
+def test_a_shared_float_threshold_trains_the_same_bits(activation, monkeypatch):
+    # a fixed threshold shared by every unit goes into the step as one float (one-pass unit kernels); the
+    # per-unit tensor form must train the same weights to the bit
+    cfgs = [tiny(seed=s, **{"model.activation": activation}) for s in range(2)]
+
+    def train():
+        streams = [BatchStream(make_world(c.data, c.seed), c.pretrain.batch_size, c.seed) for c in cfgs]
+        net = batched.StackedTwoLayer([build_model(8, c.model, 1, generator(c.seed, "init")) for c in cfgs])
+        batched.pretrain_stacked(net, streams, cfgs)
+        return net
+
+    net = train()
+    assert net.fixed_threshold() == pytest.approx(cfgs[0].model.threshold)
+    learned = batched.StackedTwoLayer([build_model(8, tiny(**{"model.learn_threshold": True}).model, 1)])
+    assert learned.fixed_threshold() is None  # a learned threshold changes every step
+    monkeypatch.setattr(batched.StackedTwoLayer, "fixed_threshold", lambda self: None)
+    ref = train()
+    for p, q in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_batched_experiments_equal_run_experiment():

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# A threshold per unit, broadcastable against the pre-activations, or one float shared by every unit.
+Threshold = Tensor | float
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -25,38 +28,63 @@ class Unit:
 
     ``function`` is the reference form; ``fast`` gives the same values to the bit in fewer passes (what the
     closed-form paths call); ``kinks(b)`` are the points between which it is linear (the certifier's relaxation
-    is built on them); ``threshold_sign(u)`` is -dh/db where the unit is active (for a learned threshold).
+    is built on them); ``threshold_sign(u)`` is -dh/db where the unit is active (for a learned threshold);
+    ``grad(g, u, h, b)``, optional, is g * f'(u) given u and h = fast(u, b) in fewer passes than the generic
+    :func:`active_grad` (which :meth:`active` falls back to).
+
+    ``fast`` and ``grad`` also take the threshold as one float (every unit's, see :func:`uniform_threshold`),
+    for which some units have one-pass kernels; the values are the same either way.
     """
 
     function: Callable[[Tensor, Tensor], Tensor]
-    fast: Callable[[Tensor, Tensor], Tensor]
+    fast: Callable[[Tensor, Threshold], Tensor]
     kinks: Callable[[Tensor], tuple[Tensor, ...]]
     threshold_sign: Callable[[Tensor], Tensor]
+    grad: Callable[[Tensor, Tensor, Tensor, Threshold], Tensor] | None = None
+
+    def active(self, grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
+        """``grad * f'(u)``: ``self.grad`` where the unit has one, else :func:`active_grad`."""
+        return active_grad(grad, h) if self.grad is None else self.grad(grad, u, h, b)
 
 
 def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
     return torch.relu(u - b) - torch.relu(-u - b)
 
 
-def _sym_relu_fast(u: Tensor, b: Tensor) -> Tensor:
+def _sym_relu_fast(u: Tensor, b: Threshold) -> Tensor:
+    if isinstance(b, float):
+        # softshrink is u - clip(u, -b, b) to the last bit (u - b above b, u + b below -b, zero between, NaN kept)
+        # in one pass over (n, m); it takes one threshold for every unit
+        return torch.nn.functional.softshrink(u, b)
     # u - clip(u, -b, b) is ReLU(u - b) - ReLU(-u - b) to the last bit (the same single rounding on each
     # branch), in two passes over (n, m) instead of four.
     return u - torch.clamp(u, -b, b)
+
+
+def _sym_relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
+    if isinstance(b, float):
+        # softshrink's backward keeps grad where |u| > b, which is where h != 0 for finite u: one pass, no |h| to build
+        return torch.ops.aten.softshrink_backward(grad, u, b)
+    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
 
 
 def _relu(u: Tensor, b: Tensor) -> Tensor:
     return torch.relu(u - b)
 
 
-def _relu_fast(u: Tensor, b: Tensor) -> Tensor:
+def _relu_fast(u: Tensor, b: Threshold) -> Tensor:
     return (u - b).clamp_min_(0.0)
+
+
+def _relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
+    return torch.ops.aten.threshold_backward(grad, h, 0.0)  # h >= 0, so h > 0 is h != 0 without |h|
 
 
 # model.activation -> unit. A new unit is one entry here: the config accepts every name of this registry
 # (docs/extending.md).
 UNITS: dict[str, Unit] = {
-    "sym_relu": Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign),
-    "relu": Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like),
+    "sym_relu": Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign, _sym_relu_grad),
+    "relu": Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like, _relu_grad),
 }
 
 
@@ -73,6 +101,15 @@ def active_grad(grad: Tensor, h: Tensor) -> Tensor:
     (at the kink too, as in autograd). ReLU's own backward kernel does this in one pass; a boolean mask costs
     5-20x more on CPU."""
     return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
+
+
+def uniform_threshold(threshold: Tensor) -> Threshold:
+    """``threshold`` as one Python float where every entry is the same (the configs' fixed thresholds), else itself.
+
+    Call it once per fixed set of weights (it reads the tensor, a device sync on a GPU), not per step, and only
+    where the threshold is not being learned: a float is a constant to the code it goes into."""
+    lo, hi = torch.aminmax(threshold.detach())
+    return float(hi) if bool(lo == hi) else threshold
 
 
 def unit_rows(W: Tensor) -> Tensor:

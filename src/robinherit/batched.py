@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import active_grad, row_norms, unit, unit_rows
+from robinherit.activations import Threshold, active_grad, row_norms, uniform_threshold, unit, unit_rows
 from robinherit.attacks import random_start
 from robinherit.augment import make_views
 from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
@@ -39,6 +39,7 @@ from robinherit.fused import (
     TwoLayerLoss,
     back_through_head,
     embed,
+    first_layer,
     info_nce_and_grad,
     two_layer_loss,
     two_layer_loss_and_grad,
@@ -136,6 +137,15 @@ class StackedTwoLayer(nn.Module):
     def threshold(self) -> Tensor:
         return self.b.clamp_min(0.0)[:, None, :]  # (S, 1, m)
 
+    def fixed_threshold(self) -> float | None:
+        """The threshold as one float where it is not learned and every unit of every model has the same one (the
+        configs' default), else None: the unit's fast forms then take one pass (``activations.Unit``). Read once
+        per training run; a learned threshold changes every step."""
+        if self.b.requires_grad:
+            return None
+        thr = uniform_threshold(self.threshold())
+        return thr if isinstance(thr, float) else None
+
     def centred(self, x: Tensor) -> Tensor:
         """Raw (S, n, d) inputs in the stack's coordinates."""
         return x if self.center is None else x - self.center
@@ -189,6 +199,7 @@ def closed_form_grads(
     loss_grad: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     cfg: ModelConfig,
     learn_b: bool,
+    threshold: float | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
     """Mean loss per model (S,) and the gradients (dW, db or None, dV, dc) of the stack's summed mean losses.
 
@@ -196,26 +207,31 @@ def closed_form_grads(
     the graph and the four-op activation of the autograd path: with g = dL/dlogits / n, dV = g^T h,
     dc = sum_n g, dU = (g V) * act'(u), dW_eff = dU^T x, and through w / ||w||:
     dW = (dW_eff - w_hat <w_hat, dW_eff>) / ||w||. A pure function of tensors, so it can be compiled.
+    ``threshold``: b as one float where it is fixed and the same for every unit (:func:`fixed_threshold`).
     """
     n = x.shape[1]
-    w, norms, u, h = _first_layer(W, b, x, cfg)
+    w, norms, u, h, thr = _first_layer(W, b, x, cfg, threshold)
     logits = torch.baddbmm(c[:, None, :], h, V.transpose(1, 2))  # (S, n, K)
     loss, g = loss_grad(logits, targets)  # (S, n), (S, n, K)
     g = g / n
     g_v = g.transpose(1, 2) @ h  # (S, K, m)
     g_c = g.sum(dim=1)  # (S, K)
-    g_u = active_grad(back_through_head(g, V), h)  # (S, n, m)
+    g_u = unit(cfg.activation).active(back_through_head(g, V), u, h, thr)  # (S, n, m)
     g_w, g_b = _first_layer_grads(g_u, u, x, w, norms, b, cfg, learn_b)
     return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
 
 
-def _first_layer(W: Tensor, b: Tensor, x: Tensor, cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _first_layer(
+    W: Tensor, b: Tensor, x: Tensor, cfg: ModelConfig, threshold: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Threshold]:
     """The stacked first layer's forward from raw parameters, keeping what its backward (``_first_layer_grads``)
-    needs: effective weights w (S, m, d), row norms (S, m, 1), pre-activations u = x w^T and features h (S, n, m)."""
+    needs: effective weights w (S, m, d), row norms (S, m, 1), pre-activations u = x w^T, features h (S, n, m)
+    and the threshold they used (``threshold`` where given, else b's, (S, 1, m))."""
     norms = row_norms(W)
     w = W / norms if cfg.normalize_rows else W
-    u = x @ w.transpose(1, 2)
-    return w, norms, u, unit(cfg.activation).fast(u, b.clamp_min(0.0)[:, None, :])
+    u = first_layer(x, w)
+    thr = b.clamp_min(0.0)[:, None, :] if threshold is None else threshold
+    return w, norms, u, unit(cfg.activation).fast(u, thr), thr
 
 
 def _first_layer_grads(
@@ -255,7 +271,7 @@ def contrastive_grads(
     """
     n = x1.shape[1]
     x = torch.cat([x1, x2], dim=1)  # (S, 2n, d)
-    w, norms, u, h = _first_layer(W, b, x, cfg)  # u, h (S, 2n, m)
+    w, norms, u, h, _ = _first_layer(W, b, x, cfg)  # u, h (S, 2n, m)
     e = h if P is None else h @ P.transpose(1, 2)  # (S, 2n, k)
     loss, g_e = info_nce_and_grad(e, temperature)  # (S, n), (S, 2n, k)
     g_e = g_e.div_(n)  # of the mean over the batch
@@ -281,17 +297,19 @@ def adversarial_grads(
     learn_b: bool,
     norm: Norm,
     steps: int,
+    threshold: float | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor | None, Tensor, Tensor]]:
     """One adversarial training step's loss and gradients as a pure function of tensors: PGD from the random
     start ``delta`` (:func:`pgd_from`), then :func:`closed_form_grads` at the attack's points. What
-    ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same."""
+    ``pretrain_stacked`` compiles with ``ROBINHERIT_COMPILE=1``; the eager path computes the same.
+    ``threshold`` as in :func:`closed_form_grads`."""
     with torch.no_grad():
         w = unit_rows(W) if cfg.normalize_rows else W
         # functools.partial of module-level functions, not a TwoLayerLoss: older torch.compile versions failed
         # on building that frozen dataclass inside the compiled function
         args = {
             "weight": w,
-            "threshold": b.clamp_min(0.0)[:, None, :],
+            "threshold": b.clamp_min(0.0)[:, None, :] if threshold is None else threshold,
             "head_weight": V,
             "head_bias": c[:, None, :],
             "activation": cfg.activation,
@@ -300,7 +318,7 @@ def adversarial_grads(
         }
         adv_loss = _Loss(partial(two_layer_loss, **args), partial(two_layer_loss_and_grad, **args))
         x_adv = pgd_from(adv_loss, x, delta, eps, alpha, norm, steps)
-        return closed_form_grads(W, b, V, c, x_adv, targets, LOSS_GRADS[loss_fn], cfg, learn_b)
+        return closed_form_grads(W, b, V, c, x_adv, targets, LOSS_GRADS[loss_fn], cfg, learn_b, threshold)
 
 
 class _Loss(NamedTuple):
@@ -416,25 +434,48 @@ def pgd_from(
     element (delta + grad * (alpha / ||grad||)) because at these sizes elementwise passes cost as much
     as the matmuls.
     """
-    best_x = x.clone()
-    best_loss = torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)  # (S, n)
+    # the iterates are kept for one gather at the end (best_point) unless they would take much memory (a full-batch
+    # attack on a large data set), where the running comparison and copy per iterate keep one point instead
+    keep = (steps + 1) * x.numel() * x.element_size() <= KEEP_ITERATES_BYTES
+    points: list[Tensor] = []
+    values: list[Tensor] = []
+    if not keep:
+        best_x, best_loss = x.clone(), torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)
+    radius = eps * (1 - 1e-6)  # the l2 projection's, once
     for t in range(steps + 1):
         x_adv = x + delta
         if t < steps:
             value, grad = loss.value_and_grad(x_adv)
         else:
             value = loss(x_adv)
-        better = value > best_loss  # (S, n)
-        best_loss = torch.where(better, value, best_loss)
-        best_x = torch.lerp(best_x, x_adv, better[..., None].to(x.dtype))  # exact copy where better; 5x cheaper
+        if keep:
+            points.append(x_adv)
+            values.append(value)
+        else:
+            better = value > best_loss  # (S, n)
+            best_loss = torch.where(better, value, best_loss)
+            best_x = torch.lerp(best_x, x_adv, better[..., None].to(x.dtype))  # exact copy where better; 5x cheaper
         if t == steps:
             break
         if norm == Norm.linf:
             delta = torch.clamp(delta + grad.sign() * alpha, -eps, eps)
         else:
-            delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            delta = delta * torch.clamp(eps * (1 - 1e-6) / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
-    return best_x
+            delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+            delta = delta * torch.clamp(radius / delta.norm(dim=-1, keepdim=True).clamp_min_(1e-12), max=1.0)
+    return best_point(points, values) if keep else best_x
+
+
+# pgd_from keeps every iterate where they take at most this much memory together (a training minibatch's do)
+KEEP_ITERATES_BYTES = 64 * 2**20
+
+
+def best_point(points: Sequence[Tensor], values: Sequence[Tensor]) -> Tensor:
+    """Per example, the point of highest value over the iterates ``points`` (each (S, n, d)) with ``values`` (each
+    (S, n)): the earliest where several tie and never one whose value is NaN, as a running ``value > best``
+    comparison keeps it. One gather after the attack instead of a comparison and a copy per iterate."""
+    best = torch.stack(list(values)).nan_to_num_(nan=-float("inf")).argmax(dim=0)  # (S, n), the first maximum
+    stacked = torch.stack(list(points))  # (T, S, n, d)
+    return stacked.gather(0, best[None, ..., None].expand(1, *stacked.shape[1:]))[0]
 
 
 def stacked_fgm(
@@ -469,6 +510,7 @@ def pretrain_stacked(
     logs = [PretrainLog() for _ in cfgs]
     running = torch.zeros(len(cfgs), dtype=torch.float64)  # float64, as the single run sums Python floats
     eps_t, alpha = budgets(eps, pcfg.attack_steps, net.W)
+    threshold = net.fixed_threshold()
     for step in range(pcfg.steps):
         batches = [s.next() for s in streams]
         x = net.centred(torch.stack([b.x for b in batches]))  # (S, n, d); no clip in training, so delta is the same
@@ -487,6 +529,7 @@ def pretrain_stacked(
                 learn_b=net.b.requires_grad,
                 norm=pcfg.norm,
                 steps=pcfg.attack_steps,
+                threshold=threshold,
             )
             net.W.grad, net.V.grad, net.c.grad = grads[0], grads[2], grads[3]
             if grads[1] is not None:

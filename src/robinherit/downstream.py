@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from robinherit.activations import uniform_threshold
 from robinherit.attacks import pgd
 from robinherit.batched import budgets, per_example, pgd_from, stacked_random_start
 from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
@@ -181,7 +182,8 @@ def train_heads(
     adversarial = HeadKind(kind) == HeadKind.adversarial
     feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
     eps, alpha = budgets([cfg.eps] * S, cfg.attack_steps, x)  # (S, 1, 1) each, as the stacked pre-training's
-    w, b = encoder.weight().detach(), encoder.threshold().detach()  # frozen: the same every step
+    # frozen: the same every step (and so the threshold can be one float, activations.uniform_threshold)
+    w, b = encoder.weight().detach(), uniform_threshold(encoder.threshold())
     for rows in zip(*orders, strict=True):
         yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
         if adversarial:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robinherit.activations import active_grad, unit
+from robinherit.activations import Threshold, active_grad, unit
 from robinherit.losses import LOSS_GRADS
 from robinherit.models import LinearHead, TwoLayerNet
 
@@ -53,7 +53,7 @@ class TwoLayerLoss:
     """
 
     weight: Tensor
-    threshold: Tensor
+    threshold: Threshold  # (m,), (S, 1, m), or one float (activations.uniform_threshold)
     head_weight: Tensor
     head_bias: Tensor
     activation: str  # a name of activations.UNITS
@@ -85,19 +85,36 @@ class TwoLayerLoss:
         return loss, g_x
 
 
+def first_layer(x: Tensor, weight: Tensor) -> Tensor:
+    """u = x W^T for one model (x (n, d), W (m, d)) or a stack (x (S, n, d), W (S, m, d)). The stack calls ``bmm``
+    itself: ``@`` on two 3-d tensors reaches the same kernel through three more operations."""
+    if x.dim() == 3 and weight.dim() == 3:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return x @ weight.transpose(-1, -2)
+
+
+def back_through_first(g_u: Tensor, weight: Tensor) -> Tensor:
+    """g_u W, (..., n, m) x (..., m, d): the input gradient through the first layer (``bmm`` for a stack)."""
+    if g_u.dim() == 3 and weight.dim() == 3:
+        return torch.bmm(g_u, weight)
+    return g_u @ weight
+
+
 def _forward(
-    x: Tensor, weight: Tensor, threshold: Tensor, head_weight: Tensor, head_bias: Tensor, activation, center=None
-):
+    x: Tensor, weight: Tensor, threshold: Threshold, head_weight: Tensor, head_bias: Tensor, activation, center=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(u, h, logits): pre-activations, features and logits."""
     if center is not None:  # an affine map of the input: d/dx of f(x - c) is f'(x - c), so gradients are unchanged
         x = x - center
-    h = unit(activation).fast(x @ weight.transpose(-1, -2), threshold)  # (..., n, m)
-    return h, _linear(h, head_weight, head_bias)
+    u = first_layer(x, weight)
+    h = unit(activation).fast(u, threshold)  # (..., n, m)
+    return u, h, _linear(h, head_weight, head_bias)
 
 
 def two_layer_loss(
     x: Tensor,
     weight: Tensor,
-    threshold: Tensor,
+    threshold: Threshold,
     head_weight: Tensor,
     head_bias: Tensor,
     activation: str,
@@ -106,14 +123,14 @@ def two_layer_loss(
     center: Tensor | None = None,
 ) -> Tensor:
     """:class:`TwoLayerLoss`'s value (sign +1) as a function of tensors (what compiled code calls)."""
-    _, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
+    _, _, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
     return LOSS_GRADS[loss](logits, targets)[0]
 
 
 def two_layer_loss_and_grad(
     x: Tensor,
     weight: Tensor,
-    threshold: Tensor,
+    threshold: Threshold,
     head_weight: Tensor,
     head_bias: Tensor,
     activation: str,
@@ -122,10 +139,10 @@ def two_layer_loss_and_grad(
     center: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:class:`TwoLayerLoss`'s value and input gradient (sign +1) as a function of tensors."""
-    h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
+    u, h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
     value, g_logits = LOSS_GRADS[loss](logits, targets)  # (..., n), (..., n, K)
-    g_u = active_grad(back_through_head(g_logits, head_weight), h)  # (..., n, m)
-    return value, g_u @ weight  # (..., n, d)
+    g_u = unit(activation).active(back_through_head(g_logits, head_weight), u, h, threshold)  # (..., n, m)
+    return value, back_through_first(g_u, weight)  # (..., n, d)
 
 
 def fused_loss(

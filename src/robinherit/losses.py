@@ -62,8 +62,10 @@ LossGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 def _bce_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
-    return loss, (torch.sigmoid(logits) - targets) / logits.shape[-1]
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if logits.shape[-1] == 1:  # one task: the mean over it and the division by 1 are exact, so skip both passes
+        return loss[..., 0], torch.sigmoid(logits) - targets
+    return loss.mean(dim=-1), (torch.sigmoid(logits) - targets) / logits.shape[-1]
 
 
 def _multilabel_margin_grad(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

@@ -99,7 +99,7 @@ def test_pgd_keeps_the_same_point_with_or_without_its_iterates(norm, monkeypatch
     assert torch.equal(kept, running)
     assert not torch.equal(kept, x + start)  # the attack moved the points
 
-    points = [torch.full((1, 3, 2), float(t)) for t in range(4)]
+    points = torch.arange(4.0)[:, None, None, None].expand(4, 1, 3, 2)
     values = torch.tensor(
         [[[1.0, float("nan"), 0.0]], [[2.0, 5.0, 0.0]], [[2.0, 1.0, 0.0]], [[0.0, float("nan"), 0.0]]]
     )

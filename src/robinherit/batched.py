@@ -437,19 +437,20 @@ def pgd_from(
     # the iterates are kept for one gather at the end (best_point) unless they would take much memory (a full-batch
     # attack on a large data set), where the running comparison and copy per iterate keep one point instead
     keep = (steps + 1) * x.numel() * x.element_size() <= KEEP_ITERATES_BYTES
-    points: list[Tensor] = []
+    keep = keep and not (torch.is_grad_enabled() and (x.requires_grad or delta.requires_grad))  # out= below
     values: list[Tensor] = []
-    if not keep:
+    if keep:  # each iterate is written into its slot, so the gather needs no copy of them
+        points = torch.empty((steps + 1, *x.shape), device=x.device, dtype=x.dtype)
+    else:
         best_x, best_loss = x.clone(), torch.full(x.shape[:2], -float("inf"), device=x.device, dtype=x.dtype)
     radius = eps * (1 - 1e-6)  # the l2 projection's, once
     for t in range(steps + 1):
-        x_adv = x + delta
+        x_adv = torch.add(x, delta, out=points[t]) if keep else x + delta
         if t < steps:
             value, grad = loss.value_and_grad(x_adv)
         else:
             value = loss(x_adv)
         if keep:
-            points.append(x_adv)
             values.append(value)
         else:
             better = value > best_loss  # (S, n)
@@ -469,13 +470,13 @@ def pgd_from(
 KEEP_ITERATES_BYTES = 64 * 2**20
 
 
-def best_point(points: Sequence[Tensor], values: Sequence[Tensor]) -> Tensor:
-    """Per example, the point of highest value over the iterates ``points`` (each (S, n, d)) with ``values`` (each
+def best_point(points: Tensor, values: Sequence[Tensor]) -> Tensor:
+    """Per example, the point of highest value over the iterates ``points`` (T, S, n, d) with ``values`` (T of
     (S, n)): the earliest where several tie and never one whose value is NaN, as a running ``value > best``
     comparison keeps it. One gather after the attack instead of a comparison and a copy per iterate."""
-    best = torch.stack(list(values)).nan_to_num_(nan=-float("inf")).argmax(dim=0)  # (S, n), the first maximum
-    stacked = torch.stack(list(points))  # (T, S, n, d)
-    return stacked.gather(0, best[None, ..., None].expand(1, *stacked.shape[1:]))[0]
+    # max over dim 0 gives the first maximum's index, as argmax does, at a tenth of argmax's cost along that dim
+    best = torch.stack(list(values)).nan_to_num_(nan=-float("inf")).max(dim=0).indices  # (S, n)
+    return points.gather(0, best[None, ..., None].expand(1, *points.shape[1:]))[0]
 
 
 def stacked_fgm(

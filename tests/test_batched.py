@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robinherit import batched, experiment
-from robinherit.attacks import fgm, pgd
+from robinherit.attacks import fgm, pgd, random_start
 from robinherit.config import ExperimentConfig, Norm, with_updates
 from robinherit.data import BatchStream, make_world
 from robinherit.experiment import run_experiment, run_many_or_load
@@ -83,6 +83,18 @@ def test_stacked_attacks_equal_one_attack_per_model(norm):
             )
             torch.testing.assert_close(out[s], ref, rtol=1e-5, atol=1e-5)
             assert not torch.equal(out[s], x[s])
+
+
+@pytest.mark.parametrize("norm", list(Norm))
+def test_stacked_random_start_is_each_models_own_to_the_bit(norm):
+    x = torch.zeros(4, 50, 7)
+    eps = [0.1, 0.25, 0.3, 1.7]
+    out = batched.stacked_random_start(x, eps, norm, [torch.Generator().manual_seed(s) for s in range(4)])
+    for s, e in enumerate(eps):
+        ref = random_start(x[s], e, norm, torch.Generator().manual_seed(s))
+        assert torch.equal(out[s], ref)
+        assert float(ref.abs().amax()) > 0  # a real draw, inside the ball
+        assert float(ref.norm(dim=-1).amax() if norm == Norm.l2 else ref.abs().amax()) <= e
 
 
 @pytest.mark.parametrize("norm", list(Norm))

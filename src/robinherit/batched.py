@@ -398,8 +398,31 @@ def _ascent(grad: Tensor, norm: Norm) -> Tensor:
 
 
 def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators: Sequence[torch.Generator]) -> Tensor:
-    """Each model's PGD random start, drawn from its own generator as its single run draws it."""
-    return torch.stack([random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))])
+    """Each model's PGD random start, drawn from its own generator as its single run draws it
+    (``attacks.random_start``, to the bit): the draws per model, the arithmetic once on the stack (S, n, d), which
+    at S = 32 spares about 300 small operations per step."""
+    if x.dim() != 3:
+        return torch.stack(
+            [random_start(x[s], e, norm, g) for s, (e, g) in enumerate(zip(eps, generators, strict=True))]
+        )
+    shape, kw = x.shape[1:], {"device": x.device, "dtype": x.dtype}
+    # per-model scalars as random_start's Python floats meet its tensors: rounded once from double to x's dtype
+    e = torch.tensor(list(eps), **kw)[:, None, None]
+    if norm == Norm.linf:
+        draws = torch.stack([torch.rand(shape, generator=g, **kw) for g in generators])
+        return ((draws * 2 - 1) * e).clamp(-e, e)
+    directions, radii = [], []
+    for g in generators:  # random_start's order within each generator: the direction, then the radius
+        directions.append(torch.randn(shape, generator=g, **kw))
+        # the power per model: pow's vectorised and scalar kernels round differently, so its bits depend on where
+        # an element sits in the tensor (exact arithmetic, norms and clamps do not)
+        radii.append(torch.rand((shape[0], 1), generator=g, **kw) ** (1.0 / shape[-1]))
+    direction = torch.stack(directions)
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    delta = direction * e * torch.stack(radii)
+    # attacks.project: its float / tensor is Tensor.__rtruediv__, a reciprocal and a multiply
+    inside = torch.tensor([v * (1 - 1e-6) for v in eps], **kw)[:, None, None]
+    return delta * torch.clamp(delta.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal() * inside, max=1.0)
 
 
 def budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:

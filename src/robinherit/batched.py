@@ -410,7 +410,7 @@ def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators
     e = torch.tensor(list(eps), **kw)[:, None, None]
     if norm == Norm.linf:
         draws = torch.stack([torch.rand(shape, generator=g, **kw) for g in generators])
-        return ((draws * 2 - 1) * e).clamp(-e, e)
+        return (draws * 2 - 1) * e
     directions, radii = [], []
     for g in generators:  # random_start's order within each generator: the direction, then the radius
         directions.append(torch.randn(shape, generator=g, **kw))

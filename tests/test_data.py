@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from robinherit.config import DataConfig
-from robinherit.data import BatchStream, make_dictionary, make_world, sample_codes
+from robinherit.data import BatchStream, make_dictionary, make_world, next_stacked, sample_codes
 from robinherit.errors import DataError
 from robinherit.seeding import generator
 
@@ -189,3 +189,48 @@ def test_codes_are_the_documented_stream(sparsity, values):
     for _ in range(5):
         torch.testing.assert_close(sample_codes(cfg, 300, g_fast), _codes_written_out(cfg, 300, g_ref), rtol=0, atol=0)
     assert torch.equal(torch.rand(4, generator=g_fast), torch.rand(4, generator=g_ref))
+
+
+def _stack_of_streams(cfg: DataConfig, seeds, batch: int = 64) -> list[BatchStream]:
+    return [BatchStream(make_world(cfg, s), batch, s) for s in seeds]
+
+
+@pytest.mark.parametrize("sparsity", ["exact", "bernoulli"])
+@pytest.mark.parametrize("values", ["sign", "uniform"])
+def test_stacked_draws_are_each_streams_own(sparsity, values):
+    """A stack of online streams draws as one (``next_stacked``) the batches each stream would draw alone: codes and
+    labels to the bit, inputs to float rounding (z M^T is one batched matmul), and every generator left where its
+    own draws leave it (the next steps agree too)."""
+    cfg = DataConfig(d=16, n_features=40, dictionary="overcomplete", k=5, sparsity=sparsity, values=values)
+    stacked, alone = _stack_of_streams(cfg, range(5)), _stack_of_streams(cfg, range(5))
+    for _ in range(3):
+        x, y = next_stacked(stacked)
+        ref = [s.next() for s in alone]
+        assert x.shape == (5, 64, 16) and y.shape == (5, 64, 1)
+        torch.testing.assert_close(x, torch.stack([b.x for b in ref]), rtol=1e-6, atol=1e-6)
+        assert torch.equal(y, torch.stack([b.y for b in ref]))
+        assert not torch.equal(x[0], x[1])  # each model its own data
+    for a, b in zip(stacked, alone, strict=True):
+        assert torch.equal(torch.rand(3, generator=a.g), torch.rand(3, generator=b.g))
+
+
+def test_stacked_draws_repair_collisions_in_small_dictionaries():
+    """k close to D makes Floyd's repair step fire on most rows: the stacked repair must match the per-stream one."""
+    cfg = DataConfig(d=6, k=5)
+    stacked, alone = _stack_of_streams(cfg, range(4), 200), _stack_of_streams(cfg, range(4), 200)
+    x, y = next_stacked(stacked)
+    ref = [s.next() for s in alone]
+    torch.testing.assert_close(x, torch.stack([b.x for b in ref]), rtol=1e-6, atol=1e-6)
+    assert torch.equal(y, torch.stack([b.y for b in ref]))
+
+
+def test_stacked_draws_fall_back_stream_by_stream_for_fixed_sets_and_mixed_configs():
+    world = make_world(DataConfig(d=16), 0)
+    fixed = [BatchStream(world, 8, s, n_train=20) for s in range(3)]
+    again = [BatchStream(world, 8, s, n_train=20) for s in range(3)]
+    mixed = [BatchStream(make_world(DataConfig(d=16, k=c), 0), 8, 0) for c in (1, 3)]
+    mixed_again = [BatchStream(make_world(DataConfig(d=16, k=c), 0), 8, 0) for c in (1, 3)]
+    for streams, ref_streams in ((fixed, again), (mixed, mixed_again)):
+        x, y = next_stacked(streams)
+        ref = [s.next() for s in ref_streams]
+        assert torch.equal(x, torch.stack([b.x for b in ref])) and torch.equal(y, torch.stack([b.y for b in ref]))

@@ -32,7 +32,7 @@ from robinherit.activations import Threshold, active_grad, row_norms, uniform_th
 from robinherit.attacks import random_start
 from robinherit.augment import make_views
 from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
-from robinherit.data import BatchStream
+from robinherit.data import BatchStream, next_stacked
 from robinherit.fused import (
     MIN_CLOSED_FORM_TEMPERATURE,
     InfoNCEViewLoss,
@@ -536,9 +536,8 @@ def pretrain_stacked(
     eps_t, alpha = budgets(eps, pcfg.attack_steps, net.W)
     threshold = net.fixed_threshold()
     for step in range(pcfg.steps):
-        batches = [s.next() for s in streams]
-        x = net.centred(torch.stack([b.x for b in batches]))  # (S, n, d); no clip in training, so delta is the same
-        y = torch.stack([b.y for b in batches])  # (S, n, K)
+        x, y = next_stacked(streams)  # (S, n, d), (S, n, K)
+        x = net.centred(x)  # no clip in training, so delta is the same
         opt.zero_grad(set_to_none=True)
         if fuse_step:
             loss, grads = _run_step(

@@ -87,6 +87,16 @@ def test_one_float_threshold_gives_the_tensor_forms_bits(act):
     # gradient there, the generic one passes g)
     assert torch.equal(grad_f[finite], grad_t[finite])
     assert (grad_f == 0).any() and (grad_f != 0).any()
+    # written over the gradient's own memory (what the closed-form paths ask for): the same bits, in that memory
+    for thr, ref in ((b, grad_f), (bt, grad_t)):
+        g_tmp = g.clone()
+        out = UNITS[act].active(g_tmp, u, h, thr, overwrite=True)
+        assert out.data_ptr() == g_tmp.data_ptr() and torch.equal(_bits(out), _bits(ref))
+    # never over a tensor autograd tracks, nor over a broadcast view whose elements share memory
+    tracked = g.clone().requires_grad_()
+    assert UNITS[act].active(tracked, u, h, b, overwrite=True).data_ptr() != tracked.data_ptr()
+    row = g[:1].expand(400, 64)
+    assert torch.equal(UNITS[act].active(row, u, h, b, overwrite=True), UNITS[act].active(row.contiguous(), u, h, b))
 
 
 def test_uniform_threshold_is_a_float_only_when_every_unit_shares_one():

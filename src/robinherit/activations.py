@@ -29,8 +29,9 @@ class Unit:
     ``function`` is the reference form; ``fast`` gives the same values to the bit in fewer passes (what the
     closed-form paths call); ``kinks(b)`` are the points between which it is linear (the certifier's relaxation
     is built on them); ``threshold_sign(u)`` is -dh/db where the unit is active (for a learned threshold);
-    ``grad(g, u, h, b)``, optional, is g * f'(u) given u and h = fast(u, b) in fewer passes than the generic
-    :func:`active_grad` (which :meth:`active` falls back to).
+    ``grad(g, u, h, b, out)``, optional, is g * f'(u) given u and h = fast(u, b) in fewer passes than the generic
+    :func:`active_grad` (which :meth:`active` falls back to), written into ``out`` where that is not None (``out``
+    is then ``g`` itself: an elementwise kernel may write over the input it reads).
 
     ``fast`` and ``grad`` also take the threshold as one float (every unit's, see :func:`uniform_threshold`),
     for which some units have one-pass kernels; the values are the same either way.
@@ -40,11 +41,14 @@ class Unit:
     fast: Callable[[Tensor, Threshold], Tensor]
     kinks: Callable[[Tensor], tuple[Tensor, ...]]
     threshold_sign: Callable[[Tensor], Tensor]
-    grad: Callable[[Tensor, Tensor, Tensor, Threshold], Tensor] | None = None
+    grad: Callable[[Tensor, Tensor, Tensor, Threshold, Tensor | None], Tensor] | None = None
 
-    def active(self, grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
-        """``grad * f'(u)``: ``self.grad`` where the unit has one, else :func:`active_grad`."""
-        return active_grad(grad, h) if self.grad is None else self.grad(grad, u, h, b)
+    def active(self, grad: Tensor, u: Tensor, h: Tensor, b: Threshold, overwrite: bool = False) -> Tensor:
+        """``grad * f'(u)``: ``self.grad`` where the unit has one, else :func:`active_grad`. With ``overwrite`` the
+        result goes into ``grad``'s memory (a temporary of the caller's; not where autograd tracks it): the same
+        values without a fresh (n, m) buffer, which at S = 32 is 4 MiB whose first touch costs more than the pass."""
+        out = grad if overwrite and not grad.requires_grad and grad.is_contiguous() else None
+        return active_grad(grad, h, out) if self.grad is None else self.grad(grad, u, h, b, out)
 
 
 def _sym_relu(u: Tensor, b: Tensor) -> Tensor:
@@ -61,11 +65,13 @@ def _sym_relu_fast(u: Tensor, b: Threshold) -> Tensor:
     return u - torch.clamp(u, -b, b)
 
 
-def _sym_relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
+def _sym_relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold, out: Tensor | None = None) -> Tensor:
     if isinstance(b, float):
         # softshrink's backward keeps grad where |u| > b, which is where h != 0 for finite u: one pass, no |h| to build
-        return torch.ops.aten.softshrink_backward(grad, u, b)
-    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
+        if out is None:
+            return torch.ops.aten.softshrink_backward(grad, u, b)
+        return torch.ops.aten.softshrink_backward.grad_input(grad, u, b, grad_input=out)
+    return active_grad(grad, h, out)
 
 
 def _relu(u: Tensor, b: Tensor) -> Tensor:
@@ -76,8 +82,8 @@ def _relu_fast(u: Tensor, b: Threshold) -> Tensor:
     return (u - b).clamp_min_(0.0)
 
 
-def _relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold) -> Tensor:
-    return torch.ops.aten.threshold_backward(grad, h, 0.0)  # h >= 0, so h > 0 is h != 0 without |h|
+def _relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold, out: Tensor | None = None) -> Tensor:
+    return _threshold_backward(grad, h, out)  # h >= 0, so h > 0 is h != 0 without |h|
 
 
 # model.activation -> unit. A new unit is one entry here: the config accepts every name of this registry
@@ -96,11 +102,18 @@ def unit(activation: str) -> Unit:
         raise KeyError(f"no unit '{name}'; units: {', '.join(UNITS)}") from None
 
 
-def active_grad(grad: Tensor, h: Tensor) -> Tensor:
+def active_grad(grad: Tensor, h: Tensor, out: Tensor | None = None) -> Tensor:
     """``grad * f'(u)`` given h = f(u, b) for every unit of ``UNITS``: the slope is 1 where h != 0 and 0 elsewhere
     (at the kink too, as in autograd). ReLU's own backward kernel does this in one pass; a boolean mask costs
-    5-20x more on CPU."""
-    return torch.ops.aten.threshold_backward(grad, h.abs(), 0.0)
+    5-20x more on CPU. Written into ``out`` (``grad`` itself, or None for a new tensor)."""
+    return _threshold_backward(grad, h.abs(), out)
+
+
+def _threshold_backward(grad: Tensor, h: Tensor, out: Tensor | None) -> Tensor:
+    """grad where h > 0, else 0 (ReLU's backward kernel), into ``out`` where given."""
+    if out is None:
+        return torch.ops.aten.threshold_backward(grad, h, 0.0)
+    return torch.ops.aten.threshold_backward.grad_input(grad, h, 0.0, grad_input=out)
 
 
 def uniform_threshold(threshold: Tensor) -> Threshold:

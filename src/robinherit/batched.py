@@ -216,7 +216,7 @@ def closed_form_grads(
     g = g / n
     g_v = g.transpose(1, 2) @ h  # (S, K, m)
     g_c = g.sum(dim=1)  # (S, K)
-    g_u = unit(cfg.activation).active(back_through_head(g, V), u, h, thr)  # (S, n, m)
+    g_u = unit(cfg.activation).active(back_through_head(g, V), u, h, thr, overwrite=True)  # (S, n, m)
     g_w, g_b = _first_layer_grads(g_u, u, x, w, norms, b, cfg, learn_b)
     return loss.mean(dim=1), (g_w, g_b, g_v, g_c)
 

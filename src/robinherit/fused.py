@@ -141,7 +141,7 @@ def two_layer_loss_and_grad(
     """:class:`TwoLayerLoss`'s value and input gradient (sign +1) as a function of tensors."""
     u, h, logits = _forward(x, weight, threshold, head_weight, head_bias, activation, center)
     value, g_logits = LOSS_GRADS[loss](logits, targets)  # (..., n), (..., n, K)
-    g_u = unit(activation).active(back_through_head(g_logits, head_weight), u, h, threshold)  # (..., n, m)
+    g_u = unit(activation).active(back_through_head(g_logits, head_weight), u, h, threshold, overwrite=True)
     return value, back_through_first(g_u, weight)  # (..., n, d)
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.activations import Threshold, active_grad, row_norms, uniform_threshold, unit, unit_rows
+from robinherit.allocator import keep_freed_memory
 from robinherit.attacks import random_start
 from robinherit.augment import make_views
 from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
@@ -522,6 +523,7 @@ def pretrain_stacked(
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[PretrainLog]:
     """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
+    keep_freed_memory()
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     eps = [c.pretrain.eps for c in cfgs]
     # PGD with closed-form gradients: attack and gradients as one pure function (adversarial_grads), compiled
@@ -630,6 +632,7 @@ def pretrain_contrastive_stacked(
     are in closed form (:func:`contrastive_grads`), the attack's too (``fused.InfoNCEViewLoss`` on the stack).
     The model's head is not trained; the projector is discarded afterwards, as in the single run.
     """
+    keep_freed_memory()
     if len({batch_key(c) for c in cfgs}) != 1 or batch_key(cfgs[0]) is None:
         raise ValueError("a contrastive stack needs configs with one shared batch_key (see group_configs)")
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)

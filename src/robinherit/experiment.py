@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit import batched
+from robinherit.allocator import keep_freed_memory
 from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, Method, build_config
 from robinherit.convnet import ConvNet
 from robinherit.downstream import train_head
@@ -37,6 +38,7 @@ Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, art
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
     """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
+    keep_freed_memory()
     return finish_experiment(cfg, *pretrain_alone(cfg, progress))
 
 
@@ -280,6 +282,7 @@ def run_many(
     results. Any other error of the stacked pre-training is a bug, not a run's problem: it is reported for every
     run of the stack, never hidden behind a fallback that would compute something else.
     """
+    keep_freed_memory()
 
     def one(i: int, fn: Callable[[], Result]) -> None:
         try:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit import batched
+from robinherit.allocator import keep_freed_memory
 from robinherit.attacks import training_attack
 from robinherit.augment import make_views
 from robinherit.config import AdversarialView, ExperimentConfig, Method
@@ -45,6 +46,7 @@ def pretrain_supervised(
     (``robinherit.batched``: closed-form attack and parameter gradients, the same iterates up to float
     rounding); other models, and ``fast=False``, take the generic loop below (autograd training step).
     """
+    keep_freed_memory()
     if fast and batched.supports(model, cfg):
         return batched.pretrain_one(model, stream, cfg, loss_fn, on_step)
     pcfg = cfg.pretrain
@@ -111,6 +113,7 @@ def pretrain_contrastive(
     temperature below ``fused.MIN_CLOSED_FORM_TEMPERATURE``; ``closed_form_attack=True`` there, which
     ``benchmarks.contrastive_step`` times, pairs the closed-form attack with the autograd step).
     """
+    keep_freed_memory()
     if fast and batched.supports(model, cfg):
         return batched.pretrain_contrastive_one(model, stream, cfg, on_step)
     return pretrain_contrastive_generic(model, stream, cfg, on_step, closed_form_attack=fast)

@@ -46,7 +46,7 @@ from benchmarks.reference import train as reference_train
 from benchmarks.timing import best, interleaved, steps_for, sync
 from robinherit.batched import StackedTwoLayer, pretrain_stacked
 from robinherit.config import ExperimentConfig, with_updates
-from robinherit.data import BatchStream, make_world
+from robinherit.data import BatchStream, make_world, next_stacked
 from robinherit.fused import back_through_head
 from robinherit.models import build_model
 from robinherit.pretraining import pretrain_supervised
@@ -135,11 +135,11 @@ def compiled(run: Callable[[int], None]) -> Callable[[int], None]:
 
 
 def run_data_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
-    """Only the batches of S streams (what every path draws before any training): the data's own ceiling."""
+    """Only the batches of S streams, drawn as the stacked path draws them (``data.next_stacked``; what every path
+    draws before any training): the data's own ceiling."""
     streams = _streams(cfg, range(size))
     for _ in range(steps):
-        for s in streams:
-            s.next()
+        next_stacked(streams)
 
 
 def run_matmuls_only(cfg: ExperimentConfig, steps: int, size: int) -> None:

@@ -230,10 +230,12 @@ def next_stacked(streams: Sequence[BatchStream]) -> tuple[Tensor, Tensor]:
     """The next batch of every stream, stacked: (x (S, n, d), y (S, n, ...)) on the streams' device, the batches
     ``[s.next() for s in streams]`` would give. Online streams of worlds that share a config draw as one stack
     (:func:`_sample_stack`), which at S = 32 spares about 600 small operations per step; any other mix is drawn
-    stream by stream."""
+    stream by stream, and so is any object that only offers ``next()`` (a wrapper, a test's poisoned stream): its
+    own ``next`` is what it promises, not the draws of a plain stream."""
     s0 = streams[0]
     online = all(
-        s.fixed is None
+        type(s) is BatchStream
+        and s.fixed is None
         and s.world is not None
         and s.world.cfg == s0.world.cfg  # type: ignore[union-attr]
         and s.batch_size == s0.batch_size

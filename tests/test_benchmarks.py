@@ -13,8 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import derived_parts, profile_step, realdata_step, train_step
+from benchmarks import derived_parts, profile_step, realdata_step, step_stages, train_step
 
+from robinherit import batched
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.experiment import build_encoder
 
@@ -66,6 +67,18 @@ def test_matmuls_only_performs_the_steps_products(monkeypatch):
     d, m, n = 8, 16, 16
     through_w = [c for c in calls if c in (((3, n, d), (3, d, m)), ((3, n, m), (3, m, d)), ((3, m, n), (3, n, d)))]
     assert len(through_w) == 2 * (2 * 5 + 1 + 2)
+
+
+def test_step_stages_times_every_stage_once_per_step_and_restores_the_functions():
+    cfg = with_updates(ExperimentConfig(), **SMALL)
+    originals = {name: getattr(batched, name) for name in step_stages.STAGES.values()}
+    with step_stages.timed_stages() as seconds:
+        train_step.run_batched(cfg, 5, 2)
+    assert {stage: len(s) for stage, s in seconds.items()} == {stage: 5 for stage in step_stages.STAGES}
+    assert {name: getattr(batched, name) for name in originals} == originals
+    total, per_stage = step_stages.stages(cfg, 2, steps=3)
+    assert list(per_stage) == list(step_stages.STAGES)
+    assert all(ms > 0 for ms in per_stage.values()) and sum(per_stage.values()) < total
 
 
 def test_profile_step_accounts_per_step_and_per_call():

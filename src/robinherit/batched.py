@@ -409,21 +409,23 @@ def stacked_random_start(x: Tensor, eps: Sequence[float], norm: Norm, generators
     shape, kw = x.shape[1:], {"device": x.device, "dtype": x.dtype}
     # per-model scalars as random_start's Python floats meet its tensors: rounded once from double to x's dtype
     e = torch.tensor(list(eps), **kw)[:, None, None]
+    # each generator draws into its slice of one buffer (the bits of a fresh tensor's draw), and the arithmetic
+    # runs in place on it: no stack of S draws, no new (S, n, d) buffer per pass
+    draws = torch.empty((len(generators), *shape), **kw)
     if norm == Norm.linf:
-        draws = torch.stack([torch.rand(shape, generator=g, **kw) for g in generators])
-        return (draws * 2 - 1) * e
-    directions, radii = [], []
-    for g in generators:  # random_start's order within each generator: the direction, then the radius
-        directions.append(torch.randn(shape, generator=g, **kw))
+        for s, g in enumerate(generators):
+            draws[s].uniform_(generator=g)
+        return draws.mul_(2).sub_(1).mul_(e)
+    radii = []
+    for s, g in enumerate(generators):  # random_start's order within each generator: the direction, then the radius
+        draws[s].normal_(generator=g)
         # the power per model: pow's vectorised and scalar kernels round differently, so its bits depend on where
         # an element sits in the tensor (exact arithmetic, norms and clamps do not)
         radii.append(torch.rand((shape[0], 1), generator=g, **kw) ** (1.0 / shape[-1]))
-    direction = torch.stack(directions)
-    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    delta = direction * e * torch.stack(radii)
+    delta = draws.div_(draws.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mul_(e).mul_(torch.stack(radii))
     # attacks.project: its float / tensor is Tensor.__rtruediv__, a reciprocal and a multiply
     inside = torch.tensor([v * (1 - 1e-6) for v in eps], **kw)[:, None, None]
-    return delta * torch.clamp(delta.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal() * inside, max=1.0)
+    return delta.mul_(torch.clamp(delta.norm(dim=-1, keepdim=True).clamp_min(1e-12).reciprocal() * inside, max=1.0))
 
 
 def budgets(eps: Sequence[float], steps: int, x: Tensor) -> tuple[Tensor, Tensor]:

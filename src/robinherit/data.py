@@ -194,36 +194,39 @@ def _sample_stack(worlds: Sequence[World], n: int, gens: Sequence[torch.Generato
     matmul over the stack, which sums in the same order as each world's own product on the CPU kernels tried
     here (tests/test_data.py holds it to float rounding, the codes and labels to the bit)."""
     cfg = worlds[0].cfg
-    D, k, kw = cfg.D, cfg.k, {"dtype": torch.float32}
-    draws: list[list[Tensor]] = [[] for _ in range(4)]
-    for g in gens:  # sample_codes' draws, then encode's noise, per generator in its own order
-        if cfg.sparsity == Sparsity.exact:
-            draws[0].append(torch.randint(0, _BITS, (k, n), generator=g))
-            draws[1].append(torch.randint(0, 2, (n, k), generator=g, **kw))
-            if cfg.values != Values.sign:
-                draws[2].append(torch.rand(n, k, generator=g))
+    S, D, k, d = len(gens), cfg.D, cfg.k, cfg.d
+    exact, uniform = cfg.sparsity == Sparsity.exact, cfg.values != Values.sign
+    # Each generator fills its slice of one (S, ...) buffer: a draw into a contiguous slice gives the bits of the
+    # same draw into a fresh tensor (torch.rand(shape, generator=g) is empty(shape).uniform_(generator=g)), and it
+    # spares stacking S tensors afterwards (a copy of each buffer, 2 MiB of noise at S = 32).
+    first = torch.empty((S, k, n), dtype=torch.int64) if exact else torch.empty((S, n, D))
+    signs = torch.empty((S, n, k if exact else D))
+    mags = torch.empty((S, n, k if exact else D)) if uniform else None
+    noise = torch.empty((S, n, d))
+    for s, g in enumerate(gens):  # sample_codes' draws, then encode's noise, per generator in its own order
+        if exact:
+            first[s].random_(0, _BITS, generator=g)
         else:
-            draws[0].append(torch.rand(n, D, generator=g))
-            draws[1].append(torch.randint(0, 2, (n, D), generator=g))
-            if cfg.values != Values.sign:
-                draws[2].append(torch.rand(n, D, generator=g))
-        draws[3].append(torch.randn(n, cfg.d, generator=g))
-    first, signs, mags, noise = (torch.stack(d) if d else None for d in draws)
-    assert first is not None and signs is not None and noise is not None  # every branch draws these
-    if cfg.sparsity == Sparsity.exact:
+            first[s].uniform_(generator=g)
+        signs[s].random_(0, 2, generator=g)
+        if mags is not None:
+            mags[s].uniform_(generator=g)
+        noise[s].normal_(generator=g)
+    if exact:
         idx = first % torch.arange(D - k + 1, D + 1).unsqueeze(1)  # (S, k, n): exact_supports on the stack
         for i in range(1, k):
             idx[:, i].masked_fill_((idx[:, :i] == idx[:, i : i + 1]).any(dim=1), D - k + i)
-        vals = signs * 2 - 1
+        vals = signs.mul_(2).sub_(1)
         if mags is not None:
             vals = vals * (cfg.value_low + (1 - cfg.value_low) * mags)
-        z = torch.zeros(len(gens), n, D).scatter_(2, idx.transpose(1, 2), vals)
+        z = torch.zeros(S, n, D).scatter_(2, idx.transpose(1, 2), vals)
     else:
-        z = (first < cfg.k / cfg.D).float() * (signs.float() * 2 - 1)
+        z = (first < cfg.k / cfg.D).float() * signs.mul_(2).sub_(1)
         if mags is not None:
             z = z * (cfg.value_low + (1 - cfg.value_low) * mags)
     M = torch.stack([w.M for w in worlds])  # (S, d, D)
-    return torch.bmm(z, M.transpose(1, 2)) + noise * (cfg.noise / math.sqrt(cfg.d)), z
+    # in place, the same bits as z M^T + noise * scale (IEEE addition commutes)
+    return torch.bmm(z, M.transpose(1, 2)).add_(noise.mul_(cfg.noise / math.sqrt(cfg.d))), z
 
 
 def next_stacked(streams: Sequence[BatchStream]) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import derived_parts, profile_step, realdata_step, step_stages, train_step
+from benchmarks import ab_commits, derived_parts, profile_step, realdata_step, step_stages, train_step
 
 from robinherit import batched
 from robinherit.config import ExperimentConfig, with_updates
@@ -79,6 +80,30 @@ def test_step_stages_times_every_stage_once_per_step_and_restores_the_functions(
     total, per_stage = step_stages.stages(cfg, 2, steps=3)
     assert list(per_stage) == list(step_stages.STAGES)
     assert all(ms > 0 for ms in per_stage.values()) and sum(per_stage.values()) < total
+
+
+def test_ab_commits_times_both_sides_and_tells_same_bits_from_different(tmp_path):
+    """Two trees with the same code train the same bits; a tree whose seeds are shifted does not, and its report
+    says so. Each side runs in its own process on its own code."""
+    report = ab_commits.compare(".", ".", "small", size=2, steps=2, rounds=2)
+    assert len(report["ms_per_step"]["A"]) == len(report["ms_per_step"]["B"]) == 2
+    assert report["same_bits"] is True
+    assert report["ratio_min"] <= report["ratio_median"] <= report["ratio_max"]
+    other = tmp_path / "other"
+    shutil.copytree(ab_commits.ROOT / "src", other / "src")
+    shutil.copytree(ab_commits.ROOT / "benchmarks", other / "benchmarks")
+    with (other / "src" / "robinherit" / "seeding.py").open("a") as f:  # every named stream one seed later
+        f.write("\n_derive = derive_seed\n\n\ndef derive_seed(seed, name):\n    return _derive(seed + 1, name)\n")
+    assert ab_commits.compare(".", str(other), "small", size=2, steps=2, rounds=1)["same_bits"] is False
+
+
+def test_ab_commits_exports_a_commit_and_names_a_bad_one(tmp_path):
+    if not (ab_commits.ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tree = ab_commits.export("HEAD", tmp_path)
+    assert (tree / "src" / "robinherit" / "batched.py").is_file() and (tree / "benchmarks" / "train_step.py").is_file()
+    with pytest.raises(SystemExit, match="git archive no-such-commit failed"):
+        ab_commits.export("no-such-commit", tmp_path)
 
 
 def test_profile_step_accounts_per_step_and_per_call():

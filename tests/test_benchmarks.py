@@ -85,7 +85,8 @@ def test_step_stages_times_every_stage_once_per_step_and_restores_the_functions(
 def test_ab_commits_times_both_sides_and_tells_same_bits_from_different(tmp_path):
     """Two trees with the same code train the same bits; a tree whose seeds are shifted does not, and its report
     says so. Each side runs in its own process on its own code."""
-    report = ab_commits.compare(".", ".", "small", size=2, steps=2, rounds=2)
+    here = str(ab_commits.ROOT)
+    report = ab_commits.compare(here, here, "small", size=2, steps=2, rounds=2)
     assert len(report["ms_per_step"]["A"]) == len(report["ms_per_step"]["B"]) == 2
     assert report["same_bits"] is True
     assert report["ratio_min"] <= report["ratio_median"] <= report["ratio_max"]
@@ -94,7 +95,7 @@ def test_ab_commits_times_both_sides_and_tells_same_bits_from_different(tmp_path
     shutil.copytree(ab_commits.ROOT / "benchmarks", other / "benchmarks")
     with (other / "src" / "robinherit" / "seeding.py").open("a") as f:  # every named stream one seed later
         f.write("\n_derive = derive_seed\n\n\ndef derive_seed(seed, name):\n    return _derive(seed + 1, name)\n")
-    assert ab_commits.compare(".", str(other), "small", size=2, steps=2, rounds=1)["same_bits"] is False
+    assert ab_commits.compare(here, str(other), "small", size=2, steps=2, rounds=1)["same_bits"] is False
 
 
 def test_ab_commits_exports_a_commit_and_names_a_bad_one(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -300,3 +301,66 @@ def test_derived_parts_times_each_part_against_the_form_it_replaced(capsys):
     assert all(s > 0 for sec in (out["relaxation"], out["evaluation"], out["pools"]) for s in sec["seconds"].values())
     # one worker: a pool per stage starts two processes over the two stages, shared pools one
     assert out["pools"]["processes"] == {"a pool per stage (before)": 2, "shared pools (now)": 1}
+
+
+def test_step_bounds_paths_compute_the_steps_product_and_each_generators_own_draws():
+    from benchmarks import step_bounds
+
+    S, n, d, m = 3, 8, 4, 5
+    products = {name: fn() for name, fn in step_bounds.product_paths(S, n, d, m).items()}
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(S, n, d, generator=g), torch.randn(S, m, d, generator=g)
+    for name in ("bmm, W^T a view", "bmm, W^T contiguous", "bmm, out="):
+        assert torch.allclose(products[name], x @ w.transpose(1, 2), atol=1e-5), name
+    assert products["one flat mm"].shape == (S * n, m)  # the same FLOPs as one product
+    draws = step_bounds.draw_paths(S, n, d)
+    normal = draws["torch normal_"]().clone()
+    for s in range(S):  # each slice holds its own generator's stream, as a fresh draw from that seed would
+        assert torch.equal(normal[s], torch.randn(n, d, generator=torch.Generator().manual_seed(s)))
+    sfc = draws["numpy SFC64 standard_normal"]()  # numpy writes into the torch buffer itself, not into a copy
+    expect = np.random.Generator(np.random.SFC64(1)).standard_normal((n, d), dtype=np.float32)
+    assert np.array_equal(sfc[1].numpy(), expect)
+
+
+def test_step_bounds_fit_splits_a_run_into_set_up_and_cost_per_step(monkeypatch, capsys):
+    from benchmarks import step_bounds
+
+    clock = [0.0]
+    lengths = []
+
+    def fake_run(k):  # 5 ms of set-up, then 2 ms per step, on a fake clock
+        lengths.append(k)
+        clock[0] += 0.005 + 0.002 * k
+
+    monkeypatch.setattr(step_bounds.time, "perf_counter", lambda: clock[0])
+    setup, per_step = step_bounds.setup_and_step(fake_run, (1, 31), repeats=2)
+    assert (setup, per_step) == (pytest.approx(5.0), pytest.approx(2.0))
+    assert lengths == [2, 1, 1, 31, 31]  # a warm-up run, then each length repeated
+    with pytest.raises(SystemExit, match="two different run lengths"):
+        step_bounds.main(["--lengths", "5"])
+
+
+def test_step_bounds_reports_every_part(capsys):
+    from benchmarks import step_bounds
+
+    step_bounds.main(["--size", "2", "--calls", "1", "--repeats", "1", "--lengths", "1,2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert (
+        set(out["product_ms"])
+        == set(out["product_gflops"])
+        == {
+            "bmm, W^T a view",
+            "bmm, W^T contiguous",
+            "bmm, out=",
+            "one flat mm",
+        }
+    )
+    assert set(out["draw_ms"]) == {
+        "torch normal_",
+        "torch uniform_",
+        "numpy SFC64 standard_normal",
+        "numpy PCG64 standard_normal",
+    }
+    assert out["S"] == 2 and out["ratio_per_step"] == pytest.approx(
+        2 * out["reference_ms_per_step"] / out["stack_ms_per_step"]
+    )

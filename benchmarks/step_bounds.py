@@ -1,0 +1,167 @@
+"""What bounds the stacked adversarial step at S models: its products, its draws, and its cost per step apart from
+the set-up of a run.
+
+    python -m benchmarks.step_bounds                 # the default config at S = 32
+    python -m benchmarks.step_bounds --size 8 --json
+
+Three parts, each timed in this process:
+
+- products: the step's one product shape through the first layer, ``bmm`` of (S, n, d) by (S, d, m), with the
+  second operand a transposed view (as the step multiplies by W^T), contiguous, and written with ``out=``, and
+  the same FLOPs as one flat (S n, d) x (d, m) product; GFLOP/s beside the machine's square-matmul peak
+  (``train_step.matmul_peak``). Near the peak, a faster step has to save elsewhere.
+- draws: S (n, d) float32 buffers filled from S generators, one per model, as the stacked step draws its noise and
+  random starts: torch's ``normal_`` and ``uniform_``, and numpy's SFC64 and PCG64 ``standard_normal(out=...)``.
+- per step: ``train_step.run_batched`` at S and ``run_reference`` run for a short and a long length, each twice;
+  a fit through both lengths (``compile_cost.fit``) splits each run into its set-up (worlds, models, stacking) and
+  its cost per step. ``benchmarks.train_step`` times whole runs of about a second, set-up included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from benchmarks.compile_cost import fit
+from benchmarks.timing import best, interleaved
+from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
+from robinherit.allocator import keep_freed_memory
+from robinherit.config import ExperimentConfig, with_updates
+from robinherit.provenance import git_commit
+
+
+def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], torch.Tensor]]:
+    """The step's first-layer product at a stack of ``size``, in the layouts worth comparing, on fixed tensors."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
+    w_t, out = w.transpose(1, 2).contiguous(), torch.empty(size, n, m)
+    flat = x.reshape(size * n, d)
+    return {
+        "bmm, W^T a view": lambda: torch.bmm(x, w.transpose(1, 2)),
+        "bmm, W^T contiguous": lambda: torch.bmm(x, w_t),
+        "bmm, out=": lambda: torch.bmm(x, w_t, out=out),
+        "one flat mm": lambda: flat @ w_t[0],
+    }
+
+
+def draw_paths(size: int, n: int, d: int) -> dict[str, Callable[[], torch.Tensor]]:
+    """Fill ``size`` (n, d) float32 buffers, one generator per buffer, each way compared."""
+    buf = torch.empty(size, n, d)
+    as_numpy = buf.numpy()  # numpy writes into the same memory
+    torch_gens = [torch.Generator().manual_seed(s) for s in range(size)]
+    sfc = [np.random.Generator(np.random.SFC64(s)) for s in range(size)]
+    pcg = [np.random.Generator(np.random.PCG64(s)) for s in range(size)]
+
+    def torch_fill(method: str) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            for s, g in enumerate(torch_gens):
+                getattr(buf[s], method)(generator=g)
+            return buf
+
+        return go
+
+    def numpy_fill(gens: list[np.random.Generator]) -> Callable[[], torch.Tensor]:
+        def go() -> torch.Tensor:
+            for s, g in enumerate(gens):
+                g.standard_normal(out=as_numpy[s], dtype=np.float32)
+            return buf
+
+        return go
+
+    return {
+        "torch normal_": torch_fill("normal_"),
+        "torch uniform_": torch_fill("uniform_"),
+        "numpy SFC64 standard_normal": numpy_fill(sfc),
+        "numpy PCG64 standard_normal": numpy_fill(pcg),
+    }
+
+
+def time_calls(paths: dict[str, Callable[[], object]], repeats: int, calls: int) -> dict[str, float]:
+    """Best ms per call of each path over ``repeats`` interleaved rounds of ``calls`` calls."""
+
+    def looped(fn: Callable[[], object]) -> Callable[[int], None]:
+        def go(k: int) -> None:
+            for _ in range(k):
+                fn()
+
+        return go
+
+    loops = {name: looped(fn) for name, fn in paths.items()}
+    times = interleaved(loops, dict.fromkeys(paths, calls), repeats, warmup=5)
+    return {name: 1e3 * best(times[name])[0] for name in paths}
+
+
+def setup_and_step(run: Callable[[int], None], lengths: tuple[int, int], repeats: int) -> tuple[float, float]:
+    """(set-up ms, ms per step) of ``run``: the fastest of ``repeats`` timings at each length, fitted through both."""
+    run(2)  # imports, the allocator
+    seconds = []
+    for n in lengths:
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(n)
+            runs.append(time.perf_counter() - t0)
+        seconds.append(min(runs))
+    fixed, per_step = fit(list(lengths), seconds)
+    return 1e3 * fixed, 1e3 * per_step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=32, help="stack size S")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per part; the best is kept")
+    parser.add_argument("--calls", type=int, default=100, help="calls per round of a product or a draw")
+    parser.add_argument("--lengths", default="1,31", help="the two run lengths (steps) of the per-step fit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    args = parser.parse_args(argv)
+    lengths = tuple(sorted({int(s) for s in args.lengths.split(",")}))
+    if len(lengths) != 2:
+        raise SystemExit("--lengths needs two different run lengths, e.g. 1,31")
+    cfg = with_updates(ExperimentConfig(), **DEFAULT)
+    n, d, m, size = cfg.pretrain.batch_size, cfg.data.d, cfg.model.width, args.size
+
+    keep_freed_memory()  # as the compute paths set it: freed buffers are reused, not faulted in again
+    peak, _ = matmul_peak()
+    product_ms = time_calls(product_paths(size, n, d, m), args.repeats, args.calls)
+    gflops = {name: 2 * size * n * d * m / ms / 1e6 for name, ms in product_ms.items()}
+    draw_ms = time_calls(draw_paths(size, n, d), args.repeats, args.calls)
+    stack_setup, stack_step = setup_and_step(lambda k: run_batched(cfg, k, size), lengths, args.repeats)
+    ref_setup, ref_step = setup_and_step(lambda k: run_reference(cfg, k), lengths, args.repeats)
+    result = {
+        "S": size,
+        "matmul_peak_gflops": peak,
+        "product_ms": product_ms,
+        "product_gflops": gflops,
+        "draw_ms": draw_ms,
+        "stack_setup_ms": stack_setup,
+        "stack_ms_per_step": stack_step,
+        "reference_setup_ms": ref_setup,
+        "reference_ms_per_step": ref_step,
+        # samples per second of the stack over the reference's, per step, set-up left out
+        "ratio_per_step": size * ref_step / stack_step,
+        "commit": git_commit(),
+        "threads": torch.get_num_threads(),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"commit {result['commit']}, {result['threads']} threads, S = {size}, n = {n}, d = {d}, m = {m}")
+    print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s")
+    for name, ms in product_ms.items():
+        print(f"  {name:30} {ms:7.3f} ms  {gflops[name]:6.1f} GFLOP/s")
+    print(f"draws of S ({n}, {d}) float32 buffers, one generator each:")
+    for name, ms in draw_ms.items():
+        print(f"  {name:30} {ms:7.3f} ms")
+    print(f"stack of {size}: {stack_step:.2f} ms per step, {stack_setup:.1f} ms set-up per run")
+    print(f"reference: {ref_step:.2f} ms per step, {ref_setup:.1f} ms set-up per run")
+    print(f"per step, set-up left out: the stack is {result['ratio_per_step']:.2f}x the reference")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

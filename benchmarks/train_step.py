@@ -227,7 +227,8 @@ def trains(row: dict) -> bool:
     return row["path"] not in BOUNDS
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.train_step`` (tests check ``scripts/gpu_perf.sh``'s calls on it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
@@ -241,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", default="1,8,32", help="stack sizes S of the batched path on the default config (comma-separated)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     sizes = tuple(sorted({int(s) for s in args.sizes.split(",")}))

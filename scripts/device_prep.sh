@@ -44,5 +44,8 @@ if [ "${1:-}" = "--data" ]; then
   mkdir -p .device/data/fashion_mnist
   cp "$src"/*-ubyte.gz .device/data/fashion_mnist/
 fi
+# the working tree travels to the GPU machine without .git: the commit it was prepared at goes along
+echo "$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')" \
+  > .device/commit.txt
 du -sh .device | sed 's/\t/ in /'
 ls "$WHEELS"

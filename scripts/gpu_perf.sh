@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 source scripts/device_env.sh > "$OUT/machine.txt" 2>&1 || { cat "$OUT/machine.txt"; exit 1; }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown), $(nproc) CPUs"
+  echo "commit $(git rev-parse HEAD 2>/dev/null || cat .device/commit.txt 2>/dev/null || echo unknown), $(nproc) CPUs"
 } >> "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 

@@ -31,7 +31,7 @@ import torch
 
 import robinherit.certify as certify
 from benchmarks.reference_certify import broadcast_relaxation
-from benchmarks.timing import best, interleaved
+from benchmarks.timing import best_per_call
 from robinherit.config import ExperimentConfig, HeadKind, load_config
 from robinherit.downstream import train_head, train_heads
 from robinherit.experiment import evaluate_model, fit_head, pretrain_alone
@@ -46,13 +46,6 @@ def config(n_test: int, pretrain_steps: int, n_train: int) -> ExperimentConfig:
         "supervised",
         overrides=[f"eval.n_test={n_test}", f"pretrain.steps={pretrain_steps}", f"downstream.n_train={n_train}"],
     )
-
-
-def _timed(paths: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best wall seconds of one call of each path, the paths interleaved in rounds (``benchmarks.timing``)."""
-    runs = {k: (lambda n, f=f: [f() for _ in range(n)]) for k, f in paths.items()}
-    times = interleaved(runs, dict.fromkeys(paths, 1), repeats, warmup=1)
-    return {k: best(v)[0] for k, v in times.items()}
 
 
 def bench_certify(cfg: ExperimentConfig, repeats: int) -> dict[str, Any]:
@@ -91,7 +84,7 @@ def bench_certify(cfg: ExperimentConfig, repeats: int) -> dict[str, Any]:
     }
     results = {k: f() for k, f in evals.items()}
     ref = results["broadcast, no memo (before)"]
-    eval_s = _timed(evals, repeats)
+    eval_s = best_per_call(evals, repeats)
 
     net = certify.as_two_layer(model)
     x = net.centred(pre_test.x)
@@ -101,7 +94,7 @@ def bench_certify(cfg: ExperimentConfig, repeats: int) -> dict[str, Any]:
         "loop (now)": lambda: certify.relaxation(net, lo, hi),
     }
     same = all(torch.equal(a, b) for a, b in zip(relax["broadcast (before)"](), relax["loop (now)"](), strict=True))
-    relax_s = _timed(relax, repeats)
+    relax_s = best_per_call(relax, repeats)
     return {
         "relaxation": {"seconds": relax_s, "equal": same, "n": int(x.shape[0]), "m": int(net.W.shape[0]), "eps": 0.5},
         "evaluation": {"seconds": eval_s, "equal": all(r == ref for r in results.values())},
@@ -139,7 +132,7 @@ def bench_heads(cfg: ExperimentConfig, model: torch.nn.Module, source: Any, repe
             float((a.linear.weight - b.linear.weight).abs().max().detach())
             for a, b in zip(heads["one by one (before)"], heads["stack (now)"], strict=True)
         )
-        out[kind.value] = {"seconds": _timed(paths, repeats), "max_weight_difference": gap, "equal": gap < 1e-4}
+        out[kind.value] = {"seconds": best_per_call(paths, repeats), "max_weight_difference": gap, "equal": gap < 1e-4}
     return out
 
 

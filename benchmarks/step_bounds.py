@@ -12,9 +12,10 @@ Three parts, each timed in this process:
   (``train_step.matmul_peak``). Near the peak, a faster step has to save elsewhere.
 - draws: S (n, d) float32 buffers filled from S generators, one per model, as the stacked step draws its noise and
   random starts: torch's ``normal_`` and ``uniform_``, and numpy's SFC64 and PCG64 ``standard_normal(out=...)``.
-- per step: ``train_step.run_batched`` at S and ``run_reference`` run for a short and a long length, each twice;
-  a fit through both lengths (``compile_cost.fit``) splits each run into its set-up (worlds, models, stacking) and
-  its cost per step. ``benchmarks.train_step`` times whole runs of about a second, set-up included.
+- per step: ``train_step.run_batched`` at S and ``run_reference`` run for a short and a long length, each
+  ``--repeats`` times; a fit through both lengths (``compile_cost.fit``) splits each run into its set-up (worlds,
+  models, stacking) and its cost per step. ``benchmarks.train_step`` times whole runs of about a second, set-up
+  included.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmarks.compile_cost import fit
-from benchmarks.timing import best, interleaved
+from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
 from robinherit.allocator import keep_freed_memory
 from robinherit.config import ExperimentConfig, with_updates
@@ -82,19 +83,8 @@ def draw_paths(size: int, n: int, d: int) -> dict[str, Callable[[], torch.Tensor
     }
 
 
-def time_calls(paths: dict[str, Callable[[], object]], repeats: int, calls: int) -> dict[str, float]:
-    """Best ms per call of each path over ``repeats`` interleaved rounds of ``calls`` calls."""
-
-    def looped(fn: Callable[[], object]) -> Callable[[int], None]:
-        def go(k: int) -> None:
-            for _ in range(k):
-                fn()
-
-        return go
-
-    loops = {name: looped(fn) for name, fn in paths.items()}
-    times = interleaved(loops, dict.fromkeys(paths, calls), repeats, warmup=5)
-    return {name: 1e3 * best(times[name])[0] for name in paths}
+def _ms(seconds: dict[str, float]) -> dict[str, float]:
+    return {name: 1e3 * s for name, s in seconds.items()}
 
 
 def setup_and_step(run: Callable[[int], None], lengths: tuple[int, int], repeats: int) -> tuple[float, float]:
@@ -128,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
 
     keep_freed_memory()  # as the compute paths set it: freed buffers are reused, not faulted in again
     peak, _ = matmul_peak()
-    product_ms = time_calls(product_paths(size, n, d, m), args.repeats, args.calls)
+    product_ms = _ms(best_per_call(product_paths(size, n, d, m), args.repeats, args.calls, warmup=5))
     gflops = {name: 2 * size * n * d * m / ms / 1e6 for name, ms in product_ms.items()}
-    draw_ms = time_calls(draw_paths(size, n, d), args.repeats, args.calls)
+    draw_ms = _ms(best_per_call(draw_paths(size, n, d), args.repeats, args.calls, warmup=5))
     stack_setup, stack_step = setup_and_step(lambda k: run_batched(cfg, k, size), lengths, args.repeats)
     ref_setup, ref_step = setup_and_step(lambda k: run_reference(cfg, k), lengths, args.repeats)
     result = {

@@ -3,6 +3,7 @@ the set-up of a run.
 
     python -m benchmarks.step_bounds                 # the default config at S = 32
     python -m benchmarks.step_bounds --size 8 --json
+    python -m benchmarks.step_bounds --pointwise      # and the PGD step's elementwise work, eager and compiled
 
 Three parts, each timed in this process:
 
@@ -10,12 +11,20 @@ Three parts, each timed in this process:
   second operand a transposed view (as the step multiplies by W^T), contiguous, and written with ``out=``, and
   the same FLOPs as one flat (S n, d) x (d, m) product; GFLOP/s beside the machine's square-matmul peak
   (``train_step.matmul_peak``). Near the peak, a faster step has to save elsewhere.
+  Two more rows put a number on mixed precision: the same ``bmm`` with bfloat16 operands (the products'
+  own speed there, which needs the CPU's bf16 instructions to mean anything) and with the casts a float32 step
+  would add around it (x and W to bfloat16, u back to float32). The step keeps float32: bfloat16 operands carry 8
+  bits of mantissa, a relative error of about 3e-3 on these products against float32's 1e-7.
 - draws: S (n, d) float32 buffers filled from S generators, one per model, as the stacked step draws its noise and
   random starts: torch's ``normal_`` and ``uniform_``, and numpy's SFC64 and PCG64 ``standard_normal(out=...)``.
 - per step: ``train_step.run_batched`` at S and ``run_reference`` run for a short and a long length, each
   ``--repeats`` times; a fit through both lengths (``compile_cost.fit``) splits each run into its set-up (worlds,
   models, stacking) and its cost per step. ``benchmarks.train_step`` times whole runs of about a second, set-up
   included.
+- pointwise (``--pointwise``): the elementwise work of one PGD step at S, between its two products (the
+  activation, the K = 1 head, its gradient through the activation, the l2 ascent and projection, the new
+  point), as the step runs it (``eager``) and as one function compiled by ``torch.compile`` (``compiled``; the
+  compiling is untimed, and needs a C++ compiler). The bound on what fusing those passes can save.
 """
 
 from __future__ import annotations
@@ -32,8 +41,11 @@ import torch
 from benchmarks.compile_cost import fit
 from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
+from robinherit.activations import UNITS
 from robinherit.allocator import keep_freed_memory
 from robinherit.config import ExperimentConfig, with_updates
+from robinherit.fused import back_through_head
+from robinherit.losses import LOSS_GRADS, multilabel_bce
 from robinherit.provenance import git_commit
 
 
@@ -43,11 +55,14 @@ def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], t
     x, w = torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
     w_t, out = w.transpose(1, 2).contiguous(), torch.empty(size, n, m)
     flat = x.reshape(size * n, d)
+    x_bf, w_bf = x.bfloat16(), w.bfloat16()
     return {
         "bmm, W^T a view": lambda: torch.bmm(x, w.transpose(1, 2)),
         "bmm, W^T contiguous": lambda: torch.bmm(x, w_t),
         "bmm, out=": lambda: torch.bmm(x, w_t, out=out),
         "one flat mm": lambda: flat @ w_t[0],
+        "bmm in bfloat16": lambda: torch.bmm(x_bf, w_bf.transpose(1, 2)),
+        "bmm in bfloat16, casts in and out": lambda: torch.bmm(x.bfloat16(), w.bfloat16().transpose(1, 2)).float(),
     }
 
 
@@ -83,6 +98,73 @@ def draw_paths(size: int, n: int, d: int) -> dict[str, Callable[[], torch.Tensor
     }
 
 
+def pgd_pointwise(
+    u: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    v: torch.Tensor,
+    c: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: torch.Tensor,
+    radius: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, ...]:
+    """One l2 PGD step's elementwise work on a stack of the default model (symmetric thresholded ReLU with one
+    fixed threshold, K = 1, multilabel BCE), written plainly for ``torch.compile`` to fuse. From the
+    pre-activations u (S, n, m) and the input gradient ``grad`` (S, n, d) (the products are not pointwise work,
+    so both are given): the loss per example, the gradient at the pre-activations, the new offset and the new
+    point. ``eager_pgd_pointwise`` is the same work through the step's own functions."""
+    logits = (torch.nn.functional.softshrink(u, threshold) * v).sum(dim=-1, keepdim=True) + c
+    value = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")[..., 0]
+    g_u = torch.where(u.abs() > threshold, (torch.sigmoid(logits) - targets) * v, 0.0)
+    step = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    step = step * torch.clamp(radius / step.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
+    return value, g_u, step, x + step
+
+
+def eager_pgd_pointwise(
+    u: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    v: torch.Tensor,
+    c: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: torch.Tensor,
+    radius: torch.Tensor,
+    threshold: float,
+) -> tuple[torch.Tensor, ...]:
+    """``pgd_pointwise`` through the functions ``fused.two_layer_loss_and_grad`` and ``batched.pgd_from`` call."""
+    unit = UNITS["sym_relu"]
+    h = unit.fast(u, threshold)
+    logits = torch.baddbmm(c, h, v.transpose(1, 2))
+    value, g_logits = LOSS_GRADS[multilabel_bce](logits, targets)
+    g_u = unit.active(back_through_head(g_logits, v), u, h, threshold, overwrite=True)
+    step = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+    step = step * torch.clamp(radius / step.norm(dim=-1, keepdim=True).clamp_min_(1e-12), max=1.0)
+    return value, g_u, step, torch.add(x, step)
+
+
+def pointwise_paths(size: int, n: int, d: int, m: int, compiled: bool) -> dict[str, Callable[[], object]]:
+    """``eager_pgd_pointwise`` and, with ``compiled``, ``pgd_pointwise`` under ``torch.compile`` (compiled here, by
+    a first call), on fixed tensors of the step's shapes."""
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(size, n, m, generator=g), 0.1 * torch.randn(size, 1, m, generator=g)
+    grad, x = torch.randn(size, n, d, generator=g), torch.randn(size, n, d, generator=g)
+    delta = 0.01 * torch.randn(size, n, d, generator=g)
+    targets = (torch.rand(size, n, 1, generator=g) > 0.5).float()
+    c, alpha, radius = torch.zeros(size, 1, 1), torch.full((size, 1, 1), 0.125), torch.full((size, 1, 1), 0.25)
+    args = (u, grad, x, delta, v, c, targets, alpha, radius, 0.3)
+    # the eager path writes the head's outer product over a fresh buffer and the gradient into it, as the step does
+    paths: dict[str, Callable[[], object]] = {"eager": lambda: eager_pgd_pointwise(*args)}
+    if compiled:
+        fused = torch.compile(pgd_pointwise, dynamic=False)
+        fused(*args)
+        paths["compiled"] = lambda: fused(*args)
+    return paths
+
+
 def _ms(seconds: dict[str, float]) -> dict[str, float]:
     return {name: 1e3 * s for name, s in seconds.items()}
 
@@ -108,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per part; the best is kept")
     parser.add_argument("--calls", type=int, default=100, help="calls per round of a product or a draw")
     parser.add_argument("--lengths", default="1,31", help="the two run lengths (steps) of the per-step fit")
+    parser.add_argument(
+        "--pointwise", action="store_true", help="time one PGD step's elementwise work, eager and torch.compile'd"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     args = parser.parse_args(argv)
     lengths = tuple(sorted({int(s) for s in args.lengths.split(",")}))
@@ -121,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     product_ms = _ms(best_per_call(product_paths(size, n, d, m), args.repeats, args.calls, warmup=5))
     gflops = {name: 2 * size * n * d * m / ms / 1e6 for name, ms in product_ms.items()}
     draw_ms = _ms(best_per_call(draw_paths(size, n, d), args.repeats, args.calls, warmup=5))
+    pointwise_ms = (
+        _ms(best_per_call(pointwise_paths(size, n, d, m, compiled=True), args.repeats, args.calls, warmup=5))
+        if args.pointwise
+        else {}
+    )
     stack_setup, stack_step = setup_and_step(lambda k: run_batched(cfg, k, size), lengths, args.repeats)
     ref_setup, ref_step = setup_and_step(lambda k: run_reference(cfg, k), lengths, args.repeats)
     result = {
@@ -129,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "product_ms": product_ms,
         "product_gflops": gflops,
         "draw_ms": draw_ms,
+        "pointwise_ms": pointwise_ms,
         "stack_setup_ms": stack_setup,
         "stack_ms_per_step": stack_step,
         "reference_setup_ms": ref_setup,
@@ -148,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"draws of S ({n}, {d}) float32 buffers, one generator each:")
     for name, ms in draw_ms.items():
         print(f"  {name:30} {ms:7.3f} ms")
+    if pointwise_ms:
+        print(f"one PGD step's elementwise work at S = {size}:")
+        for name, ms in pointwise_ms.items():
+            print(f"  {name:30} {ms:7.3f} ms")
     print(f"stack of {size}: {stack_step:.2f} ms per step, {stack_setup:.1f} ms set-up per run")
     print(f"reference: {ref_step:.2f} ms per step, {ref_setup:.1f} ms set-up per run")
     print(f"per step, set-up left out: the stack is {result['ratio_per_step']:.2f}x the reference")

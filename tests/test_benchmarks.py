@@ -313,6 +313,12 @@ def test_step_bounds_paths_compute_the_steps_product_and_each_generators_own_dra
     for name in ("bmm, W^T a view", "bmm, W^T contiguous", "bmm, out="):
         assert torch.allclose(products[name], x @ w.transpose(1, 2), atol=1e-5), name
     assert products["one flat mm"].shape == (S * n, m)  # the same FLOPs as one product
+    exact = x.double() @ w.double().transpose(1, 2)
+    for name in ("bmm in bfloat16", "bmm in bfloat16, casts in and out"):  # the same product, to bf16's 8 bits
+        err = (products[name].double() - exact).norm() / exact.norm()
+        assert 1e-5 < err < 2e-2, (name, err)  # rounded (not float32 in disguise), and not a different product
+    assert products["bmm in bfloat16"].dtype == torch.bfloat16
+    assert products["bmm in bfloat16, casts in and out"].dtype == torch.float32
     draws = step_bounds.draw_paths(S, n, d)
     normal = draws["torch normal_"]().clone()
     for s in range(S):  # each slice holds its own generator's stream, as a fresh draw from that seed would
@@ -320,6 +326,34 @@ def test_step_bounds_paths_compute_the_steps_product_and_each_generators_own_dra
     sfc = draws["numpy SFC64 standard_normal"]()  # numpy writes into the torch buffer itself, not into a copy
     expect = np.random.Generator(np.random.SFC64(1)).standard_normal((n, d), dtype=np.float32)
     assert np.array_equal(sfc[1].numpy(), expect)
+
+
+def test_step_bounds_pointwise_work_is_one_pgd_step_of_the_library_between_its_products():
+    from benchmarks import step_bounds
+
+    from robinherit.fused import TwoLayerLoss
+    from robinherit.losses import multilabel_bce
+
+    S, n, d, m = 3, 16, 4, 6
+    g = torch.Generator().manual_seed(2)
+    w, x = torch.randn(S, m, d, generator=g), torch.randn(S, n, d, generator=g)
+    delta, v = 0.1 * torch.randn(S, n, d, generator=g), torch.randn(S, 1, m, generator=g)
+    c, targets = torch.randn(S, 1, 1, generator=g), (torch.rand(S, n, 1, generator=g) > 0.5).float()
+    alpha, radius = torch.tensor([0.05, 0.1, 0.2])[:, None, None], torch.tensor([0.1, 0.2, 0.4])[:, None, None]
+    x_adv = x + delta
+    value, g_x = TwoLayerLoss(w, 0.3, v, c, "sym_relu", multilabel_bce, targets).value_and_grad(x_adv)
+    u = x_adv @ w.transpose(1, 2)
+    for fn in (step_bounds.eager_pgd_pointwise, step_bounds.pgd_pointwise):  # the timed path and what compiles
+        out_value, g_u, step, point = fn(u.clone(), g_x, x, delta, v, c, targets, alpha, radius, 0.3)
+        assert torch.allclose(out_value, value, atol=1e-6), fn.__name__
+        assert torch.allclose(g_u @ w, g_x, atol=1e-6), fn.__name__  # the input gradient, once multiplied by W
+        ascent = delta + alpha * g_x / g_x.norm(dim=-1, keepdim=True)
+        expect = ascent * torch.clamp(radius / ascent.norm(dim=-1, keepdim=True), max=1.0)
+        assert torch.allclose(step, expect, atol=1e-6) and torch.allclose(point, x + expect, atol=1e-6), fn.__name__
+    assert (step.norm(dim=-1) <= radius[..., 0] * (1 + 1e-5)).all() and (
+        step.norm(dim=-1) > 0.99 * radius[..., 0]
+    ).any()
+    assert set(step_bounds.pointwise_paths(S, n, d, m, compiled=False)) == {"eager"}
 
 
 def test_step_bounds_fit_splits_a_run_into_set_up_and_cost_per_step(monkeypatch, capsys):
@@ -353,8 +387,11 @@ def test_step_bounds_reports_every_part(capsys):
             "bmm, W^T contiguous",
             "bmm, out=",
             "one flat mm",
+            "bmm in bfloat16",
+            "bmm in bfloat16, casts in and out",
         }
     )
+    assert out["pointwise_ms"] == {}  # only with --pointwise, which compiles
     assert set(out["draw_ms"]) == {
         "torch normal_",
         "torch uniform_",
@@ -364,3 +401,35 @@ def test_step_bounds_reports_every_part(capsys):
     assert out["S"] == 2 and out["ratio_per_step"] == pytest.approx(
         2 * out["reference_ms_per_step"] / out["stack_ms_per_step"]
     )
+
+
+def test_step_variants_patch_the_step_for_a_run_and_put_it_back(monkeypatch, capsys):
+    from benchmarks import step_variants
+
+    # the compiled variant's math, uncompiled: what torch.compile is handed must train the default's weights
+    monkeypatch.setattr(step_variants, "_compiled", lambda fn: fn)
+    originals = (batched.pgd_from, batched.two_layer_loss_and_grad, batched.first_layer)
+    cfg = with_updates(ExperimentConfig(), **train_step.DEFAULT)
+    default = step_variants.trained_weights(cfg, 4, 2)
+    with step_variants.pointwise_compiled():
+        assert batched.pgd_from is not originals[0]
+        pointwise = step_variants.trained_weights(cfg, 4, 2)
+    with step_variants.bf16_products():
+        bf16 = step_variants.trained_weights(cfg, 4, 2)
+    assert (batched.pgd_from, batched.two_layer_loss_and_grad, batched.first_layer) == originals
+    torch.testing.assert_close(pointwise, default, rtol=1e-4, atol=1e-5)
+    # bf16 operands move the weights (Adam's first steps follow the gradients' signs), but it trains the same models
+    assert not torch.allclose(bf16, default, atol=1e-4)
+    assert (bf16 - default).norm() / default.norm() < 0.2
+    with pytest.raises(ValueError, match="default model only"), step_variants.pointwise_compiled():
+        step_variants.trained_weights(with_updates(cfg, **{"model.learn_threshold": True}), 1, 1)
+    assert batched.pgd_from is originals[0]  # restored after an error too
+
+    step_variants.main(["--size", "2", "--steps", "1", "--rounds", "2", "--check-steps", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["variants"]) == ["default", "bf16 products", "pointwise compiled"]
+    assert out["variants"]["default"]["speedup_median"] == 1.0
+    assert out["variants"]["default"]["weights_max_abs_difference"] == 0.0
+    assert all(len(v["ms_per_step"]) == 2 for v in out["variants"].values())
+    with pytest.raises(SystemExit, match="unknown variant"):
+        step_variants.main(["--variants", "default,fp8"])

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from benchmarks.compile_cost import fit
+from benchmarks.step_variants import head_and_back, l2_ascent
 from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
 from robinherit.activations import UNITS
@@ -114,13 +115,10 @@ def pgd_pointwise(
     fixed threshold, K = 1, multilabel BCE), written plainly for ``torch.compile`` to fuse. From the
     pre-activations u (S, n, m) and the input gradient ``grad`` (S, n, d) (the products are not pointwise work,
     so both are given): the loss per example, the gradient at the pre-activations, the new offset and the new
-    point. ``eager_pgd_pointwise`` is the same work through the step's own functions."""
-    logits = (torch.nn.functional.softshrink(u, threshold) * v).sum(dim=-1, keepdim=True) + c
-    value = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")[..., 0]
-    g_u = torch.where(u.abs() > threshold, (torch.sigmoid(logits) - targets) * v, 0.0)
-    step = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    step = step * torch.clamp(radius / step.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
-    return value, g_u, step, x + step
+    point. ``eager_pgd_pointwise`` is the same work through the step's own functions; ``benchmarks.step_variants``
+    compiles the same two parts separately inside the whole step."""
+    value, g_u = head_and_back(u, threshold, v, c, targets)
+    return value, g_u, *l2_ascent(x, delta, grad, alpha, radius)
 
 
 def eager_pgd_pointwise(

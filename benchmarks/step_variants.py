@@ -72,7 +72,7 @@ def bf16_products() -> Iterator[None]:
         yield
 
 
-def _head_and_back(
+def head_and_back(
     u: torch.Tensor, threshold: float, v: torch.Tensor, c: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss per example and its gradient at the pre-activations u, for the default model: one fused pass."""
@@ -81,7 +81,7 @@ def _head_and_back(
     return value, torch.where(u.abs() > threshold, (torch.sigmoid(logits) - targets) * v, 0.0)
 
 
-def _l2_ascent(
+def l2_ascent(
     x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, radius: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batched.pgd_from``'s l2 step and projection, and the new point."""
@@ -103,12 +103,12 @@ def _compiled(fn: Callable) -> Callable:
 @contextlib.contextmanager
 def pointwise_compiled() -> Iterator[None]:
     """Each PGD step's elementwise work in two compiled functions, the products eager."""
-    head_and_back, ascent = _compiled(_head_and_back), _compiled(_l2_ascent)
+    fused_head, ascent = _compiled(head_and_back), _compiled(l2_ascent)
 
     def loss_and_grad(x, weight, threshold, head_weight, head_bias, activation, loss, targets, center=None):
         if not isinstance(threshold, float) or head_weight.shape[-2] != 1 or center is not None:
             raise ValueError("the 'pointwise compiled' variant is written for the default model only")
-        value, g_u = head_and_back(fused.first_layer(x, weight), threshold, head_weight, head_bias, targets)
+        value, g_u = fused_head(fused.first_layer(x, weight), threshold, head_weight, head_bias, targets)
         return value, fused.back_through_first(g_u, weight)
 
     def pgd_from(loss, x, delta, eps, alpha, norm, steps):

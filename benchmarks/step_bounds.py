@@ -44,6 +44,7 @@ from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
 from robinherit.activations import UNITS
 from robinherit.allocator import keep_freed_memory
+from robinherit.batched import l2_step
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.fused import back_through_head
 from robinherit.losses import LOSS_GRADS, multilabel_bce
@@ -139,8 +140,7 @@ def eager_pgd_pointwise(
     logits = torch.baddbmm(c, h, v.transpose(1, 2))
     value, g_logits = LOSS_GRADS[multilabel_bce](logits, targets)
     g_u = unit.active(back_through_head(g_logits, v), u, h, threshold, overwrite=True)
-    step = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-    step = step * torch.clamp(radius / step.norm(dim=-1, keepdim=True).clamp_min_(1e-12), max=1.0)
+    step = l2_step(delta, grad, alpha, radius)
     return value, g_u, step, torch.add(x, step)
 
 

@@ -84,9 +84,8 @@ def head_and_back(
 def l2_ascent(
     x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, radius: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batched.pgd_from``'s l2 step and projection, and the new point."""
-    step = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    step = step * torch.clamp(radius / step.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
+    """``batched.pgd_from``'s l2 step and projection (``batched.l2_step``), and the new point."""
+    step = batched.l2_step(delta, grad, alpha, radius)
     return step, x + step
 
 

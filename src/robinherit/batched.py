@@ -487,9 +487,16 @@ def pgd_from(
         if norm == Norm.linf:
             delta = torch.clamp(delta + grad.sign() * alpha, -eps, eps)
         else:
-            delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-            delta = delta * torch.clamp(radius / delta.norm(dim=-1, keepdim=True).clamp_min_(1e-12), max=1.0)
+            delta = l2_step(delta, grad, alpha, radius)
     return best_point(points, values) if keep else best_x
+
+
+def l2_step(delta: Tensor, grad: Tensor, alpha: Tensor, radius: Tensor) -> Tensor:
+    """One l2 PGD step of :func:`pgd_from` on a stack: the offset ``delta`` moved by ``alpha`` along the normalised
+    ``grad``, then scaled back into the ball of ``radius`` (eps (1 - 1e-6), as ``attacks.project``), with alpha and
+    radius (S, 1, 1). The move is one multiply-add per element."""
+    delta = torch.addcmul(delta, grad, alpha / grad.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+    return delta * torch.clamp(radius / delta.norm(dim=-1, keepdim=True).clamp_min_(1e-12), max=1.0)
 
 
 # pgd_from keeps every iterate where they take at most this much memory together (a training minibatch's do)

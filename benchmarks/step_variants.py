@@ -28,30 +28,15 @@ import json
 import statistics
 import sys
 from collections.abc import Callable, Iterator
+from unittest import mock
 
 import torch
 
 from benchmarks.timing import interleaved
-from benchmarks.train_step import DEFAULT, _streams, run_batched
+from benchmarks.train_step import DEFAULT, run_batched
 from robinherit import batched, fused
-from robinherit.batched import StackedTwoLayer, pretrain_stacked
 from robinherit.config import ExperimentConfig, Norm, with_updates
-from robinherit.models import build_model
 from robinherit.provenance import git_commit
-from robinherit.seeding import generator
-
-
-@contextlib.contextmanager
-def patched(module: object, **names: object) -> Iterator[None]:
-    """``module``'s attributes ``names`` replaced for the block, then put back."""
-    old = {name: getattr(module, name) for name in names}
-    for name, value in names.items():
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for name, value in old.items():
-            setattr(module, name, value)
 
 
 def _bf16_first_layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -66,8 +51,8 @@ def _bf16_back_through_first(g_u: torch.Tensor, weight: torch.Tensor) -> torch.T
 def bf16_products() -> Iterator[None]:
     """The stacked first-layer products with bfloat16 operands (the training step's dW product stays float32)."""
     with (
-        patched(fused, first_layer=_bf16_first_layer, back_through_first=_bf16_back_through_first),
-        patched(batched, first_layer=_bf16_first_layer),
+        mock.patch.multiple(fused, first_layer=_bf16_first_layer, back_through_first=_bf16_back_through_first),
+        mock.patch.multiple(batched, first_layer=_bf16_first_layer),
     ):
         yield
 
@@ -123,7 +108,7 @@ def pointwise_compiled() -> Iterator[None]:
         values.append(loss(points[steps]))
         return batched.best_point(points, values)
 
-    with patched(batched, two_layer_loss_and_grad=loss_and_grad, pgd_from=pgd_from):
+    with mock.patch.multiple(batched, two_layer_loss_and_grad=loss_and_grad, pgd_from=pgd_from):
         yield
 
 
@@ -136,10 +121,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
 
 def trained_weights(cfg: ExperimentConfig, steps: int, size: int) -> torch.Tensor:
     """The stack's first-layer weights after ``steps`` steps of ``train_step.run_batched``'s run."""
-    cfgs = [with_updates(cfg, **{"pretrain.steps": steps, "seed": s}) for s in range(size)]
-    net = StackedTwoLayer([build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs])
-    pretrain_stacked(net, _streams(cfgs[0], range(size)), cfgs)
-    return net.weight().detach().clone()
+    return run_batched(cfg, steps, size).weight().detach().clone()
 
 
 def compare(names: list[str], size: int, steps: int, rounds: int, check_steps: int) -> dict:

@@ -109,11 +109,13 @@ def run_single(cfg: ExperimentConfig, steps: int, fast: bool = True) -> None:
     pretrain_supervised(model, stream, c, fast=fast)
 
 
-def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> None:
+def run_batched(cfg: ExperimentConfig, steps: int, size: int) -> StackedTwoLayer:
+    """``steps`` steps of a stack of ``size`` models (seeds 0 .. size - 1); the trained stack."""
     cfgs = [with_updates(cfg, **{"pretrain.steps": steps, "seed": s}) for s in range(size)]
     streams = _streams(cfgs[0], range(size))
     net = StackedTwoLayer([build_model(c.data.d, c.model, c.data.n_tasks, generator(c.seed, "init")) for c in cfgs])
     pretrain_stacked(net.to(cfgs[0].device), streams, cfgs)
+    return net
 
 
 def compiled(run: Callable[[int], None]) -> Callable[[int], None]:

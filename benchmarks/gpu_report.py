@@ -1,6 +1,6 @@
 """The GPU against the CPU of the same machine, from two ``benchmarks.train_step --json`` results: every path the
 GPU run timed, its samples/s, its ratio to the GPU's own reference, and its ratio to the CPU's samples/s on the same
-path and stack size where the CPU run timed that too. ``scripts/gpu_perf.sh`` prints this after both runs.
+config, path and stack size where the CPU run timed that too. ``scripts/gpu_perf.sh`` prints this after both runs.
 
     python -m benchmarks.gpu_report bench_cpu.json bench_cuda.json
 """
@@ -13,14 +13,15 @@ from pathlib import Path
 
 
 def ratio_rows(cpu: dict, gpu: dict) -> list[dict]:
-    """One row per GPU row: path, S, GPU samples/s, ratio to the GPU reference, CPU samples/s and GPU / CPU (None
-    where the CPU run has no such path and S)."""
-    on_cpu = {(r["path"], r["S"]): r["samples_per_s"] for r in cpu["rows"]}
+    """One row per GPU row: config, path, S, GPU samples/s, ratio to the GPU reference, CPU samples/s and GPU / CPU
+    (None where the CPU run has no such config, path and S: the default and large configs share path names)."""
+    on_cpu = {(r["config"], r["path"], r["S"]): r["samples_per_s"] for r in cpu["rows"]}
     rows = []
     for r in gpu["rows"]:
-        c = on_cpu.get((r["path"], r["S"]))
+        c = on_cpu.get((r["config"], r["path"], r["S"]))
         rows.append(
             {
+                "config": r["config"],
                 "path": r["path"],
                 "S": r["S"],
                 "gpu_samples_per_s": r["samples_per_s"],
@@ -35,13 +36,15 @@ def ratio_rows(cpu: dict, gpu: dict) -> list[dict]:
 def format_table(cpu: dict, gpu: dict) -> str:
     lines = [
         f"GPU {gpu['device']}, CPU {cpu['threads']} threads, commit {gpu['commit']}, torch {gpu['torch']}",
-        f"{'path':14} {'S':>4} {'GPU samples/s':>14} {'x GPU ref':>9} {'CPU samples/s':>14} {'GPU/CPU':>8}",
+        f"{'config':8} {'path':14} {'S':>4} {'GPU samples/s':>14} {'x GPU ref':>9} "
+        f"{'CPU samples/s':>14} {'GPU/CPU':>8}",
     ]
     for r in ratio_rows(cpu, gpu):
         cs = "-" if r["cpu_samples_per_s"] is None else f"{r['cpu_samples_per_s']:.0f}"
         ratio = "-" if r["gpu_over_cpu"] is None else f"{r['gpu_over_cpu']:.2f}"
         lines.append(
-            f"{r['path']:14} {r['S']:>4} {r['gpu_samples_per_s']:>14.0f} {r['gpu_ratio']:>9.2f} {cs:>14} {ratio:>8}"
+            f"{r['config']:8} {r['path']:14} {r['S']:>4} {r['gpu_samples_per_s']:>14.0f} {r['gpu_ratio']:>9.2f} "
+            f"{cs:>14} {ratio:>8}"
         )
     return "\n".join(lines)
 

@@ -132,3 +132,14 @@ def test_device_prep_asks_for_the_install_it_takes_its_versions_from(tmp_path):
     env = {**os.environ, "PY": str(tmp_path / "no-venv" / "python")}
     done = subprocess.run(["bash", str(SCRIPTS / "device_prep.sh")], env=env, capture_output=True, text=True)
     assert done.returncode == 1 and "run 'make install' first" in done.stderr
+
+
+def test_gpu_report_pairs_rows_of_the_same_config_only():
+    # both configs have a reference at S = 1: each GPU row meets the CPU row of its own config
+    large = {"config": "large", "path": "reference", "S": 1, "samples_per_s": 10.0, "ratio": 1.0}
+    cpu = {"threads": 2, "rows": [_gpu_row("reference", 1, 100.0, 1.0), large]}
+    gpu = {"device": "cuda", "commit": "abc", "torch": "2.11", "rows": [_gpu_row("reference", 1, 300.0, 1.0)]}
+    assert [r["gpu_over_cpu"] for r in gpu_report.ratio_rows(cpu, gpu)] == [3.0]
+    gpu["rows"].append({**large, "samples_per_s": 50.0})
+    assert [r["gpu_over_cpu"] for r in gpu_report.ratio_rows(cpu, gpu)] == [3.0, 5.0]
+    assert gpu_report.format_table(cpu, gpu).splitlines()[-1].split()[:2] == ["large", "reference"]

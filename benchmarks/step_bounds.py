@@ -13,8 +13,8 @@ Three parts, each timed in this process:
   (``train_step.matmul_peak``). Near the peak, a faster step has to save elsewhere.
   Two more rows put a number on mixed precision: the same ``bmm`` with bfloat16 operands (the products'
   own speed there, which needs the CPU's bf16 instructions to mean anything) and with the casts a float32 step
-  would add around it (x and W to bfloat16, u back to float32). The step keeps float32: bfloat16 operands carry 8
-  bits of mantissa, a relative error of about 3e-3 on these products against float32's 1e-7.
+  would add around it (x and W to bfloat16, u back to float32). Each product's relative error against float64
+  is printed beside it: bfloat16 operands carry 8 bits of mantissa, which is why the step keeps float32.
 - draws: S (n, d) float32 buffers filled from S generators, one per model, as the stacked step draws its noise and
   random starts: torch's ``normal_`` and ``uniform_``, and numpy's SFC64 and PCG64 ``standard_normal(out=...)``.
 - per step: ``train_step.run_batched`` at S and ``run_reference`` run for a short and a long length, each
@@ -66,6 +66,19 @@ def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], t
         "bmm in bfloat16": lambda: torch.bmm(x_bf, w_bf.transpose(1, 2)),
         "bmm in bfloat16, casts in and out": lambda: torch.bmm(x.bfloat16(), w.bfloat16().transpose(1, 2)).float(),
     }
+
+
+def product_errors(paths: dict[str, Callable[[], torch.Tensor]], size: int, n: int, d: int, m: int) -> dict[str, float]:
+    """Relative l2 error of each (S, n, m) product of ``product_paths`` against the same product in float64."""
+    g = torch.Generator().manual_seed(0)  # product_paths' operands
+    x, w = torch.randn(size, n, d, generator=g).double(), torch.randn(size, m, d, generator=g).double()
+    exact = x @ w.transpose(1, 2)
+    out = {}
+    for name, fn in paths.items():
+        got = fn().double()
+        if got.shape == exact.shape:  # the flat mm is the same FLOPs on other operands, not this product
+            out[name] = float((got - exact).norm() / exact.norm())
+    return out
 
 
 def draw_paths(size: int, n: int, d: int) -> dict[str, Callable[[], torch.Tensor]]:
@@ -201,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
 
     keep_freed_memory()  # as the compute paths set it: freed buffers are reused, not faulted in again
     peak, _ = matmul_peak()
-    product_ms = _ms(best_per_call(product_paths(size, n, d, m), args.repeats, args.calls, warmup=5))
+    products = product_paths(size, n, d, m)
+    product_ms = _ms(best_per_call(products, args.repeats, args.calls, warmup=5))
+    errors = product_errors(products, size, n, d, m)
     gflops = {name: 2 * size * n * d * m / ms / 1e6 for name, ms in product_ms.items()}
     draw_ms = _ms(best_per_call(draw_paths(size, n, d), args.repeats, args.calls, warmup=5))
     pointwise_ms = (
@@ -216,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         "matmul_peak_gflops": peak,
         "product_ms": product_ms,
         "product_gflops": gflops,
+        "product_relative_error": errors,
         "draw_ms": draw_ms,
         "pointwise_ms": pointwise_ms,
         "stack_setup_ms": stack_setup,
@@ -233,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"commit {result['commit']}, {result['threads']} threads, S = {size}, n = {n}, d = {d}, m = {m}")
     print(f"measured fp32 matmul peak: {peak:.1f} GFLOP/s")
     for name, ms in product_ms.items():
-        print(f"  {name:30} {ms:7.3f} ms  {gflops[name]:6.1f} GFLOP/s")
+        error = f"  relative error {errors[name]:.1e}" if name in errors else ""
+        print(f"  {name:30} {ms:7.3f} ms  {gflops[name]:6.1f} GFLOP/s{error}")
     print(f"draws of S ({n}, {d}) float32 buffers, one generator each:")
     for name, ms in draw_ms.items():
         print(f"  {name:30} {ms:7.3f} ms")

@@ -356,6 +356,16 @@ def test_step_bounds_pointwise_work_is_one_pgd_step_of_the_library_between_its_p
     assert set(step_bounds.pointwise_paths(S, n, d, m, compiled=False)) == {"eager"}
 
 
+def test_step_bounds_gives_each_products_error_against_float64():
+    from benchmarks import step_bounds
+
+    S, n, d, m = 2, 16, 8, 12
+    errors = step_bounds.product_errors(step_bounds.product_paths(S, n, d, m), S, n, d, m)
+    assert "one flat mm" not in errors  # other operands: no error to give
+    assert all(errors[k] < 1e-6 for k in ("bmm, W^T a view", "bmm, W^T contiguous", "bmm, out="))
+    assert all(1e-4 < errors[k] < 2e-2 for k in ("bmm in bfloat16", "bmm in bfloat16, casts in and out"))
+
+
 def test_step_bounds_fit_splits_a_run_into_set_up_and_cost_per_step(monkeypatch, capsys):
     from benchmarks import step_bounds
 

@@ -51,10 +51,16 @@ from robinherit.losses import LOSS_GRADS, multilabel_bce
 from robinherit.provenance import git_commit
 
 
-def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """The step's first-layer product at a stack of ``size``, in the layouts worth comparing, on fixed tensors."""
+def product_operands(size: int, n: int, d: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed operands of ``product_paths``: inputs x (S, n, d) and first-layer weights w (S, m, d)."""
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
+    return torch.randn(size, n, d, generator=g), torch.randn(size, m, d, generator=g)
+
+
+def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], torch.Tensor]]:
+    """The step's first-layer product at a stack of ``size``, in the layouts worth comparing, on fixed tensors
+    (``product_operands``)."""
+    x, w = product_operands(size, n, d, m)
     w_t, out = w.transpose(1, 2).contiguous(), torch.empty(size, n, m)
     flat = x.reshape(size * n, d)
     x_bf, w_bf = x.bfloat16(), w.bfloat16()
@@ -70,9 +76,8 @@ def product_paths(size: int, n: int, d: int, m: int) -> dict[str, Callable[[], t
 
 def product_errors(paths: dict[str, Callable[[], torch.Tensor]], size: int, n: int, d: int, m: int) -> dict[str, float]:
     """Relative l2 error of each (S, n, m) product of ``product_paths`` against the same product in float64."""
-    g = torch.Generator().manual_seed(0)  # product_paths' operands
-    x, w = torch.randn(size, n, d, generator=g).double(), torch.randn(size, m, d, generator=g).double()
-    exact = x @ w.transpose(1, 2)
+    x, w = product_operands(size, n, d, m)
+    exact = x.double() @ w.double().transpose(1, 2)
     out = {}
     for name, fn in paths.items():
         got = fn().double()

@@ -141,6 +141,8 @@ def compare(names: list[str], size: int, steps: int, rounds: int, check_steps: i
     ms = {n: [1e3 * wall for wall, _ in times[n]] for n in names}
     base = ms["default"]
     reference = trained_weights(cfg, check_steps, size)
+    # the default is trained a second time in the loop below: its row's difference is the run's own repeatability,
+    # the floor that the variants' differences stand on (0 where the run is deterministic, as tests check)
     result: dict = {"S": size, "steps": steps, "rounds": rounds, "commit": git_commit(), "variants": {}}
     for name in names:
         with VARIANTS[name]():

@@ -5,10 +5,9 @@
 # scripts/device_env.sh, which the GPU scripts source, installs them there into a temporary folder.
 #   bash scripts/device_prep.sh            # wheels only (scripts/gpu_perf.sh)
 #   bash scripts/device_prep.sh --data     # and Fashion-MNIST's four files (scripts/gpu_study.sh)
-# Then carry .device with the run: command "bash scripts/gpu_perf.sh", carry [".device"].
+# Then copy .device into the checkout on the GPU machine and run bash scripts/gpu_perf.sh there.
 # The versions are this checkout's .venv's (`make install`), so the GPU machine runs the versions tested here; the
-# platform and Python default to the lent H200 machine's (x86-64, CPython 3.12) and can be set with DEVICE_PY and
-# DEVICE_PLATFORMS.
+# platform and Python default to x86-64 and CPython 3.12 and can be set with DEVICE_PY and DEVICE_PLATFORMS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throughput on a CUDA GPU against the same machine's CPUs, in one short run (issue 15, item 6; 5-9 minutes):
+# Throughput on a CUDA GPU against the same machine's CPUs, in one short run (meant to fit in ten minutes; the sweep
+# is cut at $SWEEP_TIMEOUT; not yet timed on a GPU):
 #   1. tests/test_cuda.py (CPU = CUDA to tolerance, the stacked paths, both encoders on real data);
 #   2. benchmarks.train_step on the CPU (S = 1, 8, 32) and on the GPU (S = 1, 32, 128, 512), default config,
 #      with the GPU / CPU ratio of every path both ran (benchmarks.gpu_report);
@@ -7,7 +8,8 @@
 #      clean heads only, 500 test examples: the GPU's stacked pre-training is what is timed) on the GPU, its wall
 #      time, stopped after $SWEEP_TIMEOUT seconds (default 300) with the runs it stored by then counted.
 # A step that fails is written down and the next one runs. Results go to $OUT (default results/gpu_perf), six files.
-# On a machine without a package registry, first run `bash scripts/device_prep.sh` here and carry .device:
+# On a machine without a package registry, first run `bash scripts/device_prep.sh` where pip works and copy .device
+# into this checkout there:
 #   bash scripts/gpu_perf.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."

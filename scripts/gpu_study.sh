@@ -2,8 +2,8 @@
 # Where a CUDA GPU is at hand: the Fashion-MNIST study at full length with device=cuda, AutoAttack standard on the
 # full 10,000-image test set, plus the CUDA tests and a 256-run synthetic sweep's wall time. CPU defaults are not
 # touched: every setting here is a --set on the shipped configs. Results go to $OUT (default results/gpu).
-# It runs for hours and writes about twenty files, so it is for a GPU machine of one's own: a lent device machine's
-# call stops at 10 minutes and returns 8 files, and there scripts/gpu_perf.sh is the check that fits. Where the
+# It runs for hours and writes about twenty files, so it is for a GPU machine one can hold that long; for a check of
+# minutes, scripts/gpu_perf.sh is the one that fits. Where the
 # machine has no package registry or no Fashion-MNIST, run `bash scripts/device_prep.sh --data` first and bring
 # .device along (scripts/device_env.sh picks it up).
 #   bash scripts/gpu_study.sh

@@ -1,6 +1,6 @@
-"""The prepared GPU scripts (``scripts/gpu_perf.sh`` for issue 15's item 6, ``scripts/gpu_study.sh``) and their
-helpers, checked without a GPU. A session that is lent one has minutes of device time, so a renamed flag, a wrong
-spec or a package the GPU machine lacks must show up here, not there."""
+"""The prepared GPU scripts (``scripts/gpu_perf.sh``, the throughput check, and ``scripts/gpu_study.sh``) and their
+helpers, checked without a GPU: time on a GPU machine is scarce, so a renamed flag, a wrong spec or a package the GPU
+machine lacks must show up here, not there."""
 
 from __future__ import annotations
 

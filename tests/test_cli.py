@@ -264,3 +264,20 @@ def test_bad_data_section_is_one_paragraph_exit_2_and_no_store(tmp_path, raw, ne
     msg = assert_user_error(invoke("run", path, "--store", store), *needles)
     assert "\n\n" not in msg
     assert not store.exists()  # refused before anything was created or computed
+
+
+def test_a_cifar_batch_that_would_run_code_is_exit_2_and_runs_nothing(tmp_path):
+    import pickle
+
+    from test_datasets import _RunsACommand, make_cifar_files
+
+    make_cifar_files(tmp_path / "data")
+    marker = tmp_path / "ran"
+    with (tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2").open("wb") as fh:
+        pickle.dump({b"data": _RunsACommand(marker), b"labels": [0]}, fh, protocol=2)
+    path = tmp_path / "cifar.yaml"
+    path.write_text(yaml.safe_dump({"data": {"source": "cifar10", "root": str(tmp_path / "data")}}))
+    store = tmp_path / "runs.db"
+    assert_user_error(invoke("run", path, "--store", store), "data_batch_2", "Nothing in it was run")
+    assert not marker.exists()
+    assert not store.exists() or not ResultStore(store, read_only=True).run_ids()

@@ -344,3 +344,45 @@ def test_real_fashion_mnist_from_debian(monkeypatch: pytest.MonkeyPatch) -> None
     assert float(ds.x_train.min()) == 0.0 and float(ds.x_train.max()) == 1.0
     assert np.bincount(ds.y_train.numpy()).tolist() == [6000] * 10  # Fashion-MNIST is balanced
     assert np.bincount(ds.y_test.numpy()).tolist() == [1000] * 10
+
+
+class _RunsACommand:
+    """A pickle payload that would run a shell command when unpickled by a plain ``pickle.load``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    make_cifar_files(tmp_path)
+    marker = tmp_path / "ran"
+    with (tmp_path / "cifar-10-batches-py" / "data_batch_1").open("wb") as fh:
+        pickle.dump({b"data": _RunsACommand(marker), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", LoadSpec(root=tmp_path))
+    assert "data_batch_1" in str(err.value) and "system" in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
+    make_cifar_files(tmp_path)
+    x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    with (tmp_path / "cifar-10-batches-py" / "test_batch").open("wb") as fh:
+        pickle.dump({b"data": x, b"labels": [3, 9], b"batch_label": b"testing"}, fh, protocol=protocol)
+    ds = load_dataset("cifar10", LoadSpec(root=tmp_path))
+    np.testing.assert_array_equal(ds.y_test.numpy(), [3, 9])
+    np.testing.assert_allclose(ds.x_test.numpy(), x / 255.0, rtol=1e-6)
+
+
+def test_cifar_batch_with_labels_out_of_range_is_refused(tmp_path: Path) -> None:
+    make_cifar_files(tmp_path)
+    with (tmp_path / "cifar-10-batches-py" / "test_batch").open("wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [11]}, fh)
+    with pytest.raises(DataError, match="labels outside"):
+        load_dataset("cifar10", LoadSpec(root=tmp_path))

@@ -241,3 +241,24 @@ def test_compare_stores_ignores_timings_and_names_what_differs(tmp_path: Path, c
     assert compare.main([str(tmp_path / "a.db"), str(tmp_path / "b.db")]) == 1
     out = capsys.readouterr().out
     assert "r1 differs in downstream" in out and "k differs in value" in out
+
+
+@pytest.mark.parametrize("name", ["runs#1.db", "runs?mode=rw.db", "runs%20x.db"])
+def test_store_paths_with_uri_characters_address_that_file_and_no_other(tmp_path: Path, name: str):
+    db = ResultStore(tmp_path / name)
+    db.put(record())
+    assert ResultStore(tmp_path / name, read_only=True).get("abc123") == record()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [name]
+
+
+def test_a_foreign_database_behind_a_hash_path_is_refused_unchanged(tmp_path: Path):
+    foreign = tmp_path / "app#1.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE accounts (id INTEGER)")
+    con.commit()
+    con.close()
+    before = foreign.read_bytes()
+    with pytest.raises(StoreError, match="another application"):
+        ResultStore(foreign)
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app#1.db"]

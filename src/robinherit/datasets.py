@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,17 +317,56 @@ def load_fashion_mnist(spec: LoadSpec) -> ArrayDataset:
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only what a CIFAR-10 python batch holds: builtin containers, strings, bytes and
+    numbers, and NumPy arrays (rebuilt from their class, dtype and raw buffer). Any other global a pickle names, a
+    function such as ``os.system`` among them, is refused before it is looked up, so nothing in a data file runs.
+    Written here because no library offers a pickle reader restricted to data; the stdlib's own documentation
+    shows ``find_class`` as the place to restrict it."""
+
+    _ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),  # protocol 5's in-band arrays
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("_codecs", "encode"),  # how a Python 3 pickle of Python 2 byte strings spells them
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-10 batch holds only arrays and lists")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with path.open("rb") as fh:
         try:
-            batch = pickle.load(fh, encoding="bytes")
+            batch = _CifarUnpickler(fh, encoding="bytes").load()
         except Exception as err:  # any unpickling failure means the file is not a CIFAR batch
-            raise DataError(f"'{path}' is not a CIFAR-10 python batch ({err})") from None
+            raise DataError(
+                f"'{path}' is not a CIFAR-10 python batch ({err}). Nothing in it was run; replace it with the batch "
+                "from the CIFAR-10 python archive (cifar-10-python.tar.gz)"
+            ) from None
+    if not isinstance(batch, dict):
+        raise DataError(f"'{path}' holds a {type(batch).__name__}, not a CIFAR-10 python batch (a dict)")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
         raise DataError(f"'{path}' has no 'data'/'labels' entries; expected a CIFAR-10 python batch")
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+    try:
+        images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"'{path}' holds data that is not 3x32x32 uint8 images with integer labels ({err})") from None
+    if len(labels) != len(images) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise DataError(f"'{path}' holds {len(images)} images and {len(labels)} labels, or labels outside 0-9")
+    return images, labels
 
 
 def load_cifar10(spec: LoadSpec) -> ArrayDataset:

@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
+def _read_only_uri(path: Path) -> str:
+    """The SQLite URI that opens ``path`` read-only. The resolved path is percent-quoted, so a '#', '?' or '%' in a
+    file name stays part of the name instead of starting the URI's fragment or query (which would open another
+    file)."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
 def _check_existing(path: Path) -> int | None:
     """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database; its schema version
     (None for an empty file)."""
@@ -75,7 +82,7 @@ def _check_existing(path: Path) -> int | None:
             "pass --store with a new path or the store you meant"
         )
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(_read_only_uri(path), uri=True)
         try:
             app_id = con.execute("PRAGMA application_id").fetchone()[0]
             version = con.execute("PRAGMA user_version").fetchone()[0]
@@ -150,7 +157,7 @@ class ResultStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         if self.read_only:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout_s)
+            con = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=self.timeout_s)
         else:
             con = sqlite3.connect(self.path, timeout=self.timeout_s)
         try:

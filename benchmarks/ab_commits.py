@@ -36,10 +36,10 @@ CHILD = r"""
 import hashlib, json, sys, time
 import torch
 from benchmarks.train_step import DEFAULT, LARGE
-from robinherit.batched import StackedTwoLayer, pretrain_stacked
+from robinherit.training.stacked import StackedTwoLayer, pretrain_stacked
 from robinherit.config import ExperimentConfig, with_updates
-from robinherit.data import BatchStream, make_world
-from robinherit.models import build_model
+from robinherit.world.sparse_coding import BatchStream, make_world
+from robinherit.models.two_layer import build_model
 from robinherit.seeding import generator
 
 config, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

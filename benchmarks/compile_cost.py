@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def one_run(steps: int) -> float:
     """Seconds of ``steps`` pre-training steps of one model in this process (the child's job)."""
     from robinherit.config import load_config, with_updates
-    from robinherit.data import BatchStream, make_world
-    from robinherit.models import build_model
-    from robinherit.pretraining import pretrain_supervised
+    from robinherit.models.two_layer import build_model
     from robinherit.seeding import generator
+    from robinherit.training.pretraining import pretrain_supervised
+    from robinherit.world.sparse_coding import BatchStream, make_world
 
     cfg = with_updates(load_config(ROOT / "src/robinherit/configs/supervised.yaml"), **{"pretrain.steps": steps})
     model = build_model(cfg.data.d, cfg.model, cfg.data.n_tasks, generator(0, "init"))

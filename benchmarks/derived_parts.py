@@ -29,15 +29,15 @@ from typing import Any
 
 import torch
 
-import robinherit.certify as certify
+import robinherit.evaluation.certify as certify
 from benchmarks.reference_certify import broadcast_relaxation
 from benchmarks.timing import best_per_call
 from robinherit.config import ExperimentConfig, HeadKind, load_config
-from robinherit.downstream import train_head, train_heads
-from robinherit.experiment import evaluate_model, fit_head, pretrain_alone
-from robinherit.provenance import git_commit
+from robinherit.runs.experiment import evaluate_model, fit_head, pretrain_alone
+from robinherit.runs.provenance import git_commit
+from robinherit.runs.sweep import local_pool, shared_pools
 from robinherit.seeding import generator
-from robinherit.sweep import local_pool, shared_pools
+from robinherit.training.heads import train_head, train_heads
 
 
 def config(n_test: int, pretrain_steps: int, n_train: int) -> ExperimentConfig:

@@ -19,9 +19,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_step import DEFAULT, run_batched, run_reference, run_single
 from robinherit.config import ExperimentConfig, HeadKind, with_updates
-from robinherit.data import make_world
-from robinherit.experiment import fit_head, frozen_encoder
-from robinherit.sources import SyntheticSource
+from robinherit.data.sources import SyntheticSource
+from robinherit.runs.experiment import fit_head, frozen_encoder
+from robinherit.world.sparse_coding import make_world
 
 
 def paths(cfg: ExperimentConfig) -> dict[str, Callable[[int], None]]:

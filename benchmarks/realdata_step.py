@@ -13,7 +13,7 @@ the two shipped Fashion-MNIST configs:
                    net ``pretrain_supervised`` runs a stack of one (``batched.pretrain_one``), closed-form PGD input
                    gradients and closed-form weight gradients in one function, fused Adam;
   CNN (``fashion_mnist``: conv [16, 32], feature width 64, threshold 0):
-    (c) reference  ``benchmarks.reference_real.ReferenceConvNet``, the layers of ``robinherit.convnet.ConvNet``,
+    (c) reference  ``benchmarks.reference_real.ReferenceConvNet``, the layers of ``robinherit.models.conv.ConvNet``,
                    + autograd PGD and an autograd training step;
     (d) toolkit    ``experiment.pretrain`` for this config: the generic loop of ``pretrain_supervised`` (there is no
                    closed form for the conv net: ``attacks.pgd`` on an autograd closure, autograd training step,
@@ -57,11 +57,11 @@ from benchmarks.reference_real import ReferenceConvNet, ReferenceTwoLayer
 from benchmarks.reference_real import train as reference_train
 from benchmarks.timing import best, interleaved
 from robinherit.config import EncoderKind, ExperimentConfig, load_config, with_updates
-from robinherit.datasets import ArrayDataset
-from robinherit.experiment import build_encoder, pretrain
-from robinherit.provenance import git_commit
+from robinherit.data.datasets import ArrayDataset
+from robinherit.data.sources import ArraySource, _arrays
+from robinherit.runs.experiment import build_encoder, pretrain
+from robinherit.runs.provenance import git_commit
 from robinherit.seeding import generator
-from robinherit.sources import ArraySource, _arrays
 
 IMAGE_SHAPE = (1, 28, 28)
 N_CLASSES = 10

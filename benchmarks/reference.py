@@ -2,7 +2,7 @@
 
 One ``torch.nn.Module`` and an autograd PGD loop (Madry et al. 2018, l2, random start), with no
 fusion and no batching of models: what the toolkit's fast paths are measured against. It trains the
-same model as ``robinherit.models.TwoLayerNet`` (row-normalised weights, symmetric thresholded ReLU,
+same model as ``robinherit.models.two_layer.TwoLayerNet`` (row-normalised weights, symmetric thresholded ReLU,
 linear head, multilabel BCE) on the same data stream.
 """
 

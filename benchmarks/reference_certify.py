@@ -1,5 +1,6 @@
 """The certifier's relaxation written the obvious way: every candidate line against every point in one broadcast,
-(n, m, pairs, points). ``robinherit.certify.relaxation`` must equal it to the bit (``tests/test_certify.py``) and
+(n, m, pairs, points). ``robinherit.evaluation.certify.relaxation`` must equal it to the bit
+(``tests/test_certify.py``) and
 ``benchmarks.derived_parts`` times the two against each other."""
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from robinherit.activations import unit
-from robinherit.certify import TwoLayerLinear
+from robinherit.evaluation.certify import TwoLayerLinear
+from robinherit.models.units import unit
 
 
 def broadcast_relaxation(net: TwoLayerLinear, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -5,9 +5,9 @@ Two ``torch.nn.Module`` networks and one autograd PGD loop, with no closed forms
 models: what the toolkit's real-data paths are measured against.
 
 - :class:`ReferenceTwoLayer`: 784 -> width symmetric thresholded ReLU units, ReLU(u - b) - ReLU(-u - b), on the
-  centred input, then a linear head (the network of ``robinherit.models.TwoLayerNet`` with
+  centred input, then a linear head (the network of ``robinherit.models.two_layer.TwoLayerNet`` with
   ``normalize_rows: false`` and a fixed threshold, as in the shipped ``fashion_mnist_two_layer`` config).
-- :class:`ReferenceConvNet`: the layers of ``robinherit.convnet.ConvNet``: 3 x 3 convolutions with ReLU (stride 1,
+- :class:`ReferenceConvNet`: the layers of ``robinherit.models.conv.ConvNet``: 3 x 3 convolutions with ReLU (stride 1,
   then 2; padding 1), a bias-free linear feature layer with the same thresholded unit, and a linear head.
 
 :func:`pgd_linf` is l-inf PGD (Madry et al. 2018) from a uniform random start, step 2.5 eps / steps, keeping per

@@ -42,13 +42,13 @@ from benchmarks.compile_cost import fit
 from benchmarks.step_variants import head_and_back, l2_ascent
 from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
-from robinherit.activations import UNITS
-from robinherit.allocator import keep_freed_memory
-from robinherit.batched import l2_step
 from robinherit.config import ExperimentConfig, with_updates
-from robinherit.fused import back_through_head
-from robinherit.losses import LOSS_GRADS, multilabel_bce
-from robinherit.provenance import git_commit
+from robinherit.models.units import UNITS
+from robinherit.ops.closed_form import back_through_head
+from robinherit.ops.losses import LOSS_GRADS, multilabel_bce
+from robinherit.runs.provenance import git_commit
+from robinherit.training.allocator import keep_freed_memory
+from robinherit.training.stacked import l2_step
 
 
 def product_operands(size: int, n: int, d: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:

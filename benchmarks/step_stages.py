@@ -3,7 +3,8 @@
     python -m benchmarks.step_stages                      # the default config at S = 32
     python -m benchmarks.step_stages --config large --size 1
 
-Each stage is one of ``robinherit.batched``'s functions that ``pretrain_stacked`` calls once per step (the data,
+Each stage is one of ``robinherit.training.stacked``'s functions that ``pretrain_stacked`` calls once per step (the
+data,
 the random starts, PGD, the training step's gradients, the optimiser's step and the loss log), timed with
 ``time.perf_counter`` around every call. ``torch.profiler`` (``benchmarks.profile_step``) gives the operations
 inside; its overhead per call inflates small operations, so its times are proportions, these are rates. The
@@ -21,10 +22,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from benchmarks.train_step import DEFAULT, LARGE, run_batched
-from robinherit import batched
 from robinherit.config import ExperimentConfig, with_updates
+from robinherit.training import stacked as batched
 
-# stage -> the function of robinherit.batched that pretrain_stacked calls for it once per step
+# stage -> the function of robinherit.training.stacked that pretrain_stacked calls for it once per step
 STAGES = {
     "data (next_stacked)": "next_stacked",
     "random starts": "stacked_random_start",

@@ -3,7 +3,8 @@
     python -m benchmarks.step_variants                  # S = 32, the default config, 8 rounds of 30 steps
     python -m benchmarks.step_variants --rounds 12 --json
 
-Each variant patches ``robinherit.fused`` / ``robinherit.batched`` for the length of a run and restores them:
+Each variant patches ``robinherit.ops.closed_form`` / ``robinherit.training.stacked`` for the length of a run and
+restores them:
 
 - ``bf16 products``: the first-layer products of the attack and of the training forward (12 of the step's 13)
   with bfloat16 operands, cast in and out around each ``bmm`` (``step_bounds``' "casts in and out" row). The
@@ -34,9 +35,10 @@ import torch
 
 from benchmarks.timing import interleaved
 from benchmarks.train_step import DEFAULT, run_batched
-from robinherit import batched, fused
 from robinherit.config import ExperimentConfig, Norm, with_updates
-from robinherit.provenance import git_commit
+from robinherit.ops import closed_form as fused
+from robinherit.runs.provenance import git_commit
+from robinherit.training import stacked as batched
 
 
 def _bf16_first_layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """What the benchmarks share: timing paths against each other in interleaved rounds, and the device sync that
-timing on a GPU needs. (The commit a result was measured at is ``robinherit.provenance.git_commit``.)"""
+timing on a GPU needs. (The commit a result was measured at is ``robinherit.runs.provenance.git_commit``.)"""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ import argparse
 import numpy as np
 
 from robinherit.cli import parse_seeds
-from robinherit.experiment import run_many_or_load
 from robinherit.reproduce import AuxJob, ReproduceSettings, extra_task, pair_configs, run_aux, task_gaps
-from robinherit.store import ResultStore
+from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.store import ResultStore
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 RUN_VOLATILE = ("timing_s", "git_commit", "versions")
 AUX_VOLATILE = ("seconds", "git_commit", "versions")  # a derived value's measured time and provenance

@@ -17,10 +17,10 @@ import time
 import torch
 
 from robinherit.config import build_config
-from robinherit.experiment import frozen_encoder
-from robinherit.learned_dictionary import cached_dictionary, measure_learned
-from robinherit.sources import build_sources
-from robinherit.store import ResultStore
+from robinherit.data.sources import build_sources
+from robinherit.evaluation.dictionary import cached_dictionary, measure_learned
+from robinherit.runs.experiment import frozen_encoder
+from robinherit.runs.store import ResultStore
 
 
 def main(argv: list[str] | None = None) -> int:

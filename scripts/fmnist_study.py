@@ -16,11 +16,11 @@ import argparse
 from collections import defaultdict
 from typing import Any
 
-from robinherit.correlate import correlate
-from robinherit.plots import _hashable, axis_value
+from robinherit.analysis.correlate import correlate
+from robinherit.analysis.plots import _hashable, axis_value
 from robinherit.records import eps_key
 from robinherit.reproduce.stats import paired_stats
-from robinherit.sweep import records_of
+from robinherit.runs.sweep import records_of
 
 
 def interval(values: list[float]) -> str:

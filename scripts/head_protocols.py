@@ -20,15 +20,15 @@ import torch
 
 from robinherit.cli import parse_seeds
 from robinherit.config import HeadKind, load_config, with_updates
-from robinherit.data import make_world
-from robinherit.evaluation import evaluate
-from robinherit.experiment import fit_head, frozen_encoder, run_many_or_load
-from robinherit.losses import class_margin
+from robinherit.data.sources import SyntheticSource
+from robinherit.evaluation.robust import evaluate
+from robinherit.ops.losses import class_margin
 from robinherit.reproduce import pair_configs
 from robinherit.reproduce.jobs import encoder_weights
+from robinherit.runs.experiment import fit_head, frozen_encoder, run_many_or_load
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
-from robinherit.sources import SyntheticSource
-from robinherit.store import ResultStore
+from robinherit.world.sparse_coding import make_world
 
 PROTOCOLS = {
     "full batch, 300 steps": {  # what the synthetic configs had

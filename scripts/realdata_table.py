@@ -20,8 +20,8 @@ import torch
 from scipy import stats
 
 from robinherit.config import load_config, with_updates
-from robinherit.experiment import run_or_load
-from robinherit.store import ResultStore
+from robinherit.runs.experiment import run_or_load
+from robinherit.runs.store import ResultStore
 
 
 def interval(values: list[float]) -> str:

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import torch
 
+from robinherit.analysis.crosscheck import check_run
 from robinherit.cli import parse_seeds
 from robinherit.config import HeadKind, load_config, with_updates
-from robinherit.crosscheck import check_run
-from robinherit.data import make_world
-from robinherit.downstream import train_head
-from robinherit.evaluation import eps_key, evaluate
-from robinherit.experiment import run_or_load
-from robinherit.losses import class_margin
-from robinherit.models import build_model
+from robinherit.evaluation.robust import eps_key, evaluate
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import class_margin
+from robinherit.runs.experiment import run_or_load
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
-from robinherit.store import ResultStore
+from robinherit.training.heads import train_head
+from robinherit.world.sparse_coding import make_world
 
 EPS_GAP = 0.25
 

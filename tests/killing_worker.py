@@ -7,7 +7,7 @@ import os
 import signal
 from typing import Any
 
-from robinherit.sweep import execute
+from robinherit.runs.sweep import execute
 
 DOOMED_SEED = 13
 

@@ -8,8 +8,8 @@ import itertools
 import pytest
 import torch
 
-from robinherit.activations import UNITS, active_grad, uniform_threshold, unit_rows
 from robinherit.config import Activation
+from robinherit.models.units import UNITS, active_grad, uniform_threshold, unit_rows
 
 
 @pytest.mark.parametrize("act", [a.value for a in Activation])

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 # setting took and the minor page faults of the rounds after the first
 SCRIPT = """
 import resource, torch
-from robinherit.allocator import keep_freed_memory
+from robinherit.training.allocator import keep_freed_memory
 took = keep_freed_memory()
 def round_():
     blocks = [torch.ones(2**20) for _ in range(8)]
@@ -50,7 +50,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 
 
 def test_the_setting_is_made_once_per_process(monkeypatch):
-    from robinherit import allocator
+    from robinherit.training import allocator
 
     monkeypatch.setattr(allocator, "_state", None)
     monkeypatch.setenv("ROBINHERIT_MALLOC", "default")

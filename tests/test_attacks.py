@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robinherit.attacks import ATTACKS, fgm, pgd, project, random_start, training_attack
+from robinherit.attacks.gradient import ATTACKS, fgm, pgd, project, random_start, training_attack
 from robinherit.config import AttackKind, ModelConfig, Norm
-from robinherit.models import build_model
+from robinherit.models.two_layer import build_model
 from robinherit.seeding import generator
 
 EPS = 0.3

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from robinherit.augment import AUGMENTATIONS, make_views
 from robinherit.config import Augmentation, DataConfig, PretrainConfig
-from robinherit.data import Batch, make_world
+from robinherit.data.augment import AUGMENTATIONS, make_views
 from robinherit.errors import ConfigError
+from robinherit.world.sparse_coding import Batch, make_world
 
 N, D = 4000, 16
 

@@ -1,4 +1,4 @@
-"""The batched path (robinherit.batched) against S separate runs with the same seeds."""
+"""The batched path (robinherit.training.stacked) against S separate runs with the same seeds."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from robinherit import batched, experiment
-from robinherit.attacks import fgm, pgd, random_start
+from robinherit.attacks.gradient import fgm, pgd, random_start
 from robinherit.config import ExperimentConfig, Norm, with_updates
-from robinherit.data import BatchStream, make_world
-from robinherit.experiment import run_experiment, run_many_or_load
-from robinherit.fused import fused_loss
-from robinherit.losses import multilabel_bce
-from robinherit.models import build_model
-from robinherit.pretraining import pretrain_supervised
+from robinherit.models.two_layer import build_model
+from robinherit.ops.closed_form import fused_loss
+from robinherit.ops.losses import multilabel_bce
+from robinherit.runs import experiment
+from robinherit.runs.experiment import run_experiment, run_many_or_load
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
-from robinherit.store import ResultStore
+from robinherit.training import stacked as batched
+from robinherit.training.pretraining import pretrain_supervised
+from robinherit.world.sparse_coding import BatchStream, make_world
 
 TINY = {
     "data.d": 8,
@@ -241,7 +242,7 @@ def test_run_many_or_load_batches_stores_each_run_and_keeps_order(tmp_path, monk
 def test_sweep_group_keeps_finished_runs_when_one_fails(monkeypatch):
     import torch as _torch
 
-    from robinherit import experiment, sweep
+    from robinherit.runs import experiment, sweep
 
     threads = _torch.get_num_threads()
     cfgs = [tiny(seed=s) for s in range(3)]

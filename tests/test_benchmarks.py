@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from benchmarks import ab_commits, derived_parts, profile_step, realdata_step, step_stages, train_step
 
-from robinherit import batched
 from robinherit.config import ExperimentConfig, with_updates
-from robinherit.experiment import build_encoder
+from robinherit.runs.experiment import build_encoder
+from robinherit.training import stacked as batched
 
 SMALL = {"data.d": 8, "model.width": 16, "pretrain.batch_size": 16, "pretrain.attack_steps": 2}
 
@@ -174,7 +174,7 @@ def test_realdata_two_layer_toolkit_step_is_the_reference_step(monkeypatch):
     which turns rounding of gradients near 1e-8 into visible differences; those are a handful of entries (14 of
     100,352 in W measured, at most 5e-6 = 0.5% of a step). The attack matters at this tolerance: a clean step moves
     W by up to 2 lr away from the adversarial one."""
-    from robinherit import batched
+    from robinherit.training import stacked as batched
 
     calls = []
     fused = batched.adversarial_grads
@@ -331,8 +331,8 @@ def test_step_bounds_paths_compute_the_steps_product_and_each_generators_own_dra
 def test_step_bounds_pointwise_work_is_one_pgd_step_of_the_library_between_its_products():
     from benchmarks import step_bounds
 
-    from robinherit.fused import TwoLayerLoss
-    from robinherit.losses import multilabel_bce
+    from robinherit.ops.closed_form import TwoLayerLoss
+    from robinherit.ops.losses import multilabel_bce
 
     S, n, d, m = 3, 16, 4, 6
     g = torch.Generator().manual_seed(2)

@@ -7,15 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robinherit import batched, experiment, fused
-from robinherit.attacks import input_grad, pgd
-from robinherit.certify import as_two_layer, certified_mask, class_spec
+from robinherit.attacks.gradient import input_grad, pgd
 from robinherit.config import ModelConfig, Norm, load_config
-from robinherit.fused import fused_loss, info_nce_view_loss
-from robinherit.losses import class_margin, cross_entropy, info_nce
-from robinherit.models import LinearHead, TwoLayerNet
-from robinherit.pretraining import pretrain_supervised
-from robinherit.sources import build_source
+from robinherit.data.sources import build_source
+from robinherit.evaluation.certify import as_two_layer, certified_mask, class_spec
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.ops import closed_form as fused
+from robinherit.ops.closed_form import fused_loss, info_nce_view_loss
+from robinherit.ops.losses import class_margin, cross_entropy, info_nce
+from robinherit.runs import experiment
+from robinherit.training import stacked as batched
+from robinherit.training.pretraining import pretrain_supervised
 
 D, WIDTH, N = 10, 16, 30
 
@@ -133,7 +135,7 @@ def test_a_digits_run_takes_every_fast_path_and_reports_certificates(monkeypatch
 
     monkeypatch.setattr(batched, "pretrain_stacked", stacked)
     monkeypatch.setattr(fused, "fused_loss", closed)
-    import robinherit.evaluation as evaluation
+    import robinherit.evaluation.robust as evaluation
 
     monkeypatch.setattr(evaluation, "fused_loss", closed)
     rec, art = experiment.run_experiment(digits_cfg())

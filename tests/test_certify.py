@@ -8,8 +8,9 @@ import pytest
 import torch
 from benchmarks.reference_certify import broadcast_relaxation
 
-from robinherit.attacks import pgd, project
-from robinherit.certify import (
+from robinherit.attacks.gradient import pgd, project
+from robinherit.config import Activation, DataConfig, DownstreamConfig, HeadKind, ModelConfig, Norm
+from robinherit.evaluation.certify import (
     BoundMethod,
     TwoLayerLinear,
     as_two_layer,
@@ -21,13 +22,12 @@ from robinherit.certify import (
     multilabel_spec,
     relaxation,
 )
-from robinherit.config import Activation, DataConfig, DownstreamConfig, HeadKind, ModelConfig, Norm
-from robinherit.data import make_world
-from robinherit.downstream import train_head
-from robinherit.evaluation import evaluate
-from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import LinearHead, TwoLayerNet, build_model
+from robinherit.evaluation.robust import evaluate
+from robinherit.models.two_layer import LinearHead, TwoLayerNet, build_model
+from robinherit.ops.losses import class_margin, multilabel_margin
 from robinherit.seeding import generator
+from robinherit.training.heads import train_head
+from robinherit.world.sparse_coding import make_world
 
 D_IN, WIDTH, N_CLASSES = 8, 16, 3
 
@@ -213,7 +213,7 @@ def test_pure_node_oracle_certified_close_to_attacked() -> None:
 
 
 def test_the_relaxation_memo_answers_equal_inputs_only_and_keeps_to_its_budget() -> None:
-    from robinherit.certify import _RelaxationMemo, preactivation_bounds
+    from robinherit.evaluation.certify import _RelaxationMemo, preactivation_bounds
 
     net = as_two_layer(random_head("sym_relu", 0.3))
     g = torch.Generator().manual_seed(4)

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from robinherit.cli import app
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 RECORD_KEYS = {"run_id", "seed", "config", "pretrain", "purification", "downstream", "timing_s"}
 PURITY_KEYS = {"top1_share_mean", "top1_share_median", "neff_median", "frac_pure", "dead_nodes"}

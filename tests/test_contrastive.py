@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from conftest import CONTRASTIVE
-from robinherit.attacks import training_attack
-from robinherit.augment import make_views
+from robinherit.attacks.gradient import training_attack
 from robinherit.config import AttackKind, Augmentation, ExperimentConfig, Method, Norm, deep_merge, with_updates
-from robinherit.data import BatchStream, make_world
+from robinherit.data.augment import make_views
 from robinherit.errors import ConfigError
-from robinherit.experiment import frozen_encoder, run_experiment
-from robinherit.losses import info_nce
-from robinherit.models import build_model
-from robinherit.pretraining import PRETRAINERS, adversarial_view
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import info_nce
+from robinherit.runs.experiment import frozen_encoder, run_experiment
+from robinherit.training.pretraining import PRETRAINERS, adversarial_view
+from robinherit.world.sparse_coding import BatchStream, make_world
 
 
 def reference_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -124,7 +124,7 @@ class _RealDataStream:
         self._world = world
 
     def next(self):
-        from robinherit.data import Batch
+        from robinherit.world.sparse_coding import Batch
 
         x, _ = self._world.sample(64, torch.Generator().manual_seed(0))
         return Batch(x, torch.zeros(64, dtype=torch.long), None)
@@ -176,7 +176,7 @@ def test_run_experiment_end_to_end(updates):
 
 @pytest.mark.parametrize(("eps", "view", "calls_per_step"), [(0.25, "one", 1), (0.25, "both", 2), (0.0, "one", 0)])
 def test_pretrainer_trains_on_adversarial_views(monkeypatch, eps, view, calls_per_step):
-    import robinherit.pretraining as pretraining
+    import robinherit.training.pretraining as pretraining
 
     made: list[torch.Tensor] = []
 
@@ -207,7 +207,7 @@ def test_contrastive_on_a_stream_without_world():
     assert not torch.equal(model.W, w0)
 
 
-# ---- the closed-form InfoNCE attack gradient (robinherit.fused.InfoNCEViewLoss) ----
+# ---- the closed-form InfoNCE attack gradient (robinherit.ops.closed_form.InfoNCEViewLoss) ----
 
 
 @pytest.mark.parametrize("activation", ["sym_relu", "relu"])
@@ -215,7 +215,7 @@ def test_contrastive_on_a_stream_without_world():
 @pytest.mark.parametrize("temperature", [0.05, 0.2, 1.0])
 def test_closed_form_info_nce_gradient_equals_autograd(activation, projector_dim, temperature):
     from robinherit.config import ModelConfig
-    from robinherit.fused import info_nce_view_loss
+    from robinherit.ops.closed_form import info_nce_view_loss
 
     g = torch.Generator().manual_seed(4)
     model = build_model(16, ModelConfig(width=32, activation=activation, threshold=0.3), 1, g=g)
@@ -247,7 +247,7 @@ def test_closed_form_info_nce_gradient_equals_autograd(activation, projector_dim
 
 def test_closed_form_info_nce_falls_back_where_it_has_no_form():
     from robinherit.config import ModelConfig
-    from robinherit.fused import info_nce_view_loss
+    from robinherit.ops.closed_form import info_nce_view_loss
 
     model = build_model(16, ModelConfig(width=32), 1)
     target = torch.randn(8, 32)
@@ -274,8 +274,8 @@ def test_contrastive_pretraining_closed_form_equals_autograd(updates):
 
 
 def test_contrastive_generic_loop_attacks_with_the_closed_form(monkeypatch):
-    import robinherit.pretraining as pretraining
-    from robinherit.fused import InfoNCEViewLoss
+    import robinherit.training.pretraining as pretraining
+    from robinherit.ops.closed_form import InfoNCEViewLoss
 
     seen: list[object] = []
     attack = pretraining.training_attack
@@ -292,9 +292,9 @@ def test_contrastive_generic_loop_attacks_with_the_closed_form(monkeypatch):
 
 
 def test_contrastive_fast_path_attacks_the_stack_with_the_closed_form(monkeypatch):
-    from robinherit import batched
     from robinherit.config import AttackKind
-    from robinherit.fused import InfoNCEViewLoss
+    from robinherit.ops.closed_form import InfoNCEViewLoss
+    from robinherit.training import stacked as batched
 
     seen: list[object] = []
     attack = batched.STACKED_ATTACKS[AttackKind.pgd]

@@ -1,4 +1,5 @@
-"""Contrastive pre-training in closed form and stacked (robinherit.batched): the InfoNCE training step's gradients
+"""Contrastive pre-training in closed form and stacked (robinherit.training.stacked): the InfoNCE training step's
+gradients
 against autograd, a stack of S runs against S separate runs of the autograd loop, the scheduler using the stack,
 and the autograd fallback where the closed form does not apply."""
 
@@ -11,15 +12,16 @@ import pytest
 import torch
 
 from conftest import CONTRASTIVE
-from robinherit import batched, experiment
 from robinherit.config import ExperimentConfig, Method, ModelConfig, Norm, deep_merge, with_updates
-from robinherit.data import BatchStream, make_world
-from robinherit.experiment import run_experiment, run_many
-from robinherit.fused import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
-from robinherit.losses import info_nce
-from robinherit.models import TwoLayerNet, build_model
-from robinherit.pretraining import pretrain_contrastive
+from robinherit.models.two_layer import TwoLayerNet, build_model
+from robinherit.ops.closed_form import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
+from robinherit.ops.losses import info_nce
+from robinherit.runs import experiment
+from robinherit.runs.experiment import run_experiment, run_many
 from robinherit.seeding import generator
+from robinherit.training import stacked as batched
+from robinherit.training.pretraining import pretrain_contrastive
+from robinherit.world.sparse_coding import BatchStream, make_world
 
 D, WIDTH, N = CONTRASTIVE["data"]["d"], CONTRASTIVE["model"]["width"], CONTRASTIVE["pretrain"]["batch_size"]
 
@@ -324,7 +326,7 @@ def test_contrastive_stacks_are_capped_on_the_cpu():
 
 
 def test_sweep_groups_put_contrastive_seeds_together():
-    from robinherit.sweep import groups
+    from robinherit.runs.sweep import groups
 
     cfgs = [tiny(seed=s) for s in range(3)] + [tiny(seed=s, **{"pretrain.eps": 0.0}) for s in range(2)]
     assert [[c.seed for c in g] for g in groups(iter(cfgs), size=8)] == [[0, 1, 2], [0, 1]]
@@ -379,7 +381,7 @@ def test_iter_stack_runs_contrastive_stacks():
 def test_stacked_contrastive_on_real_data_equals_the_generic_loop():
     """Real data: no world, a fixed training set, and the encoder's input centre (the training mean)."""
     from robinherit.config import load_config
-    from robinherit.sources import build_sources
+    from robinherit.data.sources import build_sources
 
     sets = [
         "data.source=digits",

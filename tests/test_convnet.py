@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from robinherit.config import load_config
-from robinherit.convnet import ConvConfig, ConvNet
+from robinherit.models.conv import ConvConfig, ConvNet
 
 SMALL = ConvConfig(channels=(4, 8), kernel=3)
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 1, 40)]

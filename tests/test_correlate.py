@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from robinherit.analysis.correlate import correlate
+from robinherit.analysis.plots import PlotError
 from robinherit.cli import app
-from robinherit.correlate import correlate
-from robinherit.plots import PlotError
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 
 def records(xs, ys, eps=None):
@@ -76,7 +76,7 @@ def test_the_cli_prints_rho_and_writes_the_scatter(tmp_path: Path):
 
 
 def test_a_few_constant_resamples_leave_the_interval_finite_and_list_valued_groups_plot(tmp_path):
-    from robinherit.correlate import scatter
+    from robinherit.analysis.correlate import scatter
 
     # 6 runs, y binary: some resamples draw one y value only, so their rho is NaN (scipy alone gave (nan, nan))
     xs, ys = np.arange(6.0), np.array([0, 0, 0, 1, 0, 1.0])

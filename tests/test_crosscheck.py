@@ -10,14 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from robinherit.analysis.crosscheck import art_available, art_pgd_robust_acc, check_run, sandwich_violations
 from robinherit.cli import app
 from robinherit.config import Norm, load_config
-from robinherit.crosscheck import art_available, art_pgd_robust_acc, check_run, sandwich_violations
 from robinherit.errors import RobinheritError
-from robinherit.evaluation import evaluate
-from robinherit.experiment import rebuild_run, run_experiment
-from robinherit.losses import class_margin
-from robinherit.store import ResultStore
+from robinherit.evaluation.robust import evaluate
+from robinherit.ops.losses import class_margin
+from robinherit.runs.experiment import rebuild_run, run_experiment
+from robinherit.runs.store import ResultStore
 
 needs_art = pytest.mark.skipif(
     not art_available(),

@@ -16,10 +16,10 @@ import torch
 
 from conftest import MICRO, TINY
 from robinherit.config import Activation, ExperimentConfig, ModelConfig, build_config, with_updates
-from robinherit.experiment import iter_stack, run_experiment
-from robinherit.fused import fused_loss
-from robinherit.losses import class_margin, cross_entropy, multilabel_bce
-from robinherit.models import LinearHead, build_model
+from robinherit.models.two_layer import LinearHead, build_model
+from robinherit.ops.closed_form import fused_loss
+from robinherit.ops.losses import class_margin, cross_entropy, multilabel_bce
+from robinherit.runs.experiment import iter_stack, run_experiment
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -84,7 +84,7 @@ def test_contrastive_run_on_cuda():
 
 def test_reproduce_on_cuda(tmp_path: Path):
     from robinherit.reproduce import ReproduceSettings, reproduce
-    from robinherit.store import ResultStore
+    from robinherit.runs.store import ResultStore
     from test_reproduce import TINY as SMALL_WORLD  # the small world where the claims show, on the CPU
 
     over = (*SMALL_WORLD, "device=cuda")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from robinherit.config import DataConfig
-from robinherit.data import BatchStream, make_dictionary, make_world, next_stacked, sample_codes
 from robinherit.errors import DataError
 from robinherit.seeding import generator
+from robinherit.world.sparse_coding import BatchStream, make_dictionary, make_world, next_stacked, sample_codes
 
 
 def g(seed: int = 0) -> torch.Generator:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robinherit import datasets
-from robinherit.datasets import DatasetName, LoadSpec, load_dataset, read_idx
+from robinherit.data import datasets
+from robinherit.data.datasets import DatasetName, LoadSpec, load_dataset, read_idx
 from robinherit.errors import DataError
 
 

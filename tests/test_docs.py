@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from robinherit import activations, datasets, evaluation
+from robinherit.data import datasets
+from robinherit.evaluation import robust as evaluation
+from robinherit.models import units as activations
 from robinherit.reproduce import CLAIMS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"

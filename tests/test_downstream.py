@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from robinherit.config import DownstreamConfig, HeadKind, Norm, load_config
-from robinherit.convnet import ConvConfig, ConvNet
-from robinherit.downstream import batches, head_rows, train_head, train_heads
-from robinherit.losses import class_margin
-from robinherit.models import build_model
+from robinherit.models.conv import ConvConfig, ConvNet
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import class_margin
+from robinherit.training.heads import batches, head_rows, train_head, train_heads
 
 
 def downstream_cfg(*overrides: str):
@@ -142,7 +142,7 @@ def test_an_adversarial_head_is_robust_where_a_clean_one_is_not():
 
 def spy_on_attack(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Records (x, x_adv) of every attack the adversarial head trains on."""
-    import robinherit.downstream as downstream
+    import robinherit.training.heads as downstream
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = downstream.pgd
@@ -179,7 +179,7 @@ def test_the_adversarial_head_attack_respects_clip(monkeypatch, clip):
 
 def test_minibatch_epochs_visit_every_example_once_per_epoch():
     from robinherit.config import DownstreamConfig
-    from robinherit.downstream import batches
+    from robinherit.training.heads import batches
 
     cfg = DownstreamConfig(steps=7, batch_size=4)
     rows = list(batches(10, cfg, torch.Generator().manual_seed(0)))
@@ -194,8 +194,8 @@ def test_minibatch_epochs_visit_every_example_once_per_epoch():
 
 def test_weight_decay_bounds_the_head_norm():
     from robinherit.config import DownstreamConfig, HeadKind, ModelConfig
-    from robinherit.downstream import train_head
-    from robinherit.models import TwoLayerNet
+    from robinherit.models.two_layer import TwoLayerNet
+    from robinherit.training.heads import train_head
 
     g = torch.Generator().manual_seed(0)
     enc = TwoLayerNet(6, ModelConfig(width=12, threshold=0.0), 1, g)
@@ -213,8 +213,8 @@ def test_weight_decay_bounds_the_head_norm():
 
 def test_epochs_set_the_step_count_and_sgd_trains_a_head():
     from robinherit.config import DownstreamConfig, ExperimentConfig, HeadKind, ModelConfig
-    from robinherit.downstream import batches, head_steps, train_head
-    from robinherit.models import TwoLayerNet
+    from robinherit.models.two_layer import TwoLayerNet
+    from robinherit.training.heads import batches, head_steps, train_head
 
     cfg = DownstreamConfig(steps=999, epochs=3, batch_size=4)
     assert head_steps(10, cfg) == 9  # 3 epochs of ceil(10 / 4) minibatches; steps is ignored
@@ -260,7 +260,7 @@ def test_head_rows_counts_the_rows_batches_yields(over: dict) -> None:
 def test_the_learning_rate_schedule_spans_exactly_the_heads_steps(monkeypatch, kind, schedule) -> None:
     """Cosine decays from lr towards 0 over head_steps steps (the last minibatches barely move the head); constant
     keeps lr throughout. The optimiser's lr is read at every step."""
-    from robinherit.downstream import head_steps
+    from robinherit.training.heads import head_steps
 
     seen: list[float] = []
     real_step = torch.optim.Adam.step
@@ -333,7 +333,7 @@ def test_heads_trained_as_a_stack_equal_the_heads_trained_one_by_one(kind, over)
 
 
 def test_heads_on_a_conv_encoder_or_clipped_inputs_train_one_by_one(monkeypatch):
-    import robinherit.downstream as downstream
+    import robinherit.training.heads as downstream
 
     calls = []
     real = downstream.train_head

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-import robinherit.evaluation as evaluation
+import robinherit.evaluation.robust as evaluation
 from robinherit.config import ModelConfig, Norm, load_config
-from robinherit.evaluation import evaluate, flip_radii
-from robinherit.experiment import rebuild_run, run_experiment
-from robinherit.losses import class_margin
-from robinherit.models import LinearHead, TwoLayerNet
-from robinherit.store import ResultStore
+from robinherit.evaluation.robust import evaluate, flip_radii
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.ops.losses import class_margin
+from robinherit.runs.experiment import rebuild_run, run_experiment
+from robinherit.runs.store import ResultStore
 
 D = 8
 TINY = [

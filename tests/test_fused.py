@@ -1,17 +1,17 @@
-"""Closed-form input gradients (robinherit.fused) against autograd, and their use inside the attacks."""
+"""Closed-form input gradients (robinherit.ops.closed_form) against autograd, and their use inside the attacks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from robinherit import pretraining
-from robinherit.attacks import fgm, input_grad, pgd
+from robinherit.attacks.gradient import fgm, input_grad, pgd
 from robinherit.config import Activation, ExperimentConfig, ModelConfig, Norm, with_updates
-from robinherit.data import BatchStream, make_world
-from robinherit.fused import LOSS_GRADS, TwoLayerLoss, attack_loss, fused_loss
-from robinherit.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
-from robinherit.models import LinearHead, build_model
+from robinherit.models.two_layer import LinearHead, build_model
+from robinherit.ops.closed_form import LOSS_GRADS, TwoLayerLoss, attack_loss, fused_loss
+from robinherit.ops.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
+from robinherit.training import pretraining
+from robinherit.world.sparse_coding import BatchStream, make_world
 
 D, WIDTH, N = 12, 24, 40
 
@@ -146,8 +146,8 @@ def test_adversarial_pretraining_with_closed_form_matches_autograd(monkeypatch):
 
 
 def test_adversarial_head_with_closed_form_matches_autograd(monkeypatch):
-    from robinherit import downstream
     from robinherit.config import DownstreamConfig, HeadKind
+    from robinherit.training import heads as downstream
 
     g = torch.Generator().manual_seed(3)
     encoder = _model(Activation.sym_relu, True, 1)
@@ -173,7 +173,7 @@ def test_adversarial_head_with_closed_form_matches_autograd(monkeypatch):
 
 
 def test_evaluation_attacks_with_closed_form_give_the_autograd_result():
-    from robinherit.evaluation import evaluate
+    from robinherit.evaluation.robust import evaluate
 
     g = torch.Generator().manual_seed(4)
     head = LinearHead(_model(Activation.sym_relu, True, 1), WIDTH, 2)
@@ -193,7 +193,7 @@ def test_evaluation_attacks_with_closed_form_give_the_autograd_result():
 @pytest.mark.parametrize("shape", [(40, 24), (3, 40, 24)])
 @pytest.mark.parametrize("k", [1, 3])
 def test_back_through_head_is_the_matmul_to_the_bit(shape, k):
-    from robinherit.fused import back_through_head
+    from robinherit.ops.closed_form import back_through_head
 
     g = torch.Generator().manual_seed(9)
     lead, (n, m) = shape[:-2], shape[-2:]

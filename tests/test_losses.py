@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from robinherit.losses import class_margin, cross_entropy, info_nce, multilabel_bce, multilabel_margin
+from robinherit.ops.losses import class_margin, cross_entropy, info_nce, multilabel_bce, multilabel_margin
 
 
 def t64(rows) -> torch.Tensor:

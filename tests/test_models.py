@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from robinherit.activations import UNITS
 from robinherit.config import Activation, ModelConfig
-from robinherit.models import LinearHead, build_model
+from robinherit.models.two_layer import LinearHead, build_model
+from robinherit.models.units import UNITS
 from robinherit.seeding import generator
 
 sym_relu = UNITS[Activation.sym_relu].function

@@ -13,11 +13,11 @@ import yaml
 from scipy import stats
 from typer.testing import CliRunner
 
+from robinherit.analysis.export import ExportError, export, flatten_record
+from robinherit.analysis.plots import PlotError, aggregate, filter_records, get_path, plot
 from robinherit.cli import app
 from robinherit.config import ExperimentConfig, with_updates
-from robinherit.export import ExportError, export, flatten_record
-from robinherit.plots import PlotError, aggregate, filter_records, get_path, plot
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 BASE = with_updates(ExperimentConfig(), **{"data.d": 8, "model.width": 8})
 EPS = (0.0, 0.25, 0.5)

@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from robinherit.config import ExperimentConfig, Method, Optimizer, load_config, with_updates
-from robinherit.data import Batch, BatchStream, make_world
 from robinherit.errors import NonFiniteLossError
-from robinherit.losses import multilabel_bce
-from robinherit.models import build_model
-from robinherit.pretraining import (
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import multilabel_bce
+from robinherit.seeding import generator
+from robinherit.training.pretraining import (
     PRETRAINERS,
     check_finite,
     make_optimizer,
     pretrain_contrastive,
     pretrain_supervised,
 )
-from robinherit.seeding import generator
+from robinherit.world.sparse_coding import Batch, BatchStream, make_world
 
 # 50 steps: one window of the loss log (log_every = 50); d = 8 and k = 1 keep a step well under a millisecond.
 BASE = [
@@ -84,7 +84,7 @@ def test_adversarial_pretraining_trains_on_attacked_points(fast, attack):
 
 
 def test_generic_adversarial_pretraining_calls_its_attack_every_step(monkeypatch):
-    import robinherit.pretraining as pretraining
+    import robinherit.training.pretraining as pretraining
 
     bound: list[dict] = []
     attacked: list[torch.Tensor] = []

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from robinherit.config import DataConfig
-from robinherit.data import make_dictionary
-from robinherit.purification import TAUS, loadings, measure, node_metrics
+from robinherit.evaluation.purity import TAUS, loadings, measure, node_metrics
 from robinherit.seeding import generator
+from robinherit.world.sparse_coding import make_dictionary
 
 D = 16
 

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from robinherit.report import write_report
 from robinherit.reproduce import CLAIMS, Claim, ClaimSpec, Evidence, Figure, ReproduceResult, ReproduceSettings
+from robinherit.reproduce.report import write_report
 from robinherit.reproduce.stats import not_run_row
 
 

@@ -11,9 +11,7 @@ import pytest
 from scipy import stats
 
 from robinherit.config import ExperimentConfig
-from robinherit.data import make_world
 from robinherit.errors import ConfigError, DataError, RobinheritError
-from robinherit.report import write_report
 from robinherit.reproduce import (
     CLAIMS,
     AuxJob,
@@ -30,8 +28,10 @@ from robinherit.reproduce import (
 from robinherit.reproduce.claims import c4_clean_head, c5_mechanism, c6_cost
 from robinherit.reproduce.driver import claim_row, per_arm
 from robinherit.reproduce.jobs import derived_job
+from robinherit.reproduce.report import write_report
 from robinherit.reproduce.spec import SideCondition, Statistic
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
+from robinherit.world.sparse_coding import make_world
 
 # A small world where the phenomenon still shows (see docs/claims.md), fast enough for CI.
 TINY = (
@@ -209,7 +209,7 @@ def test_report_html_structure(good):
 
 def test_second_call_only_renders(good, monkeypatch):
     _out, result, store, settings = good
-    import robinherit.experiment as experiment
+    import robinherit.runs.experiment as experiment
 
     def boom(*a, **k):
         raise AssertionError("a stored run was computed again")
@@ -521,7 +521,7 @@ def test_claim7_is_ordinary_runs_of_the_shipped_config_with_the_pretrained_robus
 
 
 def test_claim7_without_the_fashion_mnist_files_says_not_run_and_how_to_get_them(monkeypatch, tmp_path):
-    from robinherit import datasets
+    from robinherit.data import datasets
 
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     monkeypatch.setenv("ROBINHERIT_DATA", str(tmp_path / "nothing"))

@@ -15,8 +15,8 @@ import torch
 from scipy import stats
 
 from robinherit.config import DataConfig
-from robinherit.data import exact_supports, sample_codes
 from robinherit.seeding import generator
+from robinherit.world.sparse_coding import exact_supports, sample_codes
 
 N = 20000  # rows per statistical check
 SDS = 5.0  # allowed deviation, in standard deviations of the count under the correct distribution

@@ -12,8 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from robinherit import sources
-from robinherit.autoattack import attack_view, autoattack_correct, autoattack_names
+from robinherit.attacks.autoattack import attack_view, autoattack_correct, autoattack_names
 from robinherit.cli import app
 from robinherit.config import (
     AutoAttackSet,
@@ -26,17 +25,18 @@ from robinherit.config import (
     load_config,
     with_updates,
 )
-from robinherit.data import BatchStream, make_world
-from robinherit.datasets import ArrayDataset
+from robinherit.data import sources
+from robinherit.data.datasets import ArrayDataset
+from robinherit.data.sources import make_tasks
 from robinherit.errors import ConfigError
-from robinherit.experiment import run_experiment, run_or_load
-from robinherit.learned_dictionary import learn_dictionary
-from robinherit.models import TwoLayerNet, build_model
-from robinherit.pretraining import pretrain_supervised
-from robinherit.purification import measure
+from robinherit.evaluation.dictionary import learn_dictionary
+from robinherit.evaluation.purity import measure
+from robinherit.models.two_layer import TwoLayerNet, build_model
+from robinherit.runs.experiment import run_experiment, run_or_load
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
-from robinherit.sources import make_tasks
-from robinherit.store import ResultStore
+from robinherit.training.pretraining import pretrain_supervised
+from robinherit.world.sparse_coding import BatchStream, make_world
 from test_datasets import make_cifar_files, make_mnist_files
 
 # A run on the tiny 8x8 MNIST-format files of test_datasets (4 classes): seconds, numbers irrelevant.
@@ -330,7 +330,7 @@ def test_pure_weights_score_one_on_learned_dictionary() -> None:
 
 
 def test_learned_dictionary_is_fitted_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    from robinherit import learned_dictionary as ld
+    from robinherit.evaluation import dictionary as ld
 
     monkeypatch.setenv("ROBINHERIT_CACHE", str(tmp_path))
     fits = []
@@ -352,7 +352,7 @@ def test_learned_dictionary_is_fitted_once_and_then_read_from_the_cache(tmp_path
 
 
 def test_default_atoms_are_capped_for_large_inputs(monkeypatch):
-    from robinherit import learned_dictionary as ld
+    from robinherit.evaluation import dictionary as ld
 
     monkeypatch.setattr(ld, "MAX_DEFAULT_ATOMS", 4)
     x = torch.rand(300, 12, generator=torch.Generator().manual_seed(1))  # full rank 12
@@ -362,7 +362,7 @@ def test_default_atoms_are_capped_for_large_inputs(monkeypatch):
 
 
 def test_runs_sharing_an_encoder_read_their_data_set_once(tmp_path: Path, monkeypatch) -> None:
-    from robinherit.experiment import run_many
+    from robinherit.runs.experiment import run_many
 
     make_mnist_files(tmp_path, n_train=80, n_test=40)
     cfg = _cfg(tmp_path, **{"eval.autoattack": "none", "downstream.heads": ["clean"]})

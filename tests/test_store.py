@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from robinherit import experiment
-from robinherit import store as store_mod
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.errors import NonFiniteLossError, StoreError
-from robinherit.experiment import run_or_load
-from robinherit.store import ResultStore
+from robinherit.runs import experiment
+from robinherit.runs import store as store_mod
+from robinherit.runs.experiment import run_or_load
+from robinherit.runs.store import ResultStore
 
 
 def record(run_id: str = "abc123", seed: int = 0, **extra: Any) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from robinherit.cli import app
 from robinherit.config import build_config, load_config, with_updates
 from robinherit.errors import ConfigError
-from robinherit.store import ResultStore
-from robinherit.sweep import Backend, load_sweep, run_sweep, sweep_from_dict
+from robinherit.runs.store import ResultStore
+from robinherit.runs.sweep import Backend, load_sweep, run_sweep, sweep_from_dict
 
 # A run of this config takes well under a second: the sweep machinery is under test, not the science.
 TINY = {
@@ -294,9 +294,9 @@ def test_ray_backend_stores_the_same_metrics_as_the_local_backend(tmp_path, base
 
 
 def test_groups_stack_only_shape_sharing_runs():
-    from robinherit.batched import batch_key
     from robinherit.config import with_updates
-    from robinherit.sweep import groups
+    from robinherit.runs.sweep import groups
+    from robinherit.training.stacked import batch_key
 
     base = load_config(None, ["data.d=8", "model.width=8"])
     seeds = [with_updates(base, seed=s) for s in range(5)]
@@ -315,9 +315,9 @@ def test_groups_stack_only_shape_sharing_runs():
 
 
 def test_groups_keep_runs_of_one_encoder_together_without_a_batched_path(tmp_path):
-    from robinherit.batched import batch_key
     from robinherit.config import with_updates
-    from robinherit.sweep import groups
+    from robinherit.runs.sweep import groups
+    from robinherit.training.stacked import batch_key
     from test_datasets import make_mnist_files
 
     make_mnist_files(tmp_path, n_train=40, n_test=20)
@@ -333,7 +333,7 @@ def test_groups_keep_runs_of_one_encoder_together_without_a_batched_path(tmp_pat
 
 def test_a_sweep_over_head_settings_groups_each_encoders_runs_together():
     from robinherit.config import with_updates
-    from robinherit.sweep import by_encoder, groups
+    from robinherit.runs.sweep import by_encoder, groups
 
     base = load_config(None, ["data.d=8", "model.width=8"])
     # grid order: head setting outer, seed inner (as SweepSpec.configs expands points x seeds)
@@ -349,9 +349,9 @@ def test_a_sweep_over_head_settings_groups_each_encoders_runs_together():
 
 
 def test_a_sweep_with_few_encoders_still_gives_every_worker_a_group(tmp_path, monkeypatch):
-    from robinherit import sweep
     from robinherit.config import with_updates
-    from robinherit.store import ResultStore
+    from robinherit.runs import sweep
+    from robinherit.runs.store import ResultStore
 
     base = load_config(None, ["data.d=8", "model.width=8"])
     # a head dial: 4 encoders (seeds) x 3 head settings, all shape-sharing, under the default of 8 encoders a group
@@ -435,7 +435,7 @@ def _die() -> None:
 def test_shared_pools_start_the_workers_once_and_replace_a_broken_pool():
     from concurrent.futures.process import BrokenProcessPool
 
-    from robinherit import sweep
+    from robinherit.runs import sweep
 
     with sweep.local_pool(2) as a:
         first = {a.submit(os.getpid).result() for _ in range(4)}

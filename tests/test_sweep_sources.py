@@ -18,8 +18,8 @@ from killing_worker import DOOMED_SEED, execute_or_die
 from robinherit.cli import app
 from robinherit.config import load_config
 from robinherit.errors import ConfigError, StoreError
-from robinherit.store import ResultStore
-from robinherit.sweep import load_sweep
+from robinherit.runs.store import ResultStore
+from robinherit.runs.sweep import load_sweep
 
 DIGITS_SET = {
     "model.width": 16,
@@ -78,7 +78,7 @@ def test_a_sweep_over_a_real_data_config_runs_and_export_and_plot_read_it(tmp_pa
 def test_a_worker_killed_by_the_os_is_reported_with_its_run_id_and_the_others_are_stored(
     tmp_path, micro_yaml, monkeypatch
 ):
-    from robinherit import sweep
+    from robinherit.runs import sweep
 
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0, DOOMED_SEED, 2]}))
@@ -127,7 +127,7 @@ class RacingPool:
 
 
 def test_a_group_the_broken_pool_refuses_runs_in_a_new_pool_and_nothing_else_is_lost(tmp_path, micro_yaml, monkeypatch):
-    from robinherit import sweep
+    from robinherit.runs import sweep
 
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0, DOOMED_SEED, 2, 3]}))
@@ -202,8 +202,8 @@ def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, micro_yam
     script = tmp_path / "unguarded.py"
     script.write_text(
         "from robinherit.config import load_config, with_updates\n"
-        "from robinherit.store import ResultStore\n"
-        "from robinherit.sweep import run_sweep\n"
+        "from robinherit.runs.store import ResultStore\n"
+        "from robinherit.runs.sweep import run_sweep\n"
         f"cfgs = [with_updates(load_config({str(micro_yaml)!r}), seed=s) for s in (0, 1)]\n"
         f"rep = run_sweep(cfgs, ResultStore({str(tmp_path / 'u.db')!r}), workers=2)\n"
         "print('FAILED', len(rep.failed), rep.failed[0][1] if rep.failed else '')\n"

@@ -16,11 +16,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
 from robinherit.errors import ConfigError
-from robinherit.experiment import run_many_or_load
-from robinherit.export import flatten_record
-from robinherit.store import ResultStore
+from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.store import ResultStore
 
 
 class Record(Mapping[str, Any]):

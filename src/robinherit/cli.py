@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from robinherit.errors import RobinheritError
-from robinherit.sweep import BATCH as SWEEP_BATCH
+from robinherit.runs.sweep import BATCH as SWEEP_BATCH
 
 app = typer.Typer(
     help="robinherit: robustness inheritance and feature purification experiments.",
@@ -135,8 +135,8 @@ def run(
 ) -> None:
     """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
-    from robinherit.experiment import run_or_load
-    from robinherit.store import ResultStore
+    from robinherit.runs.experiment import run_or_load
+    from robinherit.runs.store import ResultStore
 
     cfg = load_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
@@ -189,7 +189,7 @@ def runs(
     store: Path = typer.Option(DEFAULT_STORE, help="results store"), json_out: bool = typer.Option(False, "--json")
 ):
     """List stored runs."""
-    from robinherit.store import ResultStore
+    from robinherit.runs.store import ResultStore
 
     if not store.exists():
         raise fail(f"results store '{store}' does not exist; run an experiment first or pass --store")
@@ -226,7 +226,7 @@ def show(
     store: Path = typer.Option(DEFAULT_STORE, help="results store"),
 ) -> None:
     """Print one stored run as JSON."""
-    from robinherit.store import ResultStore
+    from robinherit.runs.store import ResultStore
 
     if not store.exists():
         raise fail(f"results store '{store}' does not exist; pass --store")
@@ -281,10 +281,10 @@ def reproduce(
     ),
 ) -> None:
     """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""
-    from robinherit.report import write_report
     from robinherit.reproduce import CLAIMS, ReproduceSettings, write_claims
     from robinherit.reproduce import reproduce as run_reproduce
-    from robinherit.store import ResultStore
+    from robinherit.reproduce.report import write_report
+    from robinherit.runs.store import ResultStore
 
     numbers = sorted({spec.number for spec in CLAIMS.values()})  # the registry as it is now, extensions included
     wanted = tuple(numbers) if claims == "all" else tuple(c for c in (parse_seeds(claims) or []) if c in numbers)
@@ -340,8 +340,8 @@ def sweep(
     ),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
-    from robinherit.store import ResultStore
-    from robinherit.sweep import Backend, load_sweep, run_sweep
+    from robinherit.runs.store import ResultStore
+    from robinherit.runs.sweep import Backend, load_sweep, run_sweep
 
     try:
         backend_kind = Backend(backend)
@@ -425,9 +425,9 @@ def plot(
     title: str | None = typer.Option(None, help="figure title"),
 ) -> None:
     """Phase diagram of a metric over config paths, with mean and interval over seeds (PNG and SVG)."""
-    from robinherit.plots import Interval, Kind, XScale, filter_records
-    from robinherit.plots import plot as draw
-    from robinherit.sweep import records_of
+    from robinherit.analysis.plots import Interval, Kind, XScale, filter_records
+    from robinherit.analysis.plots import plot as draw
+    from robinherit.runs.sweep import records_of
 
     for name, value, enum in (("--kind", kind, Kind), ("--interval", interval, Interval), ("--xscale", xscale, XScale)):
         if value not in {e.value for e in enum}:
@@ -456,10 +456,10 @@ def correlate(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Spearman's rho between two metrics across runs, with a 95% bootstrap interval over runs, and a scatter."""
-    from robinherit.correlate import correlate as corr
-    from robinherit.correlate import scatter
-    from robinherit.plots import filter_records
-    from robinherit.sweep import records_of
+    from robinherit.analysis.correlate import correlate as corr
+    from robinherit.analysis.correlate import scatter
+    from robinherit.analysis.plots import filter_records
+    from robinherit.runs.sweep import records_of
 
     records, _ = records_of(source, store)
     records = filter_records(records, where)
@@ -486,9 +486,9 @@ def export(
     out_file: Path | None = typer.Option(None, "--out", help="output file (default: the store's name + suffix)"),
 ) -> None:
     """The store as a tidy table: one row per run, config paths and metrics as columns."""
-    from robinherit.export import Format
-    from robinherit.export import export as write
-    from robinherit.sweep import records_of
+    from robinherit.analysis.export import Format
+    from robinherit.analysis.export import export as write
+    from robinherit.runs.sweep import records_of
 
     if fmt not in {f.value for f in Format}:
         raise fail(f"--format '{fmt}' is not one of: {', '.join(f.value for f in Format)}")
@@ -519,10 +519,10 @@ def evaluate(
     The encoder comes from the store; the head is retrained exactly as in the run. Exit code 1 when
     certified <= PGD <= ART-PGD + 0.01 fails at some eps.
     """
+    from robinherit.analysis.crosscheck import check_run
     from robinherit.config import HeadKind, load_config, packaged_files, with_updates
-    from robinherit.crosscheck import check_run
-    from robinherit.experiment import run_or_load
-    from robinherit.store import ResultStore
+    from robinherit.runs.experiment import run_or_load
+    from robinherit.runs.store import ResultStore
 
     if head not in {h.value for h in HeadKind}:
         raise fail(f"--head '{head}' is not one of: {', '.join(h.value for h in HeadKind)}")

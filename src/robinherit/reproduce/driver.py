@@ -20,15 +20,15 @@ from typing import Any
 
 from robinherit.config import ExperimentConfig, Method, build_config, deep_merge, load_yaml, parse_overrides
 from robinherit.errors import RobinheritError
-from robinherit.experiment import run_many_or_load
 from robinherit.reproduce.claims import CLAIMS
 from robinherit.reproduce.jobs import AuxJob, run_aux
 from robinherit.reproduce.spec import ARMS, AT_EPS, EPS_REF, ClaimNotRunError, ClaimSpec, Evidence, Tick, pair_configs
 from robinherit.reproduce.stats import Claim, not_run_row
 from robinherit.reproduce.timing import StageClock, derived_work, run_work
 from robinherit.reproduce.timing import summary as timing_summary
-from robinherit.store import ResultStore
-from robinherit.sweep import shared_pools
+from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.store import ResultStore
+from robinherit.runs.sweep import shared_pools
 
 CONFIG_DIR = Path(str(resources.files("robinherit") / "configs"))  # the shipped configs, inside the package
 ALL_CLAIMS = tuple(sorted({spec.number for spec in CLAIMS.values()}))
@@ -175,7 +175,7 @@ def run_pretraining(
 def _run_parallel(cfgs: list[ExperimentConfig], store: ResultStore, workers: int, tick: Tick) -> None:
     """The pre-training runs on a local process pool (the sweep machinery: shape-sharing runs stacked, each
     finished run stored at once). Longest first: contrastive adversarial runs dominate the wall time."""
-    from robinherit.sweep import run_sweep
+    from robinherit.runs.sweep import run_sweep
 
     order = sorted(cfgs, key=lambda c: (c.pretrain.method != Method.contrastive, c.pretrain.eps == 0))
     seen = 0

@@ -22,8 +22,8 @@ import numpy as np
 
 from robinherit.config import ExperimentConfig
 from robinherit.errors import RobinheritError
-from robinherit.provenance import git_commit, versions
-from robinherit.store import ResultStore
+from robinherit.runs.provenance import git_commit, versions
+from robinherit.runs.store import ResultStore
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def run_aux(
     loses none of the others: the error names the failed jobs and the rerun computes only what is missing.
     ``seconds``, where given, receives each computed job's worker seconds under (kind, key); they are stored
     with the value too."""
-    from robinherit.sweep import error_text, local_pool
+    from robinherit.runs.sweep import error_text, local_pool
 
     out: dict[tuple[str, str], dict] = {}
     missing: list[AuxJob] = []

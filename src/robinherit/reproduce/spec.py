@@ -17,7 +17,7 @@ from robinherit.config import ExperimentConfig, with_updates
 from robinherit.errors import RobinheritError
 from robinherit.records import eps_key
 from robinherit.reproduce.jobs import AuxJob
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 
 class ReproduceSettings(Protocol):

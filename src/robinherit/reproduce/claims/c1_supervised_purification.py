@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robinherit.purification import loadings
+from robinherit.evaluation.purity import loadings
 from robinherit.reproduce.spec import AT_EPS, ClaimSpec, Evidence, Figure, SideCondition, Statistic
 
 PURE_MAJORITY = 0.5  # share of AT nodes with top-1 share > 0.5 that "most nodes are pure" asks for

@@ -21,16 +21,16 @@ import torch
 from torch import Tensor
 
 from robinherit.config import ExperimentConfig, HeadKind
-from robinherit.data import World, make_world, sign_vectors
-from robinherit.downstream import train_heads
-from robinherit.evaluation import evaluate
-from robinherit.experiment import frozen_encoder
-from robinherit.losses import class_margin
+from robinherit.data.sources import SyntheticSource
+from robinherit.evaluation.robust import evaluate
+from robinherit.ops.losses import class_margin
 from robinherit.records import eps_key
 from robinherit.reproduce.jobs import AuxJob, derived_job, encoder_weights
 from robinherit.reproduce.spec import EPS_REF, ClaimSpec, Evidence, SideCondition, Statistic, robust_at
+from robinherit.runs.experiment import frozen_encoder
 from robinherit.seeding import generator
-from robinherit.sources import SyntheticSource
+from robinherit.training.heads import train_heads
+from robinherit.world.sparse_coding import World, make_world, sign_vectors
 
 CLEAN_HEAD_TOLERANCE = 0.05  # the adversarial head's largest mean gain on AT features that is "little"
 CLAIM4_TASKS = 4  # downstream tasks per seed, the run's own included

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from robinherit.config import ExperimentConfig, HeadKind, with_updates
-from robinherit.data import make_world
-from robinherit.downstream import train_head
-from robinherit.evaluation import evaluate
-from robinherit.losses import class_margin
-from robinherit.models import build_model
+from robinherit.evaluation.robust import evaluate
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import class_margin
 from robinherit.records import eps_key
 from robinherit.reproduce.jobs import AuxJob, derived_job
 from robinherit.reproduce.spec import EPS_REF, ClaimSpec, Evidence, Figure, SideCondition, Statistic
 from robinherit.seeding import generator
+from robinherit.training.heads import train_head
+from robinherit.world.sparse_coding import make_world
 
 GAMMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 MONOTONE_SLACK = 0.02  # a rise of the mean curve smaller than this is test-set noise, not a rise

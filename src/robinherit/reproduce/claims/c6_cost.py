@@ -5,7 +5,8 @@ the downstream task, at comparable robust accuracy.
 
 Effect per seed: 1 - (wall time of the clean head) / (wall time of end-to-end AT). Wall time is measured, so this
 effect is the one number that differs between two identical runs. The seeds' end-to-end networks train as one stack
-(``robinherit.batched``, as the pre-training runs of a reproduce do), and each seed's end-to-end time is its share of
+(``robinherit.training.stacked``, as the pre-training runs of a reproduce do), and each seed's end-to-end time is its
+share of
 the stack's wall time: the reference is end-to-end AT as fast as the toolkit trains it, which only makes the claim
 harder. The clean head is timed alone.
 """
@@ -20,20 +21,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from robinherit import batched
 from robinherit.config import ExperimentConfig, HeadKind
-from robinherit.data import Batch, make_world
-from robinherit.downstream import head_rows
-from robinherit.evaluation import evaluate
-from robinherit.experiment import fit_head, frozen_encoder
-from robinherit.losses import multilabel_margin
-from robinherit.models import build_model
-from robinherit.pretraining import pretrain_supervised
+from robinherit.data.sources import Split, SyntheticSource
+from robinherit.evaluation.robust import evaluate
+from robinherit.models.two_layer import build_model
+from robinherit.ops.losses import multilabel_margin
 from robinherit.records import eps_key
 from robinherit.reproduce.jobs import AuxJob, derived_job, encoder_weights
 from robinherit.reproduce.spec import EPS_REF, ClaimSpec, Evidence, Figure, SideCondition, Statistic, robust_at
+from robinherit.runs.experiment import fit_head, frozen_encoder
 from robinherit.seeding import generator
-from robinherit.sources import Split, SyntheticSource
+from robinherit.training import stacked as batched
+from robinherit.training.heads import head_rows
+from robinherit.training.pretraining import pretrain_supervised
+from robinherit.world.sparse_coding import Batch, make_world
 
 COST_ROBUST_TOLERANCE = 0.05  # inheritance may fall this far short of end-to-end AT in robust accuracy
 DERIVED_VERSION = 3  # bump when end_to_end_at or clean_head_cost computes something else (2: head rows; 3: stacked)

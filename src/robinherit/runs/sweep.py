@@ -41,8 +41,8 @@ from robinherit.config import (
     set_path,
 )
 from robinherit.errors import ConfigError, RobinheritError
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import derive_seed
-from robinherit.store import ResultStore
 
 
 class SweepError(RobinheritError):
@@ -307,7 +307,7 @@ def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
     with its own error (nothing swallowed)."""
     import torch
 
-    from robinherit.experiment import run_many
+    from robinherit.runs.experiment import run_many
 
     torch.set_num_threads(1)
     cfgs = [build_config(c) for c in cfg_jsons]
@@ -330,10 +330,10 @@ def by_encoder(cfgs: list[ExperimentConfig]) -> list[ExperimentConfig]:
 
 
 def groups(cfgs: Iterator[ExperimentConfig], size: int = BATCH) -> Iterator[list[ExperimentConfig]]:
-    """Consecutive runs that share a batch key (robinherit.batched.batch_key), or, without one, a pre-trained
+    """Consecutive runs that share a batch key (robinherit.training.stacked.batch_key), or, without one, a pre-trained
     encoder, with at most ``size`` encoders per group: runs of one encoder (equal ``pretrain_hash``, a sweep over
     the head's settings) stay in one group, where ``run_many`` pre-trains it once."""
-    from robinherit.batched import batch_key
+    from robinherit.training.stacked import batch_key
 
     buf: list[ExperimentConfig] = []
     encoders: set[str] = set()

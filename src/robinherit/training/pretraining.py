@@ -13,17 +13,17 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from robinherit import batched
-from robinherit.allocator import keep_freed_memory
-from robinherit.attacks import training_attack
-from robinherit.augment import make_views
+from robinherit.attacks.gradient import training_attack
 from robinherit.config import AdversarialView, ExperimentConfig, Method
-from robinherit.data import Batch
-from robinherit.fused import attack_loss, info_nce_view_loss
-from robinherit.losses import info_nce, multilabel_bce
-from robinherit.models import projector_weight
+from robinherit.data.augment import make_views
+from robinherit.models.two_layer import projector_weight
+from robinherit.ops.closed_form import attack_loss, info_nce_view_loss
+from robinherit.ops.losses import info_nce, multilabel_bce
 from robinherit.seeding import generator
-from robinherit.training import PretrainLog, check_finite, make_optimizer, optimizer_step
+from robinherit.training import stacked as batched
+from robinherit.training.allocator import keep_freed_memory
+from robinherit.training.optim import PretrainLog, check_finite, make_optimizer, optimizer_step
+from robinherit.world.sparse_coding import Batch
 
 StepCallback = Callable[[int, int], None]
 
@@ -43,7 +43,7 @@ def pretrain_supervised(
     """Supervised pre-training on ``stream``'s targets; adversarial when ``cfg.pretrain.eps > 0``.
 
     With ``fast`` (the default) the two-layer network trains as a stack of one model
-    (``robinherit.batched``: closed-form attack and parameter gradients, the same iterates up to float
+    (``robinherit.training.stacked``: closed-form attack and parameter gradients, the same iterates up to float
     rounding); other models, and ``fast=False``, take the generic loop below (autograd training step).
     """
     keep_freed_memory()
@@ -63,7 +63,9 @@ def pretrain_supervised(
         batch = stream.next()
         x = batch.x
         if pcfg.eps > 0:
-            x = attack(attack_loss(model, loss_fn, batch.y), x)  # closed-form input gradient (robinherit.fused)
+            x = attack(
+                attack_loss(model, loss_fn, batch.y), x
+            )  # closed-form input gradient (robinherit.ops.closed_form)
         log.add(step, optimizer_step(opt, loss_fn(model(x), batch.y).mean(), step, pcfg))
         if on_step is not None:
             on_step(step + 1, pcfg.steps)
@@ -181,7 +183,7 @@ PRETRAINERS: dict[Method, Callable[..., PretrainLog]] = {
     Method.contrastive: pretrain_contrastive,
 }
 
-# The training loop's shared pieces live in robinherit.training; they are re-exported here, where callers of the
+# The training loop's shared pieces live in robinherit.training.optim; they are re-exported here, where callers of the
 # pre-trainers have always found them.
 __all__ = [
     "PRETRAINERS",

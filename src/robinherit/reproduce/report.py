@@ -19,7 +19,7 @@ from typing import Any
 from robinherit.reproduce import CLAIMS, Figure, ReproduceResult
 from robinherit.reproduce.timing import html as timing_html
 from robinherit.reproduce.timing import markdown as timing_markdown
-from robinherit.store import ResultStore
+from robinherit.runs.store import ResultStore
 
 __all__ = ["build_figures", "claims_markdown", "self_check_warnings", "write_report"]
 

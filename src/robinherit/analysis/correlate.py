@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from robinherit.plots import PlotError, _hashable, _sort_key, axis_value, metric_value, save_figure
+from robinherit.analysis.plots import PlotError, _hashable, _sort_key, axis_value, metric_value, save_figure
 
 
 @dataclass(frozen=True)

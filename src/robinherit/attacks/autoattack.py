@@ -128,7 +128,7 @@ def torchattacks_correct(
         return model(x_adv).argmax(dim=1) == y
 
 
-# AutoAttack's components as evaluation attacks (robinherit.evaluation.EVAL_ATTACKS takes them in).
+# AutoAttack's components as evaluation attacks (robinherit.evaluation.robust.EVAL_ATTACKS takes them in).
 TORCHATTACKS = {
     name: partial(torchattacks_correct, name) for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
 }

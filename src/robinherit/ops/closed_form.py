@@ -8,7 +8,7 @@ h = act(u, b), logits = h V^T + c and a per-example loss L(logits, y),
 Inside an attack the weights are fixed, so the row normalisation of W needs no derivative: W here is
 the effective (already normalised) weight. This replaces an autograd graph per attack step by three
 matmuls and a few elementwise ops. The same code serves one model, x (n, d), and a stack of S models,
-x (S, n, d) with weights (S, m, d) (see ``robinherit.batched``).
+x (S, n, d) with weights (S, m, d) (see ``robinherit.training.stacked``).
 
 ``attacks.input_grad`` uses ``value_and_grad`` when a loss function provides it, so a
 :class:`TwoLayerLoss` goes into ``pgd``/``fgm`` wherever a ``loss_fn(x) -> (n,)`` closure would.
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robinherit.activations import Threshold, active_grad, unit
-from robinherit.losses import LOSS_GRADS
-from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.units import Threshold, active_grad, unit
+from robinherit.ops.losses import LOSS_GRADS
 
 
 def back_through_head(g_logits: Tensor, head_weight: Tensor) -> Tensor:
@@ -241,7 +241,7 @@ class InfoNCEViewLoss:
     temperatures below ``MIN_CLOSED_FORM_TEMPERATURE`` on the autograd path, where they could underflow.
     The gradient is that of the summed loss, as ``attacks.input_grad`` takes it.
 
-    The same code serves a stack of S encoders (``robinherit.batched``): weight (S, m, d), threshold (S, 1, m),
+    The same code serves a stack of S encoders (``robinherit.training.stacked``): weight (S, m, d), threshold (S, 1, m),
     projector (S, k, m), partner (S, n, k), x (S, n, d); losses (S, n), each model's own batch as its negatives.
     """
 
@@ -296,7 +296,7 @@ def _shifted_exp(a: Tensor, b: Tensor, temperature: float) -> Tensor:
 
 def info_nce_and_grad(e: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """:func:`info_nce` of two views and the gradient of its sum over examples, in closed form, for the training
-    step of contrastive pre-training (``robinherit.batched``) where both views are trained.
+    step of contrastive pre-training (``robinherit.training.stacked``) where both views are trained.
 
     ``e`` (..., 2n, k) holds the raw embeddings of view a (rows 0..n-1) then view b (rows n..2n-1); returns the
     per-example losses (..., n), equal to ``info_nce(e[..., :n, :], e[..., n:, :], temperature)``, and their summed

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from robinherit.config import Augmentation, PretrainConfig
-from robinherit.data import Batch, World
 from robinherit.errors import ConfigError
 from robinherit.seeding import generator
+from robinherit.world.sparse_coding import Batch, World
 
 # (batch, strength, generator, world or None) -> (n, d) view of batch.x, same shape, dtype and device
 AugmentFn = Callable[[Batch, float, torch.Generator, "World | None"], Tensor]

@@ -4,7 +4,7 @@ Robust accuracy comes from PGD on the margin loss (the attack minimises the clas
 Carlini & Wagner 2017 style) with random restarts; an example counts as robust at eps only if no attack
 at any budget <= eps broke it (a point inside a smaller ball lies inside every larger one), so the
 curve is non-increasing by construction. An attack only gives an upper bound on the true robust
-accuracy; for the two-layer network with a linear head, ``robinherit.certify`` adds a lower bound
+accuracy; for the two-layer network with a linear head, ``robinherit.evaluation.certify`` adds a lower bound
 (``certified_acc``), so each number is sandwiched: certified <= true <= attacked.
 
 Self-checks (failures become warnings in the result; the numbers behind them go to ``checks``):
@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robinherit.attacks import _flat_norm, input_grad, pgd
-from robinherit.autoattack import TORCHATTACKS, autoattack_names
-from robinherit.certify import certified_accuracy, certifier_for
+from robinherit.attacks.autoattack import TORCHATTACKS, autoattack_names
+from robinherit.attacks.gradient import _flat_norm, input_grad, pgd
 from robinherit.config import EvalConfig, Norm
 from robinherit.errors import ConfigError
-from robinherit.fused import fused_loss
+from robinherit.evaluation.certify import certified_accuracy, certifier_for
+from robinherit.ops.closed_form import fused_loss
 from robinherit.records import eps_key
 from robinherit.seeding import derive_seed
 
@@ -69,7 +69,7 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     # per-example correctness under attack at each eps key, (n,) bool; not part of the stored record
     robust_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    # lower bound of robust accuracy (None when the model has no certifier, see robinherit.certify)
+    # lower bound of robust accuracy (None when the model has no certifier, see robinherit.evaluation.certify)
     certified_acc: dict[str, float] | None = None
     certified_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
     # the numbers behind the self-checks (gradient share, flip radius, ...)
@@ -129,7 +129,7 @@ def evaluate(
 ) -> EvalResult:
     """Clean accuracy and robust accuracy at each eps of ``eps_grid`` (PGD-``steps``, ``restarts`` restarts).
 
-    With ``certify`` and a two-layer network with a linear head (``robinherit.certify.certifier_for``), also
+    With ``certify`` and a two-layer network with a linear head (``robinherit.evaluation.certify.certifier_for``), also
     certified accuracy at each eps. ``flip_check`` runs one more attack, at the flip radius (module docstring).
     """
     norm = Norm(norm)
@@ -215,7 +215,8 @@ def _robust_curve(
 
 
 def _certificates(model, margin_fn, norm, x, y, eps_grid, masks, warnings: list[str]):
-    """Certified accuracy per eps where the model has a certifier (``robinherit.certify``), and the check that no
+    """Certified accuracy per eps where the model has a certifier (``robinherit.evaluation.certify``), and the check
+    that no
     attack broke a certified example."""
     certifier = certifier_for(model, margin_fn, norm)
     if certifier is None:
@@ -231,7 +232,7 @@ def _unsound_warning(cert_masks: dict[str, Tensor], masks: dict[str, Tensor], wa
         warnings.append(
             "the attack broke examples the bound certified ("
             + ", ".join(f"eps {k}: {v}" for k, v in unsound.items() if v)
-            + "): a certificate is a proof, so this is a bug in robinherit.certify or the model"
+            + "): a certificate is a proof, so this is a bug in robinherit.evaluation.certify or the model"
         )
 
 

@@ -141,10 +141,10 @@ def check_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clea
     ``encoder`` is ``ResultStore.artifact(run_id, "encoder")``; the head is retrained exactly as in the run
     (``experiment.rebuild_run``), and PGD uses the run's own random stream, so ``pgd`` reproduces the record.
     """
-    from robinherit.certify import BoundMethod, certified_accuracy, certifier_for
-    from robinherit.evaluation import evaluate
-    from robinherit.experiment import rebuild_run
-    from robinherit.losses import class_margin
+    from robinherit.evaluation.certify import BoundMethod, certified_accuracy, certifier_for
+    from robinherit.evaluation.robust import evaluate
+    from robinherit.ops.losses import class_margin
+    from robinherit.runs.experiment import rebuild_run
 
     run = rebuild_run(record, encoder, head=head)
     e = run.cfg.eval

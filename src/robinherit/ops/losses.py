@@ -90,8 +90,8 @@ def _class_margin_grad(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return true.squeeze(-1) - other, grad
 
 
-# The losses above that have a closed-form gradient (the closed-form paths of robinherit.fused and
-# robinherit.batched use them), keyed by the function itself.
+# The losses above that have a closed-form gradient (the closed-form paths of robinherit.ops.closed_form and
+# robinherit.training.stacked use them), keyed by the function itself.
 LOSS_GRADS: dict[Callable[[Tensor, Tensor], Tensor], LossGrad] = {
     multilabel_bce: _bce_grad,
     multilabel_margin: _multilabel_margin_grad,

@@ -1,7 +1,7 @@
 """A small convolutional encoder for image data sets, with the same interface as ``models.TwoLayerNet``.
 
 A few 3x3 conv layers (ReLU; stride 2 after the first, so the map shrinks), then a feature layer
-h = act(V flatten(conv(x)), b) with the thresholded unit of ``robinherit.models`` and a linear head.
+h = act(V flatten(conv(x)), b) with the thresholded unit of ``robinherit.models.two_layer`` and a linear head.
 Inputs arrive flat, (n, c*h*w), and are reshaped to the image shape here, so attacks, heads and
 data pipelines treat both encoders alike. Purification is read off the first conv layer's filters
 (``first_layer_filters``), which see c x k x k input patches.
@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import row_norms, unit
 from robinherit.config import ConvConfig, ModelConfig
+from robinherit.models.units import row_norms, unit
 
 
 def _init(param: Tensor, fan_in: int, g: torch.Generator | None) -> None:

@@ -1,6 +1,6 @@
 """Two-layer networks of the theory: h_i(x) = act(<w_i, x - c>, b_i), i = 1..m, and a linear head.
 
-The unit is one of ``robinherit.activations.UNITS`` (default: the symmetric thresholded ReLU of Allen-Zhu & Li
+The unit is one of ``robinherit.models.units.UNITS`` (default: the symmetric thresholded ReLU of Allen-Zhu & Li
 2020). ``c`` is an optional input centre (real data: the training mean), part of the model: attacks act on the
 raw inputs, and since x -> x - c is an affine map of the input the closed-form gradients, the stacked path and
 the certifier handle it exactly (the input gradient is unchanged; bounds move with the ball's centre).
@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import unit, unit_rows
 from robinherit.config import ModelConfig
+from robinherit.models.units import unit, unit_rows
 
 
 class TwoLayerNet(nn.Module):

@@ -2,7 +2,7 @@
 config -> source -> pre-train -> purification -> downstream heads -> evaluation -> record.
 
 ``run_experiment`` runs one config; ``run_many`` runs many, pre-training the configs that share shapes as one
-stack (``robinherit.batched``: the same results as one by one, much faster) and every other config alone. It is
+stack (``robinherit.training.stacked``: the same results as one by one, much faster) and every other config alone. It is
 the one scheduler behind ``run``, sweeps (local and Ray workers) and ``reproduce``.
 """
 
@@ -17,20 +17,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robinherit import batched
-from robinherit.allocator import keep_freed_memory
 from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, Method, build_config
-from robinherit.convnet import ConvNet
-from robinherit.downstream import train_head
+from robinherit.data.sources import DataSource, Split, build_source, build_sources
 from robinherit.errors import NonFiniteLossError
-from robinherit.evaluation import robust_eval
-from robinherit.models import LinearHead, TwoLayerNet
-from robinherit.pretraining import PRETRAINERS
-from robinherit.provenance import git_commit, versions
+from robinherit.evaluation.robust import robust_eval
+from robinherit.models.conv import ConvNet
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.runs.provenance import git_commit, versions
+from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
-from robinherit.sources import DataSource, Split, build_source, build_sources
-from robinherit.store import ResultStore
-from robinherit.training import PretrainLog
+from robinherit.training import stacked as batched
+from robinherit.training.allocator import keep_freed_memory
+from robinherit.training.heads import train_head
+from robinherit.training.optim import PretrainLog
+from robinherit.training.pretraining import PRETRAINERS
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, artifacts)

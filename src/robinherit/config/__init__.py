@@ -26,9 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-from robinherit.activations import UNITS
-from robinherit.datasets import LOADERS
+from robinherit.data.datasets import LOADERS
 from robinherit.errors import ConfigError
+from robinherit.models.units import UNITS
 
 
 class Dictionary(str, Enum):
@@ -123,7 +123,7 @@ class DictMethod(str, Enum):
     dictionary_learning = "dictionary_learning"  # online dictionary learning (Mairal et al. 2009)
 
 
-# Data sets read from packages or the user's files: the names of robinherit.datasets.LOADERS, read when a config is
+# Data sets read from packages or the user's files: the names of robinherit.data.datasets.LOADERS, read when a config is
 # validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
 REAL_SOURCES = LOADERS  # a live view: membership and the listed names follow the registry
 
@@ -199,9 +199,9 @@ class DataConfig(_Strict):
 
 
 class RealDataConfig(_Strict):
-    """A real data set, flat inputs in [0, 1] (robinherit.datasets), and the protocol that makes its two tasks."""
+    """A real data set, flat inputs in [0, 1] (robinherit.data.datasets), and the protocol that makes its two tasks."""
 
-    source: str = Field(description="a data set of robinherit.datasets.LOADERS: digits, mnist1d, mnist, ...")
+    source: str = Field(description="a data set of robinherit.data.datasets.LOADERS: digits, mnist1d, mnist, ...")
 
     @field_validator("source")
     @classmethod

@@ -4,7 +4,7 @@ On real data the features M of the sparse-coding model are unknown. Sparse-codin
 Field 1996) and ICA (Hyvarinen & Oja 2000, FastICA) both estimate them from samples: ICA finds the
 mixing matrix of statistically independent (here: sparse) sources, dictionary learning (Mairal et al.
 2009, online dictionary learning) a basis in which the data are sparse. The estimate M_hat takes the
-place of M in ``robinherit.purification`` (same top-1 share, N_eff, top-s energy), for the first-layer
+place of M in ``robinherit.evaluation.purity`` (same top-1 share, N_eff, top-s energy), for the first-layer
 weights of a two-layer net (atoms over whole inputs) or the first conv layer's filters (atoms over
 patches). Hidden-activation sparsity (share of zero activations) is reported alongside.
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from robinherit.config import DictMethod
-from robinherit.purification import Purity, measure
+from robinherit.evaluation.purity import Purity, measure
 
 
 def _ica(x: np.ndarray, n_atoms: int, seed: int) -> np.ndarray:

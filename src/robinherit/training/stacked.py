@@ -10,7 +10,8 @@ own init, data batches and attack random starts; Adam and SGD act elementwise, s
 stacked tensors is S independent optimisers. A model's result equals the one ``run_experiment`` gives for
 its config (to float rounding: a batched matmul sums in another order). Adversarial training is
 Madry et al. (2018), with PGD/FGM run per model on the stack using closed-form input gradients
-(``robinherit.fused``). Contrastive pre-training is SimCLR's InfoNCE, adversarial as in RoCL (Kim et al. 2020),
+(``robinherit.ops.closed_form``). Contrastive pre-training is SimCLR's InfoNCE, adversarial as in RoCL (Kim et al.
+2020),
 with each model's own augmented views and its own batch as negatives, its weight gradients in closed form too.
 Only pre-training is batched (it is the dominant cost); purification, downstream heads and evaluation run per
 model, exactly as in ``run_experiment``.
@@ -28,13 +29,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import Threshold, active_grad, row_norms, uniform_threshold, unit, unit_rows
-from robinherit.allocator import keep_freed_memory
-from robinherit.attacks import random_start
-from robinherit.augment import make_views
+from robinherit.attacks.gradient import random_start
 from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, ModelConfig, Norm
-from robinherit.data import BatchStream, next_stacked
-from robinherit.fused import (
+from robinherit.data.augment import make_views
+from robinherit.models.two_layer import TwoLayerNet, projector_weight
+from robinherit.models.units import Threshold, active_grad, row_norms, uniform_threshold, unit, unit_rows
+from robinherit.ops.closed_form import (
     MIN_CLOSED_FORM_TEMPERATURE,
     InfoNCEViewLoss,
     TwoLayerLoss,
@@ -46,10 +46,11 @@ from robinherit.fused import (
     two_layer_loss_and_grad,
     view_loss,
 )
-from robinherit.losses import LOSS_GRADS, multilabel_bce
-from robinherit.models import TwoLayerNet, projector_weight
+from robinherit.ops.losses import LOSS_GRADS, multilabel_bce
 from robinherit.seeding import generator
-from robinherit.training import PretrainLog, check_finite, make_optimizer
+from robinherit.training.allocator import keep_freed_memory
+from robinherit.training.optim import PretrainLog, check_finite, make_optimizer
+from robinherit.world.sparse_coding import BatchStream, next_stacked
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -61,7 +62,7 @@ def supports_config(cfg: ExperimentConfig) -> bool:
     """Whether ``cfg``'s pre-training has a stacked, closed-form path: the two-layer encoder, a method of
     ``BATCHED_METHODS``, a training attack of ``STACKED_ATTACKS``, and for contrastive pre-training a temperature
     of at least ``fused.MIN_CLOSED_FORM_TEMPERATURE`` (below it the shifted exponentials could underflow). Every
-    other config trains on the autograd loop of ``robinherit.pretraining``."""
+    other config trains on the autograd loop of ``robinherit.training.pretraining``."""
     pcfg = cfg.pretrain
     if pcfg.method not in BATCHED_METHODS or cfg.model.encoder != EncoderKind.two_layer:
         return False
@@ -374,12 +375,12 @@ def _run_step(*args: Any, **kwargs: Any) -> tuple[Tensor, tuple[Tensor, Tensor |
 
 
 def per_example(loss_fn: Callable[[Tensor, Tensor], Tensor], logits: Tensor, targets: Tensor) -> Tensor:
-    """A per-example loss of ``robinherit.losses`` on stacked (S, n, ...) inputs -> (S, n)."""
+    """A per-example loss of ``robinherit.ops.losses`` on stacked (S, n, ...) inputs -> (S, n)."""
     S, n = logits.shape[:2]
     return loss_fn(logits.reshape(S * n, *logits.shape[2:]), targets.reshape(S * n, *targets.shape[2:])).reshape(S, n)
 
 
-# ---- attacks on a stack: the same steps as robinherit.attacks, one budget and one generator per model ----
+# ---- attacks on a stack: the same steps as robinherit.attacks.gradient, one budget and one generator per model ----
 
 
 def _norm_last(t: Tensor, norm: Norm) -> Tensor:

@@ -29,10 +29,10 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import unit
 from robinherit.config import Norm
-from robinherit.losses import class_margin, multilabel_margin
-from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.units import unit
+from robinherit.ops.losses import class_margin, multilabel_margin
 from robinherit.records import eps_key
 
 

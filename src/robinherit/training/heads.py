@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from robinherit.activations import uniform_threshold
-from robinherit.attacks import pgd
-from robinherit.batched import budgets, per_example, pgd_from, stacked_random_start
+from robinherit.attacks.gradient import pgd
 from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
-from robinherit.fused import TwoLayerLoss, attack_loss
-from robinherit.losses import cross_entropy
-from robinherit.models import LinearHead, TwoLayerNet
+from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.units import uniform_threshold
+from robinherit.ops.closed_form import TwoLayerLoss, attack_loss
+from robinherit.ops.losses import cross_entropy
+from robinherit.training.stacked import budgets, per_example, pgd_from, stacked_random_start
 
 
 def head_steps(n: int, cfg: DownstreamConfig) -> int:

@@ -65,7 +65,7 @@ def _clip(x: Tensor, clip: tuple[float, float] | None) -> Tensor:
 def input_grad(loss_fn: LossFn, x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-example losses at ``x`` and their gradient with respect to ``x``."""
     value_and_grad = getattr(loss_fn, "value_and_grad", None)
-    if value_and_grad is not None:  # a closed-form gradient (robinherit.fused): no autograd graph per step
+    if value_and_grad is not None:  # a closed-form gradient (robinherit.ops.closed_form): no autograd graph per step
         with torch.no_grad():
             return value_and_grad(x.detach())
     x = x.detach().requires_grad_(True)

@@ -3,10 +3,10 @@
 ``build_source(cfg)`` gives a :class:`DataSource`: the pre-training stream, the downstream training split, the
 two test splits (pre-training task, downstream task), the reference the purity metrics read loadings on (the
 true dictionary M, or one learned from the data), the input box attacks keep to, and the input centre the
-encoder subtracts. ``robinherit.experiment`` runs every source through the same stages with this and nothing
+encoder subtracts. ``robinherit.runs.experiment`` runs every source through the same stages with this and nothing
 else; a new kind of source is one class here plus its config section (``docs/extending.md``).
 
-Real data sets come from ``robinherit.datasets`` (flat inputs in [0, 1]). Their two tasks are made by a protocol
+Real data sets come from ``robinherit.data.datasets`` (flat inputs in [0, 1]). Their two tasks are made by a protocol
 (``PROTOCOLS``): ``same_task`` (head on the pre-training labels, as robust SSL benchmarks do), ``relabel`` (head
 on a derived task: digit parity or low/high class halves) or ``class_split`` (pre-train on some classes, head on
 the others; Shafahi et al. 2020, "Adversarially robust transfer learning").
@@ -23,14 +23,14 @@ from typing import Protocol as TypingProtocol
 import torch
 from torch import Tensor, nn
 
-from robinherit import purification
 from robinherit.config import EncoderKind, ExperimentConfig, Protocol, RealDataConfig, Relabel
-from robinherit.data import BatchStream, World, make_world
-from robinherit.datasets import ArrayDataset, LoadSpec, load_dataset
+from robinherit.data.datasets import ArrayDataset, LoadSpec, load_dataset
 from robinherit.errors import ConfigError
-from robinherit.learned_dictionary import activation_sparsity, cached_dictionary, image_patches, measure_learned
-from robinherit.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
+from robinherit.evaluation import purity as purification
+from robinherit.evaluation.dictionary import activation_sparsity, cached_dictionary, image_patches, measure_learned
+from robinherit.ops.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
 from robinherit.seeding import derive_seed, generator
+from robinherit.world.sparse_coding import BatchStream, World, make_world
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -73,7 +73,7 @@ class DataSource(TypingProtocol):
 
 @dataclass
 class SyntheticSource:
-    """The sparse-coding world of ``robinherit.data``: fresh samples from named streams of the seed."""
+    """The sparse-coding world of ``robinherit.world.sparse_coding``: fresh samples from named streams of the seed."""
 
     world: World
     seed: int

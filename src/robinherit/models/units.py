@@ -1,6 +1,7 @@
 """The hidden units of the two-layer network, each defined once: its function, a fast form, its derivative rule
-and its kinks. The model, the closed-form gradients (``robinherit.fused``), the stacked path
-(``robinherit.batched``) and the certifier (``robinherit.certify``) all read this registry, so a new unit is one
+and its kinks. The model, the closed-form gradients (``robinherit.ops.closed_form``), the stacked path
+(``robinherit.training.stacked``) and the certifier (``robinherit.evaluation.certify``) all read this registry, so a
+new unit is one
 entry here (``model.activation`` accepts every name of ``UNITS``).
 
 The default unit is the symmetric thresholded ReLU of Allen-Zhu & Li (2020, "Feature purification"),

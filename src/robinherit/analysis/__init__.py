@@ -1,0 +1,1 @@
+"""Reading results: plots, export, rank correlation across runs, the peer-library cross-check."""

@@ -1,0 +1,1 @@
+"""Input-space attacks: PGD and FGM as pure functions, and AutoAttack's components."""

@@ -1,0 +1,1 @@
+"""Encoders: hidden units (UNITS), the two-layer network, the small CNN."""

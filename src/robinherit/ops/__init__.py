@@ -1,0 +1,1 @@
+"""Losses as pure tensor functions, and their closed-form logit and input gradients."""

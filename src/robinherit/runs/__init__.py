@@ -1,0 +1,1 @@
+"""Running experiments: one run, the scheduler and sweeps, the results store, provenance."""

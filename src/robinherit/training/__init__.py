@@ -1,0 +1,2 @@
+"""Training loops: the optimiser and loss log, pre-training (supervised or contrastive, clean or adversarial),
+stacked pre-training of many runs, and downstream heads (SLF / ALF)."""

@@ -19,6 +19,7 @@ from typing import Any
 from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
 from robinherit.errors import ConfigError
+from robinherit.records import eps_key
 from robinherit.runs.experiment import run_many_or_load
 from robinherit.runs.store import ResultStore
 
@@ -33,7 +34,10 @@ class Record(Mapping[str, Any]):
     def __init__(self, data: Mapping[str, Any]):
         object.__setattr__(self, "_data", dict(data))
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str | float) -> Any:
+        # budgets are stored under their text form ("0.25"); a float or int key reads the same entry
+        if isinstance(key, (int, float)) and not isinstance(key, bool) and key not in self._data:
+            key = eps_key(key)
         return _wrap(self._data[key])
 
     def __getattr__(self, name: str) -> Any:
@@ -82,6 +86,30 @@ class Records(list):
         return pd.DataFrame([flatten_record(r.to_dict()) for r in self])
 
 
+# SQLite stores a seed as a signed 64-bit integer
+MAX_SEED = 2**63 - 1
+
+
+def _seed_list(seeds: object, default: int) -> list[int]:
+    """``seeds`` as a list of ints, checked before anything runs: an int, a sequence of ints, or None (the config's
+    own seed). A string is refused rather than read character by character, and a bool rather than read as 0/1."""
+    if seeds is None:
+        return [default]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        values = [seeds]
+    elif isinstance(seeds, Sequence) and not isinstance(seeds, (str, bytes)):
+        values = list(seeds)
+    else:
+        values = [seeds]
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED]
+    if bad or not values or isinstance(seeds, (str, bytes, bool)):
+        raise ConfigError(
+            f"seeds={seeds!r} is not a seed or a list of seeds; seeds takes an int or a list of ints from 0 to "
+            f"2**63 - 1, e.g. seeds=[0, 1, 2] or seeds=3"
+        )
+    return values
+
+
 def run(
     config: str | Path | Mapping[str, Any] | ExperimentConfig = "supervised",
     *,
@@ -106,7 +134,7 @@ def run(
     paths = {**dict(updates or {}), **{k.replace("__", "."): v for k, v in overrides.items()}}
     if paths:
         cfg = with_updates(cfg, **paths)
-    seed_list = [seeds] if isinstance(seeds, int) else list(seeds) if seeds is not None else [cfg.seed]
+    seed_list = _seed_list(seeds, cfg.seed)
     cfgs = [with_updates(cfg, seed=s) for s in seed_list]
     db = store if isinstance(store, ResultStore) or store is None else ResultStore(store)
     return Records(Record(r) for r in run_many_or_load(cfgs, db, force=force))

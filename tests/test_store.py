@@ -262,3 +262,47 @@ def test_a_foreign_database_behind_a_hash_path_is_refused_unchanged(tmp_path: Pa
         ResultStore(foreign)
     assert foreign.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app#1.db"]
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path):
+    """A 1 MiB tmpfs of this test's own, where the test may mount one (root on Linux); skipped elsewhere."""
+    import subprocess
+
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux): the read-only and full-disk cases are untested")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_a_store_on_a_read_only_mount_is_read_and_a_write_names_the_cause(small_mount: Path):
+    import subprocess
+
+    path = small_mount / "runs.db"
+    ResultStore(path).put(record())
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    before = path.read_bytes()
+    assert ResultStore(path, read_only=True).get("abc123") == record()
+    with pytest.raises(StoreError, match="read-only file system") as err:
+        ResultStore(path).put(record("new"))
+    assert "corrupt" not in str(err.value) and "can still read it" in str(err.value)
+    assert path.read_bytes() == before
+
+
+def test_a_store_on_a_full_disk_is_read_and_a_write_names_the_cause(small_mount: Path):
+    path = small_mount / "runs.db"
+    ResultStore(path).put(record())
+    with (small_mount / "filler").open("wb") as fh:  # fill the disk to its last byte
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    assert ResultStore(path, read_only=True).get("abc123") == record()
+    with pytest.raises(StoreError, match="disk is full") as err:
+        ResultStore(path).put(record("big", padding="x" * 200_000))
+    assert "corrupt" not in str(err.value)
+    assert ResultStore(path, read_only=True).run_ids() == {"abc123"}

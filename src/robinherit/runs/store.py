@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -59,21 +60,58 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
-def _read_only_uri(path: Path) -> str:
+def _read_only_uri(path: Path, immutable: bool = False) -> str:
     """The SQLite URI that opens ``path`` read-only. The resolved path is percent-quoted, so a '#', '?' or '%' in a
     file name stays part of the name instead of starting the URI's fragment or query (which would open another
-    file)."""
-    return f"{Path(path).resolve().as_uri()}?mode=ro"
+    file). ``immutable``: read the file as it is, without the shared-memory file a WAL database otherwise needs
+    beside it, which cannot be made in a read-only folder, on a read-only mount or on a full disk."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
-def _check_existing(path: Path) -> int | None:
-    """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database; its schema version
-    (None for an empty file)."""
+def place_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written, when the cause is its place rather than its content: a read-only mount, a
+    folder or file without write permission, a full disk. None where none of these holds."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"'{folder}' is on a read-only file system"
+    if not os.access(folder, os.W_OK):
+        return f"the folder '{folder}' is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    free = st.f_bavail * st.f_frsize
+    if free < 2**20:
+        return f"the disk is full ({free} bytes free in '{folder}')"
+    return None
+
+
+def _inspect(path: Path, immutable: bool) -> tuple[int, int, set[str], list[str]]:
+    """(application id, user version, table names, quick_check rows) of an SQLite file, read-only."""
+    con = sqlite3.connect(_read_only_uri(path, immutable), uri=True)
+    try:
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # quick_check reports most damage as rows of text rather than raising
+        check = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+    finally:
+        con.close()
+    return app_id, version, tables, check
+
+
+def _check_existing(path: Path) -> tuple[int | None, bool]:
+    """Refuse, without writing, a file that is not an (empty or robinherit) SQLite database. Returns its schema
+    version (None for an empty file) and whether it must be read as immutable (its place is read-only or full)."""
     if path.is_dir():
         raise StoreError(f"results store '{path}' is a directory; pass a file path such as {path / 'runs.db'}")
     size = path.stat().st_size
     if size == 0:
-        return None
+        return None, False
     with path.open("rb") as fh:
         head = fh.read(16)
     if head != SQLITE_MAGIC:
@@ -81,18 +119,18 @@ def _check_existing(path: Path) -> int | None:
             f"'{path}' is not a robinherit results store (not an SQLite database). It was not modified; "
             "pass --store with a new path or the store you meant"
         )
+    immutable = False
     try:
-        con = sqlite3.connect(_read_only_uri(path), uri=True)
-        try:
-            app_id = con.execute("PRAGMA application_id").fetchone()[0]
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            # quick_check reports most damage as rows of text rather than raising
-            check = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
-        finally:
-            con.close()
+        app_id, version, tables, check = _inspect(path, immutable)
     except sqlite3.DatabaseError as err:
         check = [str(err)]
+        # a healthy WAL store in a read-only or full place cannot be opened the usual way: read it as it is
+        if isinstance(err, sqlite3.OperationalError) and place_problem(path) is not None:
+            immutable = True
+            try:
+                app_id, version, tables, check = _inspect(path, immutable)
+            except sqlite3.DatabaseError as err2:
+                check = [str(err2)]
     if check != ["ok"]:
         raise StoreError(
             f"results store '{path}' is corrupt or unreadable ({check[0]}). It was not modified; restore it from a "
@@ -103,7 +141,17 @@ def _check_existing(path: Path) -> int | None:
             f"'{path}' is an SQLite database of another application (tables: {', '.join(sorted(tables))}). "
             "It was not modified; pass --store with a new path or the robinherit store you meant"
         )
-    return version if tables else None
+    return (version if tables else None), immutable
+
+
+def _write_error(path: Path, err: Exception) -> StoreError:
+    """A failed write, naming its cause: the place (read-only, not writable, full) where that is it."""
+    problem = place_problem(path)
+    cause = f"{problem} ({err})" if problem else str(err)
+    return StoreError(
+        f"cannot write results store '{path}': {cause}. Nothing in it was changed, and `robinherit runs`, `show` and "
+        "`export` can still read it; pass --store with a writable path or free some space"
+    )
 
 
 class ResultStore:
@@ -115,7 +163,7 @@ class ResultStore:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self.read_only = read_only
-        self.version: int | None = _check_existing(self.path) if self.path.exists() else None
+        self.version, self._immutable = _check_existing(self.path) if self.path.exists() else (None, False)
         if self.version is not None and self.version > SCHEMA_VERSION:
             raise StoreError(
                 f"results store '{self.path}' was written by a newer robinherit (store schema {self.version}, this "
@@ -150,14 +198,12 @@ class ResultStore:
                 con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:  # includes OperationalError: read-only file, no space, locked
-            raise StoreError(
-                f"cannot write results store '{self.path}' ({err}); pass --store with a writable path"
-            ) from None
+            raise _write_error(self.path, err) from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         if self.read_only:
-            con = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=self.timeout_s)
+            con = sqlite3.connect(_read_only_uri(self.path, self._immutable), uri=True, timeout=self.timeout_s)
         else:
             con = sqlite3.connect(self.path, timeout=self.timeout_s)
         try:
@@ -180,6 +226,8 @@ class ResultStore:
                     return fn(con, *args)
             except sqlite3.DatabaseError as err:  # damage found mid-use is a StoreError too, not a traceback
                 if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                    if write and isinstance(err, sqlite3.OperationalError):
+                        raise _write_error(self.path, err) from None
                     raise StoreError(f"results store '{self.path}': {err}") from None
                 time.sleep(0.05)
 

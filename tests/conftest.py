@@ -74,3 +74,16 @@ def micro_yaml(tmp_path: Path) -> Path:
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(MICRO))
     return path
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path):
+    """A 1 MiB tmpfs of this test's own, where the test may mount one (root on Linux); skipped elsewhere."""
+    import subprocess
+
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root on Linux): the read-only and full-disk cases are untested")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)

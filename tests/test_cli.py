@@ -281,3 +281,31 @@ def test_a_cifar_batch_that_would_run_code_is_exit_2_and_runs_nothing(tmp_path):
     assert_user_error(invoke("run", path, "--store", store), "data_batch_2", "Nothing in it was run")
     assert not marker.exists()
     assert not store.exists() or not ResultStore(store, read_only=True).run_ids()
+
+
+@pytest.mark.parametrize(
+    ("claims", "needles"),
+    [("x", ("--claims 'x'", "not a list of integers")), ("1,9", ("--claims '1,9'", "no claim 9")), ("", ("--claims",))],
+)
+def test_claims_errors_name_the_claims_option_and_every_unknown_row(tmp_path, claims, needles):
+    err = assert_user_error(invoke("reproduce", "--claims", claims, "--store", tmp_path / "r.db"), *needles)
+    assert "--seeds" not in err
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_reproduce_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    out_file = tmp_path / "claims.txt"
+    out_file.write_text("keep me")
+    assert_user_error(invoke("reproduce", "--quick", "--out", out_file, "--store", tmp_path / "r.db"), "is a file")
+    assert out_file.read_text() == "keep me" and not (tmp_path / "r.db").exists()
+
+
+def test_reproduce_help_says_what_the_seeds_default_is():
+    res = invoke("reproduce", "--help")
+    text = " ".join(res.stdout.replace("│", " ").split())
+    assert res.exit_code == 0 and "number of seeds (default: 3 with --quick, else 5)" in text
+
+
+def test_export_to_a_folder_is_one_paragraph(stored, tmp_path):
+    store, _ = stored
+    assert_user_error(invoke("export", "--store", store, "--out", tmp_path), "is a folder")

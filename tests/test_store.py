@@ -264,19 +264,6 @@ def test_a_foreign_database_behind_a_hash_path_is_refused_unchanged(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app#1.db"]
 
 
-@pytest.fixture
-def small_mount(tmp_path: Path):
-    """A 1 MiB tmpfs of this test's own, where the test may mount one (root on Linux); skipped elsewhere."""
-    import subprocess
-
-    point = tmp_path / "mnt"
-    point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root on Linux): the read-only and full-disk cases are untested")
-    yield point
-    subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 def test_a_store_on_a_read_only_mount_is_read_and_a_write_names_the_cause(small_mount: Path):
     import subprocess
 

@@ -69,8 +69,8 @@ def require_devices(devices: Iterable[str]) -> None:
             raise fail(f"device={d} but torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}; pick one of those")
 
 
-def parse_seeds(text: str | None) -> list[int] | None:
-    """ "0,1,2" or "0-4" -> list of seeds."""
+def parse_seeds(text: str | None, option: str = "--seeds") -> list[int] | None:
+    """ "0,1,2" or "0-4" -> list of seeds (or of the numbers of ``option``, which error messages name)."""
     if text is None:
         return None
     seeds: list[int] = []
@@ -79,14 +79,16 @@ def parse_seeds(text: str | None) -> list[int] | None:
             if "-" in part.strip()[1:]:
                 lo, hi = part.split("-")
                 if int(hi) < int(lo):  # "3-1" would silently select nothing (and run the config's seed instead)
-                    raise fail(f"'{text}': the range {part.strip()} is empty; write ranges low-high, e.g. 0-4")
+                    raise fail(f"{option} '{text}': the range {part.strip()} is empty; write ranges low-high, e.g. 0-4")
                 seeds.extend(range(int(lo), int(hi) + 1))
             elif part.strip():
                 seeds.append(int(part))
     except ValueError:
-        raise fail(f"--seeds '{text}' is not a list of integers; use e.g. --seeds 0,1,2 or --seeds 0-4") from None
+        raise fail(f"{option} '{text}' is not a list of integers; use e.g. {option} 0,1,2 or {option} 0-4") from None
     if any(s < 0 for s in seeds):
-        raise fail(f"--seeds '{text}' has a negative seed; seeds are >= 0")
+        raise fail(f"{option} '{text}' has a negative number; they are >= 0")
+    if any(s > 2**63 - 1 for s in seeds):
+        raise fail(f"{option} '{text}' has a number above 2**63 - 1, the largest a results store keeps")
     return seeds
 
 
@@ -269,7 +271,9 @@ def reproduce(
     quick: bool = typer.Option(
         False, "--quick", help="3 seeds, half the test set, shorter contrastive runs (the README's demo)"
     ),
-    seeds: int = typer.Option(0, "--seeds", help="number of seeds (default: 3 quick, 5 full)", min=0),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help="number of seeds (default: 3 with --quick, else 5)", min=1, show_default=False
+    ),
     out_dir: Path = typer.Option(Path("results/reproduce"), "--out", help="folder for claims.json and reports"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store: finished runs are reused, so reruns resume"),
     set_: list[str] = typer.Option([], "--set", help="override a path in every base config, e.g. model.threshold=0"),
@@ -287,9 +291,14 @@ def reproduce(
     from robinherit.runs.store import ResultStore
 
     numbers = sorted({spec.number for spec in CLAIMS.values()})  # the registry as it is now, extensions included
-    wanted = tuple(numbers) if claims == "all" else tuple(c for c in (parse_seeds(claims) or []) if c in numbers)
-    if not wanted:
-        raise fail(f"--claims '{claims}' names no claim; claims are numbered {', '.join(map(str, numbers))}")
+    asked = numbers if claims == "all" else (parse_seeds(claims, "--claims") or [])
+    unknown = sorted(set(asked) - set(numbers))
+    if unknown or not asked:
+        what = f"names no claim {', '.join(map(str, unknown))}" if unknown else "names no claim"
+        raise fail(f"--claims '{claims}' {what}; claims are numbered {', '.join(map(str, numbers))}, or use all")
+    wanted = tuple(sorted(set(asked)))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"--out '{out_dir}' is a file; reproduce writes a folder (claims.json, report.html, report.md)")
     n = seeds or (3 if quick else 5)
     settings = ReproduceSettings(
         seeds=tuple(range(n)), quick=quick, overrides=tuple(set_), claims=wanted, workers=workers

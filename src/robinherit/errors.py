@@ -19,3 +19,7 @@ class StoreError(RobinheritError):
 
 class DataError(RobinheritError):
     pass
+
+
+class OutputError(RobinheritError):
+    pass

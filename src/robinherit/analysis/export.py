@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robinherit.errors import RobinheritError
+from robinherit.outputs import replace_file
 
 
 class ExportError(RobinheritError):
@@ -64,11 +65,14 @@ def table(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]
 
 def write_csv(records: list[dict[str, Any]], out: Path) -> Path:
     columns, rows = table(records)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return replace_file(out, write)
 
 
 def write_parquet(records: list[dict[str, Any]], out: Path) -> Path:
@@ -85,8 +89,7 @@ def write_parquet(records: list[dict[str, Any]], out: Path) -> Path:
     for col in columns:
         values = [row.get(col) for row in rows]
         arrays[col] = pa.array(values, type=_arrow_type(pa, values))
-    pq.write_table(pa.table(arrays), out)
-    return out
+    return replace_file(out, lambda tmp: pq.write_table(pa.table(arrays), tmp))
 
 
 def _arrow_type(pa: Any, values: list[Any]) -> Any:

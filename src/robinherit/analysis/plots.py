@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from robinherit.errors import RobinheritError
+from robinherit.outputs import replace_file
 
 
 class PlotError(RobinheritError):
@@ -300,8 +301,9 @@ def save_figure(fig: Any, out: str | Path) -> list[Path]:
     stem = stem.with_suffix("") if stem.suffix.lower() in {".png", ".svg"} else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
     files = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(files[0], dpi=150)
-    fig.savefig(files[1])
+    # each format written beside its final name and renamed over it: a full disk leaves the old figure whole
+    replace_file(files[0], lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
+    replace_file(files[1], lambda tmp: fig.savefig(tmp, format="svg"))
     plt.close(fig)
     return files
 

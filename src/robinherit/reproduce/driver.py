@@ -20,6 +20,7 @@ from typing import Any
 
 from robinherit.config import ExperimentConfig, Method, build_config, deep_merge, load_yaml, parse_overrides
 from robinherit.errors import RobinheritError
+from robinherit.outputs import write_text
 from robinherit.reproduce.claims import CLAIMS
 from robinherit.reproduce.jobs import AuxJob, run_aux
 from robinherit.reproduce.spec import ARMS, AT_EPS, EPS_REF, ClaimNotRunError, ClaimSpec, Evidence, Tick, pair_configs
@@ -258,5 +259,4 @@ def write_claims(result: ReproduceResult, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "claims.json"
     body = _json_safe({"settings": result.settings, "claims": result.claims, "timing_s": result.timing})
-    path.write_text(json.dumps(body, indent=2, allow_nan=False))
-    return path
+    return write_text(path, json.dumps(body, indent=2, allow_nan=False))

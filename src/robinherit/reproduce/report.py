@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from robinherit.outputs import write_text
 from robinherit.reproduce import CLAIMS, Figure, ReproduceResult
 from robinherit.reproduce.timing import html as timing_html
 from robinherit.reproduce.timing import markdown as timing_markdown
@@ -113,9 +114,9 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
     summary = _summary(result)
     warnings = self_check_warnings(result)
     md_path = out_dir / "report.md"
-    md_path.write_text(_markdown(result, summary, warnings, figs))
+    write_text(md_path, _markdown(result, summary, warnings, figs))
     html_path = out_dir / "report.html"
-    html_path.write_text(_html(result, summary, warnings, figs))
+    write_text(html_path, _html(result, summary, warnings, figs))
     return html_path, md_path
 
 

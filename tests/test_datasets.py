@@ -386,3 +386,39 @@ def test_cifar_batch_with_labels_out_of_range_is_refused(tmp_path: Path) -> None
         pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [11]}, fh)
     with pytest.raises(DataError, match="labels outside"):
         load_dataset("cifar10", LoadSpec(root=tmp_path))
+
+
+def _idx_bytes(array: np.ndarray, code: int) -> bytes:
+    return bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def test_a_gzip_bomb_is_refused_at_the_size_its_header_promises(tmp_path: Path) -> None:
+    import resource
+
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=9) as fh:
+        fh.write(_idx_bytes(np.zeros(10, np.uint8), 0x08))
+        for _ in range(24):  # 384 MiB of zeros after a header that promises 10 bytes: under 1 MB on disk
+            fh.write(bytes(16 * 2**20))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="more data than its header promises"):
+        read_idx(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200, grown_mib
+
+
+@pytest.mark.parametrize(
+    ("file", "array", "code", "needle"),
+    [
+        ("t10k-labels-idx1-ubyte", np.array([0, -1] * 15, np.int8), 0x09, "labels outside 0-255"),
+        ("t10k-labels-idx1-ubyte", np.array([0.5] * 30, ">f4"), 0x0D, "not whole numbers"),
+        ("t10k-images-idx3-ubyte", np.full((30, 8, 8), np.nan, ">f4"), 0x0D, "NaN or infinite"),
+    ],
+    ids=["label-minus-one", "fractional-labels", "nan-pixels"],
+)
+def test_idx_values_are_checked_and_the_error_names_the_file(tmp_path: Path, file, array, code, needle) -> None:
+    make_mnist_files(tmp_path, gz=False)
+    (tmp_path / file).write_bytes(_idx_bytes(array, code))
+    with pytest.raises(DataError, match=needle) as err:
+        load_dataset("mnist", LoadSpec(root=tmp_path))
+    assert file in str(err.value)

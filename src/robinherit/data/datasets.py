@@ -25,6 +25,7 @@ import os
 import pickle
 import random
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -147,26 +148,67 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format), gzipped or not: 2 zero bytes, a type code, ndim, big-endian dims."""
+    """An IDX file (LeCun's MNIST format), gzipped or not: 2 zero bytes, a type code, ndim, big-endian dims.
+
+    Decompression stops at the size the header promises: a file that unpacks to more (a gzip bomb, or two files
+    glued together) is refused after reading one byte past it, never unpacked whole."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as err:  # a cut-off download ends the gzip stream early (EOFError), or is no gzip
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataError(
+                    f"'{path}' is not an IDX file (bad magic number {head.hex()}); expected MNIST-format data"
+                )
+            ndim = head[3]
+            dim_bytes = fh.read(4 * ndim)
+            if len(dim_bytes) < 4 * ndim:  # checked, or struct.unpack would fail with a bare struct.error
+                raise DataError(
+                    f"'{path}' ends inside its header ({4 + len(dim_bytes)} bytes for {ndim} dimensions); truncated"
+                )
+            dims = struct.unpack(f">{ndim}I", dim_bytes)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            promised = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+            _check_fits_in_memory(path, promised)
+            raw = _read_at_most(fh, promised + 1)
+    except (OSError, EOFError, zlib.error) as err:  # a cut-off download ends the gzip stream early, or is no gzip
         raise DataError(f"'{path}' cannot be read ({err}); the file is damaged or truncated") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"'{path}' is not an IDX file (bad magic number {raw[:4].hex()}); expected MNIST-format data")
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:  # checked, or struct.unpack would fail with a bare struct.error
-        raise DataError(f"'{path}' ends inside its header ({len(raw)} bytes for {ndim} dimensions); truncated")
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    if (len(raw) - 4 - 4 * ndim) % dtype.itemsize:  # np.frombuffer would raise a bare ValueError
+    if len(raw) > promised:
+        raise DataError(
+            f"'{path}' holds more data than its header promises ({dims} values of {dtype}); the file is damaged or "
+            "not one IDX file"
+        )
+    if len(raw) % dtype.itemsize:  # np.frombuffer would raise a bare ValueError
         raise DataError(f"'{path}' does not end on a whole {dtype.itemsize}-byte value; the file is truncated")
-    body = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    body = np.frombuffer(raw, dtype=dtype)
     if body.size != int(np.prod(dims)):
         raise DataError(f"'{path}' holds {body.size} values but its header says {dims}; the file is truncated")
     return body.reshape(dims)
+
+
+def _read_at_most(fh: Any, limit: int, chunk: int = 16 * 2**20) -> bytes:
+    """Up to ``limit`` bytes of ``fh``, read in chunks so that a short file never allocates ``limit``."""
+    parts, size = [], 0
+    while size < limit:
+        part = fh.read(min(chunk, limit - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
+def _check_fits_in_memory(path: Path, nbytes: int) -> None:
+    """Refuse a header that promises more data than the machine's memory holds, before reading any of it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform: no check
+        return
+    if nbytes > total // 2:
+        raise DataError(
+            f"'{path}' says it holds {nbytes / 2**30:.1f} GiB of data, more than half of this machine's memory "
+            f"({total / 2**30:.1f} GiB); the file is damaged or not an MNIST-format file"
+        )
 
 
 _IDX_FILES = {
@@ -298,10 +340,24 @@ def _load_idx_set(spec: LoadSpec, name: str) -> ArrayDataset:
                 f"'{paths[f'y_{split}']}' holds shape {y.shape}; expected {len(x)} labels, one per image in "
                 f"'{paths[f'x_{split}']}'"
             )
+    for split in ("train", "test"):
+        _check_idx_values(arrays[f"x_{split}"], arrays[f"y_{split}"], paths[f"x_{split}"], paths[f"y_{split}"])
     h, w = arrays["x_train"].shape[1:]
     xtr = arrays["x_train"].astype(np.float32) / 255.0
     xte = arrays["x_test"].astype(np.float32) / 255.0
     return _dataset(name, xtr, arrays["y_train"], xte, arrays["y_test"], (1, int(h), int(w)))
+
+
+def _check_idx_values(x: np.ndarray, y: np.ndarray, x_path: Path, y_path: Path) -> None:
+    """Pixels finite in 0-255 and labels whole numbers in 0-255 (a class index), each error naming its file."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"'{x_path}' holds pixels that are NaN or infinite; expected 0-255 grey levels")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise DataError(f"'{x_path}' holds pixels outside 0-255 ({x.min()} to {x.max()}); expected grey levels")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DataError(f"'{y_path}' holds labels that are not whole numbers; expected class indices")
+    if y.size and (y.min() < 0 or y.max() > 255):
+        raise DataError(f"'{y_path}' holds labels outside 0-255 ({y.min()} to {y.max()}); expected class indices")
 
 
 def load_mnist(spec: LoadSpec) -> ArrayDataset:

@@ -374,3 +374,35 @@ def test_runs_sharing_an_encoder_read_their_data_set_once(tmp_path: Path, monkey
     run_many(cfgs, lambda i, res, err: got.__setitem__(i, err if err is not None else res[0]))
     assert reads == ["mnist"]  # one read for the encoder's three runs
     assert all(isinstance(got[i], dict) for i in range(3)) and got[2]["dataset"]["n_test"] == 16
+
+
+@pytest.mark.parametrize("damage", ["wrong-shape", "non-finite", "other-values", "other-key"])
+def test_a_cached_dictionary_that_is_not_this_one_is_refit_and_replaced(tmp_path, monkeypatch, damage):
+    import numpy as np
+
+    from robinherit.evaluation import dictionary as ld
+
+    monkeypatch.setenv("ROBINHERIT_CACHE", str(tmp_path))
+    x = torch.rand(300, 12, generator=torch.Generator().manual_seed(0))
+    first, _ = ld.cached_dictionary(x, 6, DictMethod.ica)
+    other, _ = ld.cached_dictionary(x + 0.5, 6, DictMethod.ica)
+    files = {f.name: f for f in (tmp_path / "dictionaries").iterdir()}
+    path = next(f for f in files.values() if np.load(f)["m_hat"].tobytes() == first.numpy().tobytes())
+    with np.load(path) as npz:
+        m_hat, checksum = npz["m_hat"], npz["checksum"]
+    if damage == "wrong-shape":
+        m_hat = m_hat[:5]
+    elif damage == "non-finite":
+        m_hat = m_hat.copy()
+        m_hat[0, 0] = np.nan
+    elif damage == "other-values":
+        m_hat = m_hat[:, ::-1].copy()  # the right shape, finite, but not the fitted dictionary
+    if damage == "other-key":
+        path.write_bytes(next(f for f in files.values() if f != path).read_bytes())
+    else:
+        with path.open("wb") as fh:
+            np.savez(fh, m_hat=m_hat, checksum=checksum)
+    again, hit = ld.cached_dictionary(x, 6, DictMethod.ica)
+    assert not hit and torch.equal(again, first)
+    replaced, hit = ld.cached_dictionary(x, 6, DictMethod.ica)  # the refit replaced the file
+    assert hit and torch.equal(replaced, first) and not torch.equal(other, first)

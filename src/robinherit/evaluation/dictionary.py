@@ -106,23 +106,41 @@ def cached_dictionary(
     arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
     meta = json.dumps([DictMethod(method).value, n_atoms, seed, MAX_DEFAULT_ATOMS, MAX_SAMPLES, list(arr.shape)])
     key = hashlib.sha256(arr.tobytes() + meta.encode()).hexdigest()[:24]
-    path = cache_dir() / f"{key}.npy"
+    path = cache_dir() / f"{key}.npz"
     if cache and path.is_file():
-        try:
-            return torch.from_numpy(np.load(path)), True
-        except (OSError, ValueError):
-            pass  # a partial or damaged file: fit again and overwrite it
+        m_hat = _read_cached(path, key, arr.shape[1])
+        if m_hat is not None:
+            return m_hat, True
     m_hat = learn_dictionary(x, n_atoms, method, seed)
     if cache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             with tmp.open("wb") as fh:
-                np.save(fh, m_hat.numpy())
+                np.savez(fh, m_hat=m_hat.numpy(), checksum=np.array(_checksum(key, m_hat.numpy())))
             tmp.replace(path)  # atomic: parallel workers never read half a file
         except OSError:
             pass  # a read-only home: the run goes on, only without the cache
     return m_hat, False
+
+
+def _checksum(key: str, m_hat: np.ndarray) -> str:
+    """Ties a cached dictionary to its key: a file copied from another key, or edited, fails it."""
+    return hashlib.sha256(key.encode() + np.ascontiguousarray(m_hat, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _read_cached(path: Path, key: str, dim: int) -> Tensor | None:
+    """The cached dictionary at ``path`` if it is whole and is the one of ``key``: (dim, k) with k <= dim, finite,
+    its checksum matching; else None, and the caller fits it again and overwrites the file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            m_hat, checksum = npz["m_hat"], str(npz["checksum"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # a partial, damaged or foreign file
+    ok = m_hat.ndim == 2 and m_hat.shape[0] == dim and 0 < m_hat.shape[1] <= dim and m_hat.dtype == np.float32
+    if not ok or not np.isfinite(m_hat).all() or checksum != _checksum(key, m_hat):
+        return None
+    return torch.from_numpy(m_hat)
 
 
 def image_patches(x: Tensor, image_shape: tuple[int, int, int], kernel: tuple[int, int], max_patches: int, seed: int):

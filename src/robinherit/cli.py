@@ -50,6 +50,10 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except RobinheritError as err:
             raise fail(str(err)) from None
+        except KeyboardInterrupt:
+            # said here, inside the command: the framework would otherwise end a Ctrl-C with a bare exit 130
+            typer.echo("interrupted; finished runs are in the store, rerun the same command to resume", err=True)
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -293,3 +293,18 @@ def test_a_store_on_a_full_disk_is_read_and_a_write_names_the_cause(small_mount:
         ResultStore(path).put(record("big", padding="x" * 200_000))
     assert "corrupt" not in str(err.value)
     assert ResultStore(path, read_only=True).run_ids() == {"abc123"}
+
+
+def test_a_new_store_is_made_at_its_first_write_only(tmp_path: Path):
+    path = tmp_path / "sub" / "runs.db"
+    db = ResultStore(path)
+    assert not path.exists() and not path.parent.exists()
+    assert db.run_ids() == set() and db.get("x") is None and db.runs() == []
+    db.put(record())
+    assert ResultStore(path, read_only=True).get("abc123") == record()
+
+
+def test_a_device_is_not_a_store_and_gets_no_journal(tmp_path: Path):
+    with pytest.raises(StoreError, match="not a regular file"):
+        ResultStore("/dev/null")
+    assert not Path("/dev/null-journal").exists() and not Path("/dev/null-wal").exists()

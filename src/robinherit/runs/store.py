@@ -74,6 +74,8 @@ def place_problem(path: Path) -> str | None:
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if not folder.is_dir():
+        return f"'{folder}' is a file, so no folder can be made inside it"
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -109,6 +111,8 @@ def _check_existing(path: Path) -> tuple[int | None, bool]:
     version (None for an empty file) and whether it must be read as immutable (its place is read-only or full)."""
     if path.is_dir():
         raise StoreError(f"results store '{path}' is a directory; pass a file path such as {path / 'runs.db'}")
+    if not path.is_file():  # a device such as /dev/null, or a pipe: SQLite would leave a journal file beside it
+        raise StoreError(f"results store '{path}' is not a regular file; pass --store with a file path such as runs.db")
     size = path.stat().st_size
     if size == 0:
         return None, False
@@ -182,16 +186,28 @@ class ResultStore:
                 "`plot` still read it. Pass --store with a new file to run (e.g. --store results/runs-v2.db), or move "
                 "the old file aside"
             )
-        if not self.path.exists():
-            parent = self.path.parent
-            if not parent.exists():
-                try:
-                    parent.mkdir(parents=True, exist_ok=True)
-                except OSError as err:
-                    raise StoreError(
-                        f"cannot create the folder '{parent}' for results store '{self.path}' ({err.strerror}); "
-                        "pass --store with a writable path"
-                    ) from None
+        # A new store's file is made at its first write, so a command that fails before storing anything leaves no
+        # empty store behind; reads before then see an empty store. Its place is checked now, before any compute.
+        self._pending = not self.path.exists()
+        if self._pending:
+            problem = place_problem(self.path)
+            if problem is not None:
+                raise StoreError(
+                    f"cannot create results store '{self.path}': {problem}; pass --store with a writable path"
+                )
+        else:
+            self._create()
+
+    def _create(self) -> None:
+        """Make the store's folder, file and tables (idempotent: several processes may race to do it)."""
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create the folder '{parent}' for results store '{self.path}' ({err.strerror}); "
+                "pass --store with a writable path"
+            ) from None
         try:
             with self._connect() as con:
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -199,6 +215,21 @@ class ResultStore:
                 con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:  # includes OperationalError: read-only file, no space, locked
             raise _write_error(self.path, err) from None
+        self._pending = False
+
+    def _ready(self, write: bool) -> bool:
+        """Whether the file can be queried; makes it for a write. A file another process made meanwhile is checked
+        as any existing store is."""
+        if not getattr(self, "_pending", False):
+            return True
+        if self.path.exists():
+            self.version, self._immutable = _check_existing(self.path)
+            self._create()
+            return True
+        if write:
+            self._create()
+            return True
+        return False
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -219,6 +250,13 @@ class ResultStore:
         if write and self.read_only:
             raise StoreError(f"results store '{self.path}' is open read-only; nothing was written")
         # busy_timeout covers most contention; a retry loop covers the WAL-upgrade races it does not.
+        if not self._ready(write):  # nothing stored yet: answer from an empty store of the same schema
+            con = sqlite3.connect(":memory:")
+            try:
+                con.executescript(_SCHEMA)
+                return fn(con, *args)
+            finally:
+                con.close()
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:

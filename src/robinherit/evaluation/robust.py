@@ -279,6 +279,39 @@ def _flip_check(
 # --- PGD and AutoAttack together ---------------------------------------------------------------------------
 
 
+# A head is degenerate when it (nearly) predicts one class, or its clean accuracy is (nearly) the class prior: its
+# robust accuracy then reads as robustness while it is that of a constant predictor.
+DEGENERATE_SHARE = 0.9
+DEGENERATE_PRIOR_GAP = 0.02
+
+
+def prediction_balance(logits: Tensor, y: Tensor, clean_acc: float) -> dict[str, Any]:
+    """``majority_share`` (the share of predictions on the most predicted class, at eps 0), ``class_prior`` (the
+    share of the most frequent true class) and ``degenerate`` (majority share >= 0.9, or clean accuracy within
+    0.02 of the prior) for a classifier's logits (n, K) on labels (n,)."""
+    pred = logits.argmax(dim=1) if logits.shape[1] > 1 else (logits[:, 0] > 0).long()
+    majority = float(torch.bincount(pred).max()) / len(pred)
+    prior = float(torch.bincount(y.long()).max()) / len(y)
+    degenerate = majority >= DEGENERATE_SHARE or abs(clean_acc - prior) <= DEGENERATE_PRIOR_GAP
+    return {"majority_share": majority, "class_prior": prior, "degenerate": bool(degenerate)}
+
+
+def _balance_of(model: nn.Module, x: Tensor, y: Tensor, out: dict[str, Any]) -> dict[str, Any]:
+    """:func:`prediction_balance` for a classifier on class labels (n,), with a self-check warning when degenerate;
+    nothing for multi-label targets (n, K), whose outputs are K separate decisions."""
+    if y.dim() != 1:
+        return {}
+    with torch.no_grad():
+        balance = prediction_balance(model(x), y, out["clean_acc"])
+    if balance["degenerate"]:
+        out["warnings"].append(
+            f"degenerate classifier: {balance['majority_share']:.0%} of its predictions are one class and its clean "
+            f"accuracy {out['clean_acc']:.3f} is near the class prior {balance['class_prior']:.3f}; its robust "
+            "accuracy is that of a (near) constant predictor, not robustness"
+        )
+    return balance
+
+
 def robust_eval(
     model: nn.Module,
     x: Tensor,
@@ -316,6 +349,7 @@ def robust_eval(
         clip=clip,
     )
     out = res.to_dict()
+    out.update(_balance_of(model, x, y, out))
     names = attack_names(ecfg, n_classes)
     if not names:
         return out

@@ -193,7 +193,7 @@ def test_unsupported_models_and_margins_get_no_certifier() -> None:
 
 
 def test_pure_node_oracle_certified_close_to_attacked() -> None:
-    # THEORY.md claim 5 at gamma = 0: one node per feature, w_i = M_i, threshold 0.3, a clean head.
+    # docs/theory.md claim 5 at gamma = 0: one node per feature, w_i = M_i, threshold 0.3, a clean head.
     # At eps 0.25 every unit stays on one linear piece (|<M_i, x>| is ~1 or ~0), so CROWN is exact.
     dcfg = DataConfig(d=16, k=3)
     world = make_world(dcfg, 0)

@@ -7,10 +7,10 @@ step:
   autograd            ``pretraining.pretrain_contrastive(fast=False)``: autograd attack and training step (the
                       reference every ratio is taken against)
   closed_form_attack  ``pretraining.pretrain_contrastive_generic``: the closed-form InfoNCE attack
-                      (``fused.InfoNCEViewLoss``), autograd training step (the default before the stacked path)
+                      (``closed_form.InfoNCEViewLoss``), autograd training step (the default before the stacked path)
   closed_form_step    ``pretraining.pretrain_contrastive``, the default for one model: a stack of one, closed-form
-                      attack and training step (``batched.contrastive_grads``)
-  stacked_S           ``batched.pretrain_contrastive_stacked`` with S models (seeds 0..S-1) in one stack; its time
+                      attack and training step (``stacked.contrastive_grads``)
+  stacked_S           ``stacked.pretrain_contrastive_stacked`` with S models (seeds 0..S-1) in one stack; its time
                       is divided by S, so it compares with one model's step
 
 Only the pre-training call is timed (worlds, streams and models are built before the clock starts).

@@ -10,7 +10,7 @@ the two shipped Fashion-MNIST configs:
     (a) reference  ``benchmarks.reference_real.ReferenceTwoLayer`` + autograd PGD and an autograd training step;
     (b) toolkit    ``experiment.pretrain`` on the source ``run_experiment`` builds for this config (an
                    ``ArraySource`` over the random arrays, its ``BatchStream.from_arrays`` stream): for the two-layer
-                   net ``pretrain_supervised`` runs a stack of one (``batched.pretrain_one``), closed-form PGD input
+                   net ``pretrain_supervised`` runs a stack of one (``stacked.pretrain_one``), closed-form PGD input
                    gradients and closed-form weight gradients in one function, fused Adam;
   CNN (``fashion_mnist``: conv [16, 32], feature width 64, threshold 0):
     (c) reference  ``benchmarks.reference_real.ReferenceConvNet``, the layers of ``robinherit.models.conv.ConvNet``,

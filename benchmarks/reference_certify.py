@@ -1,7 +1,6 @@
 """The certifier's relaxation written the obvious way: every candidate line against every point in one broadcast,
-(n, m, pairs, points). ``robinherit.evaluation.certify.relaxation`` must equal it to the bit
-(``tests/test_certify.py``) and
-``benchmarks.derived_parts`` times the two against each other."""
+(n, m, pairs, points). ``robinherit.evaluation.certify.relaxation``, which goes through the candidate lines one at
+a time to keep memory at (n, m), must equal it to the bit (``tests/test_certify.py``)."""
 
 from __future__ import annotations
 

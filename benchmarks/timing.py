@@ -55,25 +55,6 @@ def best(rounds: list[tuple[float, float]]) -> tuple[float, float]:
     return min(w for w, _ in rounds), min(c for _, c in rounds)
 
 
-def best_per_call(
-    paths: dict[str, Callable[[], object]], repeats: int, calls: int = 1, warmup: int = 1
-) -> dict[str, float]:
-    """Best wall seconds per call of each zero-argument path, over ``repeats`` rounds of ``calls`` calls that
-    interleave the paths (:func:`interleaved`, after ``warmup`` untimed calls each)."""
-
-    def looped(fn: Callable[[], object]) -> Callable[[int], None]:
-        def go(k: int) -> None:
-            for _ in range(k):
-                fn()
-
-        return go
-
-    times = interleaved(
-        {name: looped(fn) for name, fn in paths.items()}, dict.fromkeys(paths, calls), repeats, warmup=warmup
-    )
-    return {name: best(times[name])[0] for name in paths}
-
-
 def steps_for(run: Callable[[int], object], target_s: float, device: torch.device | str = "cpu", cap: int = 500) -> int:
     """Steps of ``run`` that take about ``target_s`` (at least 3, at most ``cap``), from 4 timed steps after 2
     untimed ones."""

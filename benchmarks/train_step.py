@@ -6,7 +6,7 @@ In one process, for the default config (d=64, m=128, batch 256, l2 PGD-5) and a 
   (b) single     ``pretraining.pretrain_supervised`` (what ``run_experiment`` uses: a stack of one, closed-form
                  attack and weight gradients); ``generic`` is the same with ``fast=False`` (closed-form attack
                  gradients, autograd training step: the loop every other model takes);
-  (c) batched    ``batched.pretrain_stacked`` with S models in one stack (S = 1, 8, 32);
+  (c) batched    ``stacked.pretrain_stacked`` with S models in one stack (S = 1, 8, 32);
   (c') with ``--compile``, single and batched again with ``ROBINHERIT_COMPILE=1`` (the adversarial step
                  compiled by torch.compile; compiling happens in the untimed warm-up);
   (d) data only  drawing the batches of the largest S's streams and nothing else: every path pays this, so
@@ -137,8 +137,8 @@ def compiled(run: Callable[[int], None]) -> Callable[[int], None]:
 
 
 def run_data_only(cfg: ExperimentConfig, steps: int, size: int) -> None:
-    """Only the batches of S streams, drawn as the stacked path draws them (``data.next_stacked``; what every path
-    draws before any training): the data's own ceiling."""
+    """Only the batches of S streams, drawn as the stacked path draws them (``sparse_coding.next_stacked``; what
+    every path draws before any training): the data's own ceiling."""
     streams = _streams(cfg, range(size))
     for _ in range(steps):
         next_stacked(streams)

@@ -28,7 +28,7 @@ $PY -m pytest -q tests/test_cuda.py > "$OUT/test_cuda.txt" 2>&1
 echo "tests/test_cuda.py exit $?" >> "$OUT/test_cuda.txt"
 tail -4 "$OUT/test_cuda.txt"
 
-# 2. the benchmark, CPU then GPU, in this one session of the machine
+# 2. the benchmark, CPU then GPU, in this one run on the machine
 $PY -m benchmarks.train_step --json --skip-large --sizes 1,8,32 > "$OUT/bench_cpu.json" || echo "CPU benchmark failed"
 $PY -m benchmarks.train_step --json --skip-large --device cuda --sizes 1,32,128,512 > "$OUT/bench_cuda.json" \
   || echo "GPU benchmark failed"

@@ -49,11 +49,16 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     assert default > kept
 
 
-def test_the_setting_is_made_once_per_process(monkeypatch):
-    from robinherit.training import allocator
-
-    monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.setenv("ROBINHERIT_MALLOC", "default")
-    assert allocator.keep_freed_memory() is False
-    monkeypatch.delenv("ROBINHERIT_MALLOC")
-    assert allocator.keep_freed_memory() is False  # already decided for this process
+def test_the_setting_is_made_once_per_process():
+    """A fresh process decides once: with ROBINHERIT_MALLOC=default at its first call it keeps glibc's own
+    thresholds, and unsetting the variable later does not change that."""
+    script = (
+        "import os\n"
+        "from robinherit.training.allocator import keep_freed_memory\n"
+        "first = keep_freed_memory()\n"
+        "del os.environ['ROBINHERIT_MALLOC']\n"
+        "print(first, keep_freed_memory())\n"
+    )
+    env = {**os.environ, "ROBINHERIT_MALLOC": "default"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]  # the second call answers what the first decided

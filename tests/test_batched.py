@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -276,34 +281,66 @@ def _train_stack(cfgs):
     return net.W.detach().clone(), [log.losses for log in logs]
 
 
-def test_compiled_step_equals_the_eager_step(monkeypatch):
+def compiled_against_eager() -> str:
+    """Trains a stack eagerly, then with ROBINHERIT_COMPILE=1, in this process; the two must agree. Returns
+    "compiled" when torch.compile built the adversarial step, "fell back" when it failed (the warning said so and
+    the same step ran eagerly, to the same weights)."""
     cfgs = [tiny(seed=s, **{"model.learn_threshold": True}) for s in range(2)]
     eager_w, eager_losses = _train_stack(cfgs)
-    monkeypatch.setenv("ROBINHERIT_COMPILE", "1")
-    monkeypatch.setattr(batched, "_compiled_step", None)
-    monkeypatch.setattr(batched, "_compile_failed", False)
-    with warnings.catch_warnings(record=True) as caught:
+    built, real_compile = [], torch.compile
+    with (
+        mock.patch.dict(os.environ, {"ROBINHERIT_COMPILE": "1"}),
+        mock.patch.object(torch, "compile", lambda fn, **kw: built.append(fn.__name__) or real_compile(fn, **kw)),
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.simplefilter("always")
         fast_w, fast_losses = _train_stack(cfgs)
     torch.testing.assert_close(fast_w, eager_w, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fast_losses, eager_losses, rtol=1e-5)
-    if batched._compile_failed:  # no working compiler here: the fallback warned and ran the same step eagerly
-        assert any("torch.compile failed" in str(w.message) for w in caught)
-        pytest.skip("torch.compile is not usable on this machine; the eager fallback was checked instead")
-    assert batched._compiled_step is not None
+    assert built == ["adversarial_grads"]
+    return "fell back" if any("torch.compile failed" in str(w.message) for w in caught) else "compiled"
 
 
-def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch):
+def broken_compiler_against_eager() -> str:
+    """A compiler whose compiled step raises: the run warns, finishes eagerly with the eager weights, and later
+    runs of the process stay eager without asking the compiler again."""
     cfgs = [tiny(seed=s) for s in range(2)]
     eager_w, _ = _train_stack(cfgs)
 
     def broken(*_a, **_k):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setenv("ROBINHERIT_COMPILE", "1")
-    monkeypatch.setattr(batched, "_compiled_step", broken)
-    monkeypatch.setattr(batched, "_compile_failed", False)
-    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
-        w, _ = _train_stack(cfgs)
-    torch.testing.assert_close(w, eager_w, rtol=1e-6, atol=1e-7)
-    assert batched._compile_failed
+    with (
+        mock.patch.dict(os.environ, {"ROBINHERIT_COMPILE": "1"}),
+        mock.patch.object(torch, "compile", lambda fn, **kw: broken),
+    ):
+        with pytest.warns(RuntimeWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
+            w, _ = _train_stack(cfgs)
+        torch.testing.assert_close(w, eager_w, rtol=1e-6, atol=1e-7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a second failure would warn again
+            again, _ = _train_stack(cfgs)
+    torch.testing.assert_close(again, eager_w, rtol=1e-6, atol=1e-7)
+    return "eager"
+
+
+def in_fresh_process(name: str) -> str:
+    """This module's function ``name`` run in a new interpreter; what it returns. The compiled step is built once
+    per process, and a failed compile turns compiling off for the rest of it, so a test of compiling needs a
+    process where nothing has compiled yet."""
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_batched; "
+    code += f"print(test_batched.{name}())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_compiled_step_equals_the_eager_step():
+    outcome = in_fresh_process("compiled_against_eager")
+    if outcome == "fell back":
+        pytest.skip("torch.compile is not usable on this machine; the eager fallback was checked instead")
+    assert outcome == "compiled"
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step():
+    assert in_fresh_process("broken_compiler_against_eager") == "eager"

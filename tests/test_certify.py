@@ -193,7 +193,7 @@ def test_unsupported_models_and_margins_get_no_certifier() -> None:
 
 
 def test_pure_node_oracle_certified_close_to_attacked() -> None:
-    # THEORY.md claim 5 at gamma = 0: one node per feature, w_i = M_i, threshold 0.3, a clean head.
+    # docs/theory.md claim 5 at gamma = 0: one node per feature, w_i = M_i, threshold 0.3, a clean head.
     # At eps 0.25 every unit stays on one linear piece (|<M_i, x>| is ~1 or ~0), so CROWN is exact.
     dcfg = DataConfig(d=16, k=3)
     world = make_world(dcfg, 0)
@@ -213,12 +213,12 @@ def test_pure_node_oracle_certified_close_to_attacked() -> None:
 
 
 def test_the_relaxation_memo_answers_equal_inputs_only_and_keeps_to_its_budget() -> None:
-    from robinherit.evaluation.certify import _RelaxationMemo, preactivation_bounds
+    from robinherit.evaluation.certify import RelaxationMemo, preactivation_bounds
 
     net = as_two_layer(random_head("sym_relu", 0.3))
     g = torch.Generator().manual_seed(4)
     x = torch.randn(40, D_IN, generator=g, dtype=torch.float64)
-    memo = _RelaxationMemo()
+    memo = RelaxationMemo()
     first = memo.lines(net, x, 0.3, Norm.l2)
     direct = relaxation(net, *preactivation_bounds(net, x, 0.3, Norm.l2))
     assert all(torch.equal(a, b) for a, b in zip(first, direct, strict=True))
@@ -234,10 +234,10 @@ def test_the_relaxation_memo_answers_equal_inputs_only_and_keeps_to_its_budget()
     assert len(memo.entries) == 5
     # the budget: entries beyond it are dropped, oldest first, and an entry larger than the budget is not kept
     size = sum(t.numel() * t.element_size() for t in first)
-    small = _RelaxationMemo(budget=2 * size)
+    small = RelaxationMemo(budget=2 * size)
     for eps in (0.1, 0.2, 0.3):
         small.lines(net, x, eps, Norm.l2)
     assert len(small.entries) == 2 and small.key(net, x, 0.1, Norm.l2) not in small.entries
-    tiny = _RelaxationMemo(budget=size - 1)
+    tiny = RelaxationMemo(budget=size - 1)
     tiny.lines(net, x, 0.1, Norm.l2)
     assert not tiny.entries

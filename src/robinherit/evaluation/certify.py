@@ -172,7 +172,7 @@ def relaxation(net: TwoLayerLinear, lo: Tensor, hi: Tensor) -> tuple[Tensor, Ten
     return best[0], best[1], best[3], best[4]
 
 
-class _RelaxationMemo:
+class RelaxationMemo:
     """The relaxations of recent (first layer, inputs, eps, norm), by content: a run evaluates its pre-training
     network and each head on the same test inputs through the same encoder, so the units' intervals, and their
     lines, are the same for all of them (two thirds of a run's certification on the 2-core machine). Keyed by a
@@ -217,7 +217,7 @@ def _nbytes(tensors: tuple[Tensor, ...]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-_MEMO = _RelaxationMemo()
+_MEMO = RelaxationMemo()
 
 
 def _crown(net: TwoLayerLinear, x: Tensor, spec: Tensor, eps: float, norm: Norm) -> Tensor:

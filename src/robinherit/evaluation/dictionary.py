@@ -66,7 +66,7 @@ def effective_rank(x: np.ndarray, energy: float = 0.999) -> int:
 
 # Default atom count: the data's effective rank, at most this many. FastICA's cost grows with the atom count times
 # the input size: at 784 inputs (Fashion-MNIST, effective rank in the hundreds) one run spent over 8 minutes in
-# FastICA before it was stopped (issue 14's report).
+# FastICA before it was stopped.
 MAX_DEFAULT_ATOMS = 64
 # At most this many samples are used to fit (a fixed subset): the dictionary is a property of the data, which
 # 10,000 samples pin down; digits (1,347) and MNIST-1D (4,000) are used whole.

@@ -1,4 +1,4 @@
-"""``robinherit reproduce``: every claim of THEORY.md checked across seeds (Xing et al., "Better
+"""``robinherit reproduce``: every claim of docs/theory.md checked across seeds (Xing et al., "Better
 Representations via Adversarial Training in Pre-Training: A Theoretical Perspective", AISTATS 2024, arXiv
 2401.15248; Allen-Zhu & Li 2020 for the mechanism).
 

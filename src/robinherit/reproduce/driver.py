@@ -1,4 +1,4 @@
-"""``robinherit reproduce``: every claim of THEORY.md checked across seeds (Xing, Lin, Song, Xu, Zeng, Cheng,
+"""``robinherit reproduce``: every claim of docs/theory.md checked across seeds (Xing, Lin, Song, Xu, Zeng, Cheng,
 "Better Representations via Adversarial Training in Pre-Training: A Theoretical Perspective", AISTATS 2024,
 arXiv 2401.15248; Allen-Zhu & Li 2020 for the mechanism).
 
@@ -51,7 +51,7 @@ class ReproduceSettings:
     seeds: tuple[int, ...]
     quick: bool
     overrides: tuple[str, ...] = ()  # --set paths applied to every base config (e.g. model.threshold=0)
-    claims: tuple[int, ...] | None = None  # claim numbers (THEORY.md) to check; None: every registered claim
+    claims: tuple[int, ...] | None = None  # claim numbers (docs/theory.md) to check; None: every registered claim
     rows: tuple[str, ...] | None = None  # row ids among those, e.g. ("3",) without "3c"; None: every row
     config_dir: Path = CONFIG_DIR
     workers: int = 1  # > 1: pre-training runs on a local process pool of this many single-threaded workers

@@ -1,6 +1,6 @@
 """What a claim module declares, and what the driver hands it back.
 
-A claim of THEORY.md (Xing et al., AISTATS 2024, arXiv 2401.15248; the mechanism after Allen-Zhu & Li 2020,
+A claim of docs/theory.md (Xing et al., AISTATS 2024, arXiv 2401.15248; the mechanism after Allen-Zhu & Li 2020,
 "Feature purification") is a :class:`ClaimSpec`: the base config family and pre-training arms whose runs it
 reads, the derived jobs it needs beyond those runs, its statistic, its side condition and its figures. The
 driver runs the union of what the selected claims declare, once, and passes every claim the same
@@ -31,7 +31,7 @@ class ReproduceSettings(Protocol):
     def base(self, name: str) -> ExperimentConfig: ...
 
 
-EPS_REF = 0.25  # the budget the claims are stated at (THEORY.md's prototype)
+EPS_REF = 0.25  # the budget the claims are stated at (docs/claims.md)
 AT_EPS = 0.25  # pre-training budget of the adversarial arm; the clean arm has 0
 ARMS = ("at", "clean")
 
@@ -109,7 +109,7 @@ class ClaimSpec:
     :meth:`statistic`; everything else has a default that declares nothing."""
 
     id: str  # row id, unique: "3" (supervised), "3c" (the same claim on contrastive pre-training)
-    number: int  # the claim's number in THEORY.md: what `--claims` selects
+    number: int  # the claim's number in docs/theory.md: what `--claims` selects
     name: str
     statement: str = ""  # what a "not run" row says the claim is (a row that ran states it from its statistic)
     family: str | None = None  # base config (configs/<family>.yaml) the claim reads

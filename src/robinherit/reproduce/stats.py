@@ -1,7 +1,7 @@
 """How a claim is decided: a paired comparison over seeds.
 
 The claims are those of Xing, Lin, Song, Xu, Zeng, Cheng, "Better Representations via Adversarial Training in
-Pre-Training: A Theoretical Perspective" (AISTATS 2024, arXiv 2401.15248), listed in THEORY.md. The same seed
+Pre-Training: A Theoretical Perspective" (AISTATS 2024, arXiv 2401.15248), listed in docs/theory.md. The same seed
 gives both arms the same dictionary, tasks and data, so each seed contributes one difference in the claimed
 direction: ``effect`` is their mean, ``ci95`` a t interval over seeds, ``p_value`` a one-sided one-sample t
 test. A claim passes only when its interval excludes zero in the claimed direction and its side condition holds.
@@ -44,7 +44,7 @@ class Claim:
     :func:`paired_stats` and its side condition.
 
     ``id`` names the row ("3c": claim 3 on contrastive pre-training); ``number`` is the claim's number in
-    THEORY.md, which ``--claims`` selects; ``family`` the base config the row's runs come from, if any.
+    docs/theory.md, which ``--claims`` selects; ``family`` the base config the row's runs come from, if any.
     """
 
     id: str

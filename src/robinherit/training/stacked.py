@@ -544,7 +544,7 @@ def pretrain_stacked(
     eps = [c.pretrain.eps for c in cfgs]
     # PGD with closed-form gradients: attack and gradients as one pure function (adversarial_grads), compiled
     # with ROBINHERIT_COMPILE=1; eager, it is bit for bit the step below. Adam takes its one-kernel form (the same
-    # update up to float rounding; `python -m benchmarks.profile_step single` shows what the optimiser costs).
+    # update up to float rounding).
     fuse_step = pcfg.eps > 0 and pcfg.attack == AttackKind.pgd and loss_fn in LOSS_GRADS
     opt = make_optimizer(list(net.parameters()), pcfg, fused=True)
     gens = [generator(c.seed, "pretrain-attack", c.device) for c in cfgs]

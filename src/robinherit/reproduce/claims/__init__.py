@@ -1,4 +1,4 @@
-"""The claims ``robinherit reproduce`` checks (THEORY.md, "Claims a reproduction must check"; Xing et al.,
+"""The claims ``robinherit reproduce`` checks (docs/theory.md, "The seven claims the toolkit checks"; Xing et al.,
 AISTATS 2024, arXiv 2401.15248), one module each. ``CLAIMS`` maps a row id to its claim; its order is the
 order of claims.json and the report. A new claim is one module with a :class:`~robinherit.reproduce.spec.
 ClaimSpec` and one line here.

@@ -1,4 +1,4 @@
-"""Claim 7, real data (THEORY.md: "the same comparisons on real data sets, reported whatever they show"): on
+"""Claim 7, real data (docs/theory.md: "the inheritance comparison on Fashion-MNIST, reported whatever it shows"): on
 Fashion-MNIST (60,000 / 10,000 images, 28x28), a clean linear head (SLF, Kim et al. 2020; RobustSSL-Bench) on a
 frozen two-layer encoder, robust accuracy at l-inf 0.1 (the standard Fashion-MNIST budget) after adversarial vs
 clean supervised pre-training on the same 10 classes, attacked by PGD-20 and AutoAttack's components (Croce &

@@ -56,6 +56,8 @@ def test_every_config_field_declares_its_identity():
             except TypeError:
                 missing.append(f"{model.__name__}.{name}")
     assert not missing, f"fields without an identity declaration: {missing}"
+    schema_text = json.dumps(ExperimentConfig.model_json_schema())  # the declarations show there, in words
+    assert '"identity": "inert where supervised"' in schema_text and '"identity": "as device_type"' in schema_text
 
 
 class _PretrainWithMomentum(PretrainConfig):

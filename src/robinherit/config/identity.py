@@ -57,10 +57,26 @@ class HashedAs:
 Declaration = Literal["always", "never"] | Callable[[Any], bool] | InertAt | HashedAs
 
 
+@dataclass(frozen=True)
+class _Declared:
+    """A field's identity declaration, kept in its ``json_schema_extra``; the JSON schema shows it in words."""
+
+    identity: Declaration
+
+    def __call__(self, schema: dict[str, Any]) -> None:
+        decl = self.identity
+        if isinstance(decl, InertAt):
+            schema["identity"] = f"inert at {getattr(decl.value, 'value', decl.value)!r}"
+        elif isinstance(decl, HashedAs):
+            schema["identity"] = f"as {decl.key}"
+        else:
+            schema["identity"] = decl if isinstance(decl, str) else f"inert where {decl.__name__}"
+
+
 def field(default: Any = ..., *, identity: Declaration, **kwargs: Any) -> Any:
     """``pydantic.Field`` with the field's identity declaration (see the module docstring) stored beside it."""
     declaration(identity, "a new field")  # a malformed declaration fails where it is written
-    return Field(default, json_schema_extra={"identity": identity}, **kwargs)
+    return Field(default, json_schema_extra=_Declared(identity), **kwargs)
 
 
 def declaration(decl_or_field: Any, where: str) -> Declaration:
@@ -68,7 +84,7 @@ def declaration(decl_or_field: Any, where: str) -> Declaration:
     decl = decl_or_field
     if isinstance(decl_or_field, FieldInfo):
         extra = decl_or_field.json_schema_extra
-        decl = extra.get("identity") if isinstance(extra, dict) else None
+        decl = extra.identity if isinstance(extra, _Declared) else None
     if decl in ("always", "never") or isinstance(decl, InertAt | HashedAs):
         return decl
     if callable(decl) and not isinstance(decl, str | type):

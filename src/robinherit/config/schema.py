@@ -189,6 +189,7 @@ class ModelConfig(_Strict):
     threshold: float = field(0.3, identity="always", ge=0.0, description="initial threshold b >= 0 of every node")
     learn_threshold: bool = field(False, identity="always", description="train b (kept >= 0) instead of fixing it")
     normalize_rows: bool = field(True, identity="always", description="use w_i / ||w_i|| inside the forward pass")
+    # the built-in names of robinherit.registry.ENCODERS
     encoder: EncoderKind = field(
         EncoderKind.two_layer,
         identity="always",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import robinherit.config as config_module
+import robinherit.config.identity as config_module  # the run id reads the numerics table there
 from robinherit.config import (
     DataConfig,
     ExperimentConfig,

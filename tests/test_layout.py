@@ -68,5 +68,17 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_leaf_modules_import_nothing_of_the_package():
     graph = import_graph()
-    for leaf in ("robinherit.models.units", "robinherit.records", "robinherit.errors"):
+    for leaf in ("robinherit.records", "robinherit.errors"):
         assert graph[leaf] == set(), (leaf, graph[leaf])
+    # the registries and dotted paths name their errors, nothing more; the units fill a registry
+    for leaf in ("robinherit.registry", "robinherit.paths"):
+        assert graph[leaf] == {"robinherit.errors"}, (leaf, graph[leaf])
+    assert graph["robinherit.models.units"] == {"robinherit.registry"}
+
+
+def test_config_knows_data_and_models_only_by_name():
+    graph = import_graph()
+    for name, edges in graph.items():
+        if name == "robinherit.config" or name.startswith("robinherit.config."):
+            above = {e for e in edges if e.startswith(("robinherit.data", "robinherit.models"))}
+            assert not above, (name, above)

@@ -1,8 +1,38 @@
 """robinherit: robustness inheritance and feature purification in two-layer networks."""
 
-from robinherit.api import Record, Records, run
-from robinherit.config import ExperimentConfig, load_config
-from robinherit.runs.experiment import run_experiment, run_or_load
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The top-level names are imported on first use, so importing one layer (robinherit.config, say) does not pull in
+# the layers above it (data, models, training) through this package's __init__.
+_LAZY = {
+    "ExperimentConfig": "robinherit.config",
+    "Record": "robinherit.api",
+    "Records": "robinherit.api",
+    "load_config": "robinherit.config",
+    "run": "robinherit.api",
+    "run_experiment": "robinherit.runs.experiment",
+    "run_or_load": "robinherit.runs.experiment",
+}
+
+if TYPE_CHECKING:
+    from robinherit.api import Record, Records, run
+    from robinherit.config import ExperimentConfig, load_config
+    from robinherit.runs.experiment import run_experiment, run_or_load
 
 __all__ = ["ExperimentConfig", "Record", "Records", "load_config", "run", "run_experiment", "run_or_load"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'robinherit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from robinherit.errors import RobinheritError
+from robinherit.paths import get_path
 from robinherit.runs.sweep import BATCH as SWEEP_BATCH
 
 app = typer.Typer(
@@ -370,7 +371,7 @@ def sweep(
         stored = db.run_ids()
         for cfg in cfgs:
             mark = "stored" if cfg.config_hash() in stored else "to run"
-            point = {p: _dig(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
+            point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
             out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
         out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
         return
@@ -414,12 +415,6 @@ def _claim_cells(c: dict[str, Any]) -> list[str]:
         num(c["p_value"], ".2g"),
         str(c["n_seeds"]),
     ]
-
-
-def _dig(tree: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        tree = tree[part]
-    return tree
 
 
 @app.command()

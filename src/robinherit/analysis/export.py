@@ -18,6 +18,7 @@ from typing import Any
 
 from robinherit.errors import RobinheritError
 from robinherit.outputs import replace_file
+from robinherit.paths import flatten
 
 
 class ExportError(RobinheritError):
@@ -36,21 +37,7 @@ _FIRST = ["run_id", "seed"]
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     """One run as ``{dotted path: scalar}``; the config under ``config.``, everything else by its own path."""
-    row: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if prefix in _DROPPED:
-            return
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(node, list | tuple):
-            row[prefix] = json.dumps(node)
-        else:
-            row[prefix] = node
-
-    walk(record, "")
-    return row
+    return flatten(record, leaf=lambda v: json.dumps(v) if isinstance(v, list | tuple) else v, skip=_DROPPED)
 
 
 def table(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from robinherit.errors import RobinheritError
 from robinherit.outputs import replace_file
+from robinherit.paths import as_float, flatten, get_path
 
 
 class PlotError(RobinheritError):
@@ -41,56 +42,6 @@ class Interval(str, Enum):
     ci95 = "ci95"  # Student-t 95% interval of the mean over seeds
     sd = "sd"  # mean +- one standard deviation
     range = "range"  # min to max over seeds
-
-
-_MISSING = object()
-
-
-def get_path(tree: Any, path: str) -> Any:
-    """Value at a dotted ``path`` in nested dicts/lists; raises KeyError naming the part that is missing."""
-    parts = path.split(".") if path else []
-    value = _walk(tree, parts)
-    if value is _MISSING:
-        raise KeyError(path)
-    return value
-
-
-def _walk(node: Any, parts: list[str]) -> Any:
-    if not parts:
-        return node
-    if isinstance(node, dict):
-        # Keys may hold dots ("0.25"): try the longest run of parts first.
-        for n in range(len(parts), 0, -1):
-            key = ".".join(parts[:n])
-            match = _match_key(node, key)
-            if match is not _MISSING:
-                found = _walk(node[match], parts[n:])
-                if found is not _MISSING:
-                    return found
-        return _MISSING
-    if isinstance(node, list | tuple) and parts[0].lstrip("-").isdigit():
-        i = int(parts[0])
-        return _walk(node[i], parts[1:]) if -len(node) <= i < len(node) else _MISSING
-    return _MISSING
-
-
-def _match_key(node: dict, key: str) -> Any:
-    if key in node:
-        return key
-    num = _as_float(key)
-    if num is None:
-        return _MISSING
-    for k in node:
-        if _as_float(k) == num:
-            return k
-    return _MISSING
-
-
-def _as_float(text: Any) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def axis_value(record: dict[str, Any], path: str) -> Any:
@@ -123,7 +74,7 @@ def _suggest(record: dict[str, Any], path: str) -> str:
     # Offer the leaves under the deepest prefix that exists, so a typo is fixed at once.
     parts = path.split(".")
     for n in range(len(parts) - 1, -1, -1):
-        node = _walk(record, parts[:n])
+        node = get_path(record, ".".join(parts[:n]), None)
         if isinstance(node, dict):
             prefix = ".".join(parts[:n])
             keys = [f"{prefix}.{k}" if prefix else k for k in node]
@@ -167,15 +118,6 @@ class Cell:
     values: tuple[float, ...]
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: repr(tree) if isinstance(tree, list) else tree}
-
-
 def aggregate(
     records: list[dict[str, Any]],
     *,
@@ -198,7 +140,7 @@ def aggregate(
         groups.setdefault(key, []).append(rec)
     ignore = {"seed", "device", _config_key(x), *([_config_key(hue)] if hue else [])}
     for key, recs in groups.items():
-        flats = [_flat(r["config"]) for r in recs]
+        flats = [flatten(r["config"], leaf=lambda v: repr(v) if isinstance(v, list) else v) for r in recs]
         varying = sorted(p for p in flats[0] if p not in ignore and len({repr(f.get(p)) for f in flats}) > 1)
         if varying:
             raise PlotError(
@@ -242,7 +184,7 @@ def filter_records(records: list[dict[str, Any]], where: list[str]) -> list[dict
 
 
 def _equal(a: Any, b: Any) -> bool:
-    fa, fb = _as_float(a), _as_float(b)
+    fa, fb = as_float(a), as_float(b)
     if fa is not None and fb is not None and not isinstance(a, str):
         return fa == fb
     return str(a) == str(b)

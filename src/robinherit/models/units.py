@@ -8,7 +8,8 @@ The default unit is the symmetric thresholded ReLU of Allen-Zhu & Li (2020, "Fea
 ReLU(u - b) - ReLU(-u - b): zero on [-b, b], linear outside. With b = 0 it is the identity, so the whole
 network is linear.
 
-This module is a leaf (it imports only torch), so the config validates ``model.activation`` against ``UNITS``.
+``UNITS`` is ``robinherit.registry.UNITS``: the built-in units are declared there by name, so the config validates
+``model.activation`` without importing this module.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from robinherit.registry import UNITS
 
 # A threshold per unit, broadcastable against the pre-activations, or one float shared by every unit.
 Threshold = Tensor | float
@@ -87,20 +90,14 @@ def _relu_grad(grad: Tensor, u: Tensor, h: Tensor, b: Threshold, out: Tensor | N
     return _threshold_backward(grad, h, out)  # h >= 0, so h > 0 is h != 0 without |h|
 
 
-# model.activation -> unit. A new unit is one entry here: the config accepts every name of this registry
-# (docs/extending.md).
-UNITS: dict[str, Unit] = {
-    "sym_relu": Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign, _sym_relu_grad),
-    "relu": Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like, _relu_grad),
-}
+# The built-in entries of UNITS (model.activation -> unit). A new unit is one entry of that registry: the config
+# accepts every name it holds (docs/extending.md).
+SYM_RELU = Unit(_sym_relu, _sym_relu_fast, lambda b: (-b, b), torch.sign, _sym_relu_grad)
+RELU = Unit(_relu, _relu_fast, lambda b: (b,), torch.ones_like, _relu_grad)
 
 
 def unit(activation: str) -> Unit:
-    name = getattr(activation, "value", activation)  # a config.Activation member or its name
-    try:
-        return UNITS[name]
-    except KeyError:
-        raise KeyError(f"no unit '{name}'; units: {', '.join(UNITS)}") from None
+    return UNITS[activation]  # a config.Activation member or its name; an unknown one is an error naming the units
 
 
 def active_grad(grad: Tensor, h: Tensor, out: Tensor | None = None) -> Tensor:

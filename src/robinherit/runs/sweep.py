@@ -33,14 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from robinherit.config import (
     ExperimentConfig,
     build_config,
-    deep_merge,
     load_config,
     load_yaml,
     parse_override,
     resolve_path,
-    set_path,
 )
 from robinherit.errors import ConfigError, RobinheritError
+from robinherit.paths import merge_paths
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import derive_seed
 
@@ -211,7 +210,7 @@ class Sweep:
             return self
         spec = self.spec.model_copy(update={"set": {**self.spec.set, **extra}})
         try:  # a bad path or value fails here, named, before any point is expanded
-            build_config(_merged(self.base.model_dump(mode="json"), spec.set))
+            build_config(merge_paths(self.base.model_dump(mode="json"), spec.set))
         except ConfigError as err:
             raise ConfigError(f"--set: {err}") from None
         return replace(self, spec=spec)
@@ -221,23 +220,11 @@ class Sweep:
         base = self.base.model_dump(mode="json")
         out: dict[str, ExperimentConfig] = {}
         for point in self.points():
-            raw = _merged(base, {**self.spec.set, **point})
+            raw = merge_paths(base, {**self.spec.set, **point})
             for seed in self.spec.seeds:
                 cfg = _build(raw | {"seed": seed}, point)
                 out.setdefault(cfg.config_hash(), cfg)
         return list(out.values())
-
-
-def _merged(raw: dict[str, Any], paths: dict[str, Any]) -> dict[str, Any]:
-    for path, value in paths.items():
-        raw = deep_merge(raw, _nested(path, value))
-    return raw
-
-
-def _nested(path: str, value: Any) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    set_path(tree, path, value)
-    return tree
 
 
 def _build(raw: dict[str, Any], point: dict[str, Any]) -> ExperimentConfig:

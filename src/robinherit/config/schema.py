@@ -1,0 +1,439 @@
+"""The experiment configuration's models: typed, frozen, validated.
+
+Every stage reads its settings from one :class:`ExperimentConfig`. Unknown keys are an error that lists
+the valid ones; closed sets are Enums; sizes that default from ``data.d`` are properties, so
+``--set data.d=96`` alone gives a consistent config. Every field declares beside its type whether it is part of a
+run's identity, and where it is inert (``robinherit.config.identity``).
+
+Names that plugins can add to (``model.activation``, ``data.source``) are checked against the registries of
+``robinherit.registry``, which know the built-in names without importing the units or the loaders.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
+
+from robinherit.config import identity, inert
+from robinherit.config.enums import (
+    AdversarialView,
+    AttackKind,
+    Augmentation,
+    AutoAttackSet,
+    Dictionary,
+    DictMethod,
+    EncoderKind,
+    HeadKind,
+    LrSchedule,
+    Method,
+    Norm,
+    Optimizer,
+    Protocol,
+    Relabel,
+    Sparsity,
+    Values,
+)
+from robinherit.config.identity import HashedAs, InertAt, field, torch_device_type
+from robinherit.registry import DATASETS, UNITS
+
+# Data sets read from packages or the user's files: the names of robinherit.registry.DATASETS, read when a config is
+# validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
+REAL_SOURCES = DATASETS  # a live view: membership and the listed names follow the registry
+
+
+def device_field() -> Any:
+    """The ``device`` field of every top-level config: in a run's id by its type only (CUDA and the CPU draw
+    different random streams; which GPU does not matter)."""
+    return field(
+        "cpu",
+        identity=HashedAs("device_type", torch_device_type),
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="torch device: cpu, cuda or cuda:N",
+    )
+
+
+class _Strict(BaseModel):
+    # inf/nan are never meaningful settings (an infinite lr or budget only fails later, mid-run).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
+
+
+class DataConfig(_Strict):
+    """The sparse-coding world: x = M z + noise, tasks are signs of linear functions of z."""
+
+    source: Literal["synthetic"] = field(
+        "synthetic", identity="always", description="synthetic (this world) or a real data set"
+    )
+    d: int = field(64, identity="always", ge=1, description="input dimension")
+    n_features: int | None = field(None, identity="always", ge=1, description="dictionary size D (default: d)")
+    k: int = field(
+        3, identity="always", ge=1, description="non-zero latent coordinates per sample (expected, for bernoulli)"
+    )
+    sparsity: Sparsity = field(
+        Sparsity.exact, identity="always", description="exact: k non-zeros; bernoulli: each w.p. k/D"
+    )
+    values: Values = field(Values.sign, identity="always", description="sign: +-1; uniform: +-U[value_low, 1]")
+    value_low: float = field(0.5, identity="always", ge=0.0, le=1.0, description="lower end a of |z_j| ~ U[a, 1]")
+    noise: float = field(0.05, identity="always", ge=0.0, description="sigma: xi ~ N(0, sigma^2/d I)")
+    dictionary: Dictionary = field(
+        Dictionary.orthogonal, identity="always", description="orthogonal, identity or overcomplete"
+    )
+    coherence: float = field(
+        0.0,
+        identity="always",
+        ge=0.0,
+        lt=1.0,
+        description="share of a common direction mixed into every column (0 = none)",
+    )
+    n_tasks: int = field(1, identity="always", ge=1, description="number of pre-training tasks K")
+    n_train: int | None = field(
+        None, identity="always", ge=1, description="fixed pre-training set size (default: fresh batches)"
+    )
+
+    @property
+    def D(self) -> int:  # noqa: N802 - the paper's symbol
+        return self.n_features if self.n_features is not None else self.d
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> DataConfig:
+        if self.k > self.D:
+            raise ValueError(
+                f"data.k={self.k} exceeds data.n_features={self.D}: a code cannot have more non-zeros than "
+                "features; lower data.k or raise data.n_features"
+            )
+        if self.dictionary == Dictionary.overcomplete and self.d >= self.D:
+            raise ValueError(
+                f"data.dictionary=overcomplete needs data.n_features > data.d (got {self.D} <= {self.d}); "
+                "set data.n_features larger than data.d"
+            )
+        if self.dictionary != Dictionary.overcomplete and self.d != self.D:
+            raise ValueError(
+                f"data.dictionary={self.dictionary.value} needs data.n_features == data.d "
+                f"(got {self.D} != {self.d}); use data.dictionary=overcomplete for D > d"
+            )
+        if self.values == Values.sign and self.sparsity == Sparsity.exact and self.k % 2 == 0:
+            # <theta, z> is a sum of k terms +-1: with even k it can be 0 and labels become ties.
+            raise ValueError(
+                f"data.k={self.k} is even with +-1 values, so <theta, z> can be 0 and labels are ties; "
+                "use an odd data.k or data.values=uniform"
+            )
+        return self
+
+
+class RealDataConfig(_Strict):
+    """A real data set, flat inputs in [0, 1] (robinherit.data.datasets), and the protocol that makes its two tasks."""
+
+    source: str = field(
+        identity="always", description="a data set of robinherit.registry.DATASETS: digits, mnist1d, mnist, ..."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"data.source={v!r} is not a data set; allowed values: {DATASETS.allowed()}")
+        return v
+
+    root: str | None = field(
+        None,
+        identity="never",
+        description="folder of the data files (mnist, fashion_mnist, cifar10; default: the usual places)",
+    )
+    n_train: int | None = field(
+        None, identity="always", ge=2, description="cap on training examples (a fixed subset; None = all)"
+    )
+    mnist1d_samples: int = field(
+        5000, identity=inert.not_mnist1d, ge=20, description="examples MNIST-1D's generator makes (80% train)"
+    )
+    center: bool = field(
+        True, identity="always", description="subtract the training mean inside the encoder (inputs stay in [0, 1])"
+    )
+    protocol: Protocol = field(Protocol.same_task, identity="always", description="same_task, relabel or class_split")
+    relabel: Relabel = field(
+        Relabel.parity, identity=inert.not_relabel, description="derived downstream task of relabel: parity or halves"
+    )
+    pretrain_classes: tuple[int, ...] | None = field(
+        None,
+        identity=inert.not_class_split,
+        description="class_split: classes seen in pre-training (default: the lower half)",
+    )
+
+
+class ConvConfig(_Strict):
+    """Shape of the conv encoder's stack; the feature layer's width, unit and threshold come from ``model``."""
+
+    channels: tuple[int, ...] = field(
+        (16, 32), identity="always", min_length=1, description="output channels of each conv layer"
+    )
+    kernel: int = field(3, identity="always", ge=1, description="square kernel size of every conv layer")
+
+
+class ModelConfig(_Strict):
+    """Two-layer network h_i(x) = act(<w_i, x>, b_i) with a linear head."""
+
+    @field_validator("activation", mode="before")
+    @classmethod
+    def _unit(cls, v: Any) -> Any:
+        name = getattr(v, "value", v)
+        if name not in UNITS:
+            raise ValueError(f"model.activation={name!r} is not a unit; allowed values: {UNITS.allowed()}")
+        return name
+
+    width: int = field(128, identity="always", ge=1, description="hidden nodes m")
+    activation: str = field(
+        "sym_relu",
+        identity="always",
+        description="hidden unit, a name of robinherit.registry.UNITS: sym_relu (thresholded, symmetric) or relu",
+    )
+    threshold: float = field(0.3, identity="always", ge=0.0, description="initial threshold b >= 0 of every node")
+    learn_threshold: bool = field(False, identity="always", description="train b (kept >= 0) instead of fixing it")
+    normalize_rows: bool = field(True, identity="always", description="use w_i / ||w_i|| inside the forward pass")
+    # the built-in names of robinherit.registry.ENCODERS
+    encoder: EncoderKind = field(
+        EncoderKind.two_layer,
+        identity="always",
+        description="two_layer (the theory's network) or conv (image data sets only)",
+    )
+    conv: ConvConfig = field(ConvConfig(), identity=inert.not_conv, description="conv stack of encoder=conv")
+
+
+class PretrainConfig(_Strict):
+    method: Method = field(Method.supervised, identity="always", description="supervised or contrastive")
+    eps: float = field(
+        0.25, identity="always", ge=0.0, description="adversarial budget during pre-training (0 = clean)"
+    )
+    norm: Norm = field(Norm.l2, identity=inert.clean, description="threat model of the inner maximisation")
+    attack: AttackKind = field(AttackKind.pgd, identity=inert.clean, description="inner maximisation: pgd or fgm")
+    attack_steps: int = field(5, identity=inert.clean, ge=1, description="PGD steps of the inner maximisation")
+    steps: int = field(2000, identity="always", ge=1, description="optimiser steps")
+    batch_size: int = field(256, identity="always", ge=2, description="examples per step")
+    # The upper bound only rejects typos: beyond ~1e37 the optimiser's float32 step overflows with a raw error.
+    lr: float = field(1e-2, identity="always", gt=0.0, le=1e6, description="learning rate")
+    optimizer: Optimizer = field(Optimizer.adam, identity="always", description="adam or sgd")
+    weight_decay: float = field(0.0, identity="always", ge=0.0, description="L2 weight decay")
+    # contrastive pre-training (method=contrastive)
+    temperature: float = field(0.2, identity=inert.supervised, gt=0.0, description="InfoNCE temperature")
+    augmentation: Augmentation = field(
+        Augmentation.noise, identity=inert.supervised, description="none, noise, mask or feature_dropout"
+    )
+    aug_strength: float = field(
+        0.1,
+        identity=inert.supervised,
+        ge=0.0,
+        description="noise: std of the added noise; mask: 1 - keep prob; feature_dropout: drop prob",
+    )
+    adversarial_view: AdversarialView = field(
+        AdversarialView.one, identity=inert.supervised_or_clean, description="perturb one view or both"
+    )
+    projector_dim: int = field(
+        0, identity=inert.supervised, ge=0, description="linear projector output size (0 = no projector)"
+    )
+
+    @model_validator(mode="after")
+    def _check_aug(self) -> PretrainConfig:
+        if self.augmentation in (Augmentation.mask, Augmentation.feature_dropout) and self.aug_strength >= 1.0:
+            raise ValueError(
+                f"pretrain.aug_strength={self.aug_strength} drops everything for {self.augmentation.value}; "
+                "it is a drop probability and must be < 1"
+            )
+        return self
+
+
+class DownstreamConfig(_Strict):
+    heads: tuple[HeadKind, ...] = field(
+        (HeadKind.clean, HeadKind.adversarial),
+        identity="always",
+        min_length=1,
+        description="heads to train on frozen features",
+    )
+    eps: float = field(
+        0.25, identity=inert.no_adversarial_head, ge=0.0, description="budget of the adversarial head's training attack"
+    )
+    steps: int = field(300, identity=inert.set_by_epochs, ge=1, description="head optimiser steps (full batch)")
+    n_train: int = field(2000, identity="always", ge=2, description="downstream training examples")
+    lr: float = field(5e-2, identity="always", gt=0.0, le=1e6, description="head learning rate (Adam)")
+    attack_steps: int = field(
+        5, identity=inert.no_adversarial_head, ge=1, description="PGD steps for the adversarial head"
+    )
+    batch_size: int | None = field(
+        None,
+        identity="always",
+        ge=1,
+        description="head minibatch (epochs over a shuffled training set); None: full batch every step",
+    )
+    weight_decay: float = field(
+        0.0, identity="always", ge=0.0, description="L2 weight decay of the head: bounds its norm"
+    )
+    epochs: int | None = field(
+        None,
+        identity="always",
+        ge=1,
+        description="passes over the training set (with batch_size: the field's SLF / ALF protocol); set, it "
+        "replaces steps by epochs x ceil(n_train / batch_size)",
+    )
+    optimizer: Optimizer = field(
+        Optimizer.adam, identity="always", description="head optimiser: adam, or sgd (momentum 0.9)"
+    )
+    lr_schedule: LrSchedule = field(
+        LrSchedule.constant,
+        identity=InertAt(LrSchedule.constant),
+        description="head learning rate over its steps: constant, or cosine (decays to 0 by the last step, so a "
+        "minibatch head ends at a converged point rather than wherever the last batches left it)",
+    )
+
+
+class EvalConfig(_Strict):
+    eps_grid: tuple[float, ...] = field(
+        (0.0, 0.1, 0.25, 0.5, 1.0, 2.0), identity="always", min_length=1, description="budgets for robust accuracy"
+    )
+    norm: Norm = field(Norm.l2, identity="always", description="threat model of the evaluation attack")
+    steps: int = field(20, identity="always", ge=1, description="PGD steps")
+    restarts: int = field(2, identity="always", ge=1, description="random restarts (worst case kept per example)")
+    n_test: int | None = field(
+        1000,
+        identity="always",
+        ge=1,
+        description="test examples (real data: a fixed subset of the test split; None = all of it)",
+    )
+    autoattack: AutoAttackSet = field(
+        AutoAttackSet.none,
+        identity=inert.synthetic,
+        description="AutoAttack beside PGD (real data only, inputs in [0, 1]): custom, standard or none",
+    )
+    attacks: tuple[str, ...] = field(
+        (),
+        identity="always",
+        description="more attacks beside PGD, names of evaluation.EVAL_ATTACKS (per-example worst case)",
+    )
+    apgd_steps: int = field(
+        100, identity=inert.no_autoattack, ge=1, description="APGD iterations (AutoAttack uses 100)"
+    )
+    square_queries: int = field(
+        1000, identity=inert.no_autoattack, ge=1, description="Square attack queries (AutoAttack uses 5000)"
+    )
+    dictionary: DictMethod = field(
+        DictMethod.ica,
+        identity=inert.synthetic,
+        description="real data: learned dictionary the purity proxy reads loadings on",
+    )
+    dictionary_atoms: int | None = field(
+        None, identity=inert.synthetic, ge=1, description="atoms (None: effective rank of the data)"
+    )
+    max_patches: int = field(
+        20000,
+        identity=inert.synthetic_or_not_conv,
+        ge=100,
+        description="patches sampled to learn a conv filter dictionary",
+    )
+
+    @field_validator("eps_grid")
+    @classmethod
+    def _grid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(e < 0 for e in v):
+            raise ValueError(f"eval.eps_grid has a negative budget {v}; budgets are radii and must be >= 0")
+        return tuple(sorted(set(float(e) for e in v)))
+
+
+def _default_source(raw: Any) -> Any:
+    # No ``source`` means the synthetic world, so every YAML file written before real data joined keeps working.
+    if isinstance(raw, dict) and "source" not in raw:
+        return {"source": "synthetic", **raw}
+    return raw
+
+
+DataSection = Annotated[
+    Annotated[DataConfig, Tag("synthetic")] | Annotated[RealDataConfig, Tag("real")],
+    Discriminator(lambda v: _source_tag(v.get("source", "synthetic") if isinstance(v, dict) else v.source)),
+]
+
+
+def _source_tag(source: Any) -> str | None:
+    if source == "synthetic":
+        return "synthetic"
+    return "real" if source in REAL_SOURCES else None
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+class ExperimentConfig(_Strict):
+    data: DataSection = field(
+        DataConfig(), identity="always", description="the data source: synthetic world or a real data set"
+    )
+    model: ModelConfig = field(ModelConfig(), identity="always")
+    pretrain: PretrainConfig = field(PretrainConfig(), identity="always")
+    downstream: DownstreamConfig = field(DownstreamConfig(), identity="always")
+    eval: EvalConfig = field(EvalConfig(), identity="always")
+    seed: int = field(
+        0, identity="always", ge=0, description="seed of everything: dictionary, tasks, data, init, attacks"
+    )
+    device: str = device_field()
+    plugins: tuple[str, ...] = field(
+        (),
+        identity="never",
+        description="modules to import before the config is validated, e.g. ones that register units or data sets "
+        "(what they register is named by the settings that use it, which are part of the run's id)",
+    )
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not _MODULE_NAME.fullmatch(name):
+                raise ValueError(f"plugins: {name!r} is not a dotted module name (such as my_package.units)")
+        return v
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_source(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("source", "synthetic") not in ("synthetic", *REAL_SOURCES):
+            raise ValueError(
+                f"data.source={v['source']!r} is not a data source; "
+                f"allowed values: synthetic, {', '.join(REAL_SOURCES)}"
+            )
+        return _default_source(v)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ExperimentConfig:
+        real = self.is_real
+        if not real and self.eval.autoattack != AutoAttackSet.none:
+            raise ValueError(
+                f"eval.autoattack={self.eval.autoattack.value} needs inputs in [0, 1] (torchattacks clamps to that "
+                "box), but the synthetic world's inputs are unbounded; set eval.autoattack=none or use a real "
+                "data.source"
+            )
+        if not real and self.eval.n_test is None:
+            raise ValueError("eval.n_test=null means the whole test split, which only real data has; give a number")
+        if self.model.encoder == EncoderKind.conv and not real:
+            raise ValueError(
+                "model.encoder=conv needs a real data set (data.source one of "
+                f"{', '.join(REAL_SOURCES)}); the synthetic world has no image shape: use model.encoder=two_layer"
+            )
+        return self
+
+    @property
+    def is_real(self) -> bool:
+        return isinstance(self.data, RealDataConfig)
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain JSON data with derived sizes filled in."""
+        out = self.model_dump(mode="json")
+        if not self.is_real:
+            out["data"]["n_features"] = self.data.D
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What a run's numbers depend on: the resolved config less the settings that are inert for this run, the
+        device by its type, and the numerics version of its kind (``robinherit.config.identity``)."""
+        return identity.run_identity(self)
+
+    def config_hash(self) -> str:
+        """Identity of a run: 16 hex digits of the SHA-256 of :meth:`identity` (seed included)."""
+        return identity.config_hash(self)
+
+    def pretrain_hash(self) -> str:
+        """Identity of a run's pre-trained encoder: :meth:`identity` less the downstream and evaluation settings,
+        which only act after pre-training. Runs with equal ``pretrain_hash`` train the same encoder, so a batch of
+        them (a sweep over the head's training or the evaluation) pre-trains it once."""
+        return identity.pretrain_hash(self)

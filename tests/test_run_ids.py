@@ -1,0 +1,111 @@
+"""Run ids are forever: a store answers a request by its id, so the ids of these varied configs, written down by the
+code that first computed them, must come out the same from every later version of the config code. Every config
+field declares whether it is part of a run's identity, and a new field that declares its old behaviour inert leaves
+every stored id as it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+import robinherit.config.schema as schema
+from robinherit.config import ExperimentConfig, InertAt, PretrainConfig, field, inert_paths, load_config
+from robinherit.config.identity import declaration
+
+STORED = json.loads((Path(__file__).parent / "data" / "run_ids.json").read_text())
+# settings added after the file was written that are never part of a run
+LATER_NEVER = ["plugins"]
+
+
+def _stored_config(name: str, cls: type[ExperimentConfig] = ExperimentConfig) -> ExperimentConfig:
+    case = STORED[name]
+    cfg = load_config(case["config"], case["set"])
+    return cfg if cls is ExperimentConfig else cls.model_validate(cfg.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_stored_run_ids_are_unchanged(name):
+    case = STORED[name]
+    cfg = _stored_config(name)
+    assert cfg.config_hash() == case["config_hash"]
+    assert cfg.pretrain_hash() == case["pretrain_hash"]
+    assert inert_paths(cfg) == sorted([*case["inert_paths"], *LATER_NEVER])
+
+
+def _config_models() -> list[type[BaseModel]]:
+    return [
+        v
+        for v in vars(schema).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == schema.__name__ and v.model_fields
+    ]
+
+
+def test_every_config_field_declares_its_identity():
+    models = _config_models()
+    assert {m.__name__ for m in models} >= {"ExperimentConfig", "DataConfig", "RealDataConfig", "ConvConfig"}
+    missing = []
+    for model in models:
+        for name, info in model.model_fields.items():
+            try:
+                declaration(info, f"{model.__name__}.{name}")
+            except TypeError:
+                missing.append(f"{model.__name__}.{name}")
+    assert not missing, f"fields without an identity declaration: {missing}"
+    schema_text = json.dumps(ExperimentConfig.model_json_schema())  # the declarations show there, in words
+    assert '"identity": "inert where supervised"' in schema_text and '"identity": "as device_type"' in schema_text
+
+
+class _PretrainWithMomentum(PretrainConfig):
+    # a setting a later version might add: 0 is what every stored run did
+    momentum: float = field(0.0, identity=InertAt(0.0), ge=0.0, description="a setting added later")
+
+
+class _ExperimentWithMomentum(ExperimentConfig):
+    pretrain: _PretrainWithMomentum = field(_PretrainWithMomentum(), identity="always")
+
+
+@pytest.mark.parametrize("name", sorted(STORED))
+def test_a_new_field_at_its_old_behaviour_keeps_every_stored_id(name):
+    cfg = _stored_config(name, _ExperimentWithMomentum)
+    assert "momentum" in cfg.resolved()["pretrain"]  # the field is really there
+    assert cfg.config_hash() == STORED[name]["config_hash"]
+    assert cfg.pretrain_hash() == STORED[name]["pretrain_hash"]
+    moved = _ExperimentWithMomentum.model_validate(
+        {**cfg.model_dump(mode="json"), "pretrain": {**cfg.model_dump(mode="json")["pretrain"], "momentum": 0.9}}
+    )
+    assert moved.config_hash() != cfg.config_hash()  # ... and a run that uses it is another run
+
+
+def test_an_undeclared_field_cannot_be_hashed():
+    from pydantic import Field
+
+    class Undeclared(ExperimentConfig):
+        extra_knob: int = Field(1)
+
+    with pytest.raises(TypeError, match="extra_knob"):
+        Undeclared().config_hash()
+
+
+def test_plugins_are_never_part_of_a_run():
+    cfg = ExperimentConfig()
+    with_plugins = load_config(None, ["plugins=[my_package.units, other]"])
+    assert with_plugins.plugins == ("my_package.units", "other")
+    assert with_plugins.config_hash() == cfg.config_hash() == STORED["default"]["config_hash"]
+    from robinherit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a dotted module name"):
+        load_config(None, ["plugins=[my-package]"])
+
+
+def test_importing_the_config_imports_neither_data_nor_models():
+    code = (
+        "import sys, robinherit.config as c; c.load_config('digits', ['model.activation=relu']); "
+        "print(sorted(m for m in sys.modules if m.startswith(('robinherit.data', 'robinherit.models'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

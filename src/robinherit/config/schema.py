@@ -366,7 +366,11 @@ class ExperimentConfig(_Strict):
     downstream: DownstreamConfig = field(DownstreamConfig(), identity="always")
     eval: EvalConfig = field(EvalConfig(), identity="always")
     seed: int = field(
-        0, identity="always", ge=0, description="seed of everything: dictionary, tasks, data, init, attacks"
+        0,
+        identity="always",
+        ge=0,
+        le=2**63 - 1,  # SQLite keeps a seed as a signed 64-bit integer
+        description="seed of everything: dictionary, tasks, data, init, attacks",
     )
     device: str = device_field()
     plugins: tuple[str, ...] = field(

@@ -184,3 +184,17 @@ def test_rebuilt_run_reproduces_the_record(tiny_run, head: str) -> None:
     assert res.clean_acc == stored["clean_acc"]
     assert res.robust_acc == stored["robust_acc"]
     assert res.certified_acc == stored["certified_acc"]
+
+
+def test_a_constant_head_is_degenerate_and_a_good_one_is_not():
+    from robinherit.evaluation.robust import prediction_balance
+
+    y = torch.tensor([0] * 52 + [1] * 48)
+    constant = torch.tensor([[1.0, -1.0]]).repeat(100, 1)  # always class 0: clean accuracy 0.52, the prior
+    got = prediction_balance(constant, y, clean_acc=0.52)
+    assert got == {"majority_share": 1.0, "class_prior": 0.52, "degenerate": True}
+    good = torch.nn.functional.one_hot(y, 2).float()
+    assert prediction_balance(good, y, clean_acc=1.0)["degenerate"] is False
+    # balanced predictions at chance are degenerate too: the clean accuracy is the prior
+    coin = torch.nn.functional.one_hot(torch.arange(100) % 2, 2).float()
+    assert prediction_balance(coin, y, clean_acc=0.52)["degenerate"] is True

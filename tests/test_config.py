@@ -201,3 +201,12 @@ def test_missing_and_malformed_files(tmp_path: Path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+def test_an_unknown_evaluation_attack_is_a_config_error_before_any_compute():
+    from robinherit.config import load_config
+    from robinherit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.attacks names nope.*apgd-ce"):
+        load_config("supervised", ["eval.attacks=[nope]"])
+    assert load_config("digits", ["eval.attacks=[apgd-ce]"]).eval.attacks == ("apgd-ce",)

@@ -126,3 +126,12 @@ DATASETS = Registry(
 ENCODERS = Registry(
     "encoder", {"two_layer": "robinherit.models.two_layer:TwoLayerNet", "conv": "robinherit.models.conv:ConvNet"}
 )
+
+# eval.attacks -> evaluation attack (model, x, y, *, eps, norm, ...) -> (n,) bool, still correct
+EVAL_ATTACKS = Registry(
+    "evaluation attack",
+    {
+        name: f"robinherit.attacks.autoattack:{name.replace('-', '_')}"
+        for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
+    },
+)

@@ -132,6 +132,8 @@ def torchattacks_correct(
 TORCHATTACKS = {
     name: partial(torchattacks_correct, name) for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
 }
+# the same, by the module-level names the evaluation-attack registry declares (robinherit.registry.EVAL_ATTACKS)
+apgd_ce, apgd_t, square, autoattack_standard = TORCHATTACKS.values()
 
 
 def autoattack_correct(model: nn.Module, x: Tensor, y: Tensor, *, ecfg: EvalConfig, n_classes: int, **kw) -> dict:

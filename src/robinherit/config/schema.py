@@ -36,7 +36,7 @@ from robinherit.config.enums import (
     Values,
 )
 from robinherit.config.identity import HashedAs, InertAt, field, torch_device_type
-from robinherit.registry import DATASETS, UNITS
+from robinherit.registry import DATASETS, EVAL_ATTACKS, UNITS
 
 # Data sets read from packages or the user's files: the names of robinherit.registry.DATASETS, read when a config is
 # validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
@@ -304,7 +304,7 @@ class EvalConfig(_Strict):
     attacks: tuple[str, ...] = field(
         (),
         identity="always",
-        description="more attacks beside PGD, names of evaluation.EVAL_ATTACKS (per-example worst case)",
+        description="more attacks beside PGD, names of robinherit.registry.EVAL_ATTACKS (per-example worst case)",
     )
     apgd_steps: int = field(
         100, identity=inert.no_autoattack, ge=1, description="APGD iterations (AutoAttack uses 100)"
@@ -326,6 +326,17 @@ class EvalConfig(_Strict):
         ge=100,
         description="patches sampled to learn a conv filter dictionary",
     )
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in v if n not in EVAL_ATTACKS]
+        if unknown:
+            raise ValueError(
+                f"eval.attacks names {', '.join(unknown)}, which is not an evaluation attack; allowed values: "
+                f"{EVAL_ATTACKS.allowed()}"
+            )
+        return v
 
     @field_validator("eps_grid")
     @classmethod

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robinherit.attacks.autoattack import TORCHATTACKS, autoattack_names
+from robinherit import registry
+from robinherit.attacks.autoattack import autoattack_names
 from robinherit.attacks.gradient import _flat_norm, input_grad, pgd
 from robinherit.config import EvalConfig, Norm
 from robinherit.errors import ConfigError
@@ -41,7 +42,7 @@ EvalAttack = Callable[..., Tensor]
 
 # Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them) and whatever
 # ``eval.attacks`` names. A new evaluation attack is one function and one entry here (docs/extending.md).
-EVAL_ATTACKS: dict[str, EvalAttack] = dict(TORCHATTACKS)
+EVAL_ATTACKS = registry.EVAL_ATTACKS
 
 
 def attack_names(ecfg: EvalConfig, n_classes: int) -> list[str]:

@@ -36,7 +36,8 @@ CHILD = r"""
 import hashlib, json, sys, time
 import torch
 from benchmarks.train_step import DEFAULT, LARGE
-from robinherit.training.stacked import StackedTwoLayer, pretrain_stacked
+from robinherit.models.stacked import StackedTwoLayer
+from robinherit.training.stacked import pretrain_stacked
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.world.sparse_coding import BatchStream, make_world
 from robinherit.models.two_layer import build_model

@@ -42,13 +42,13 @@ from benchmarks.compile_cost import fit
 from benchmarks.step_variants import head_and_back, l2_ascent
 from benchmarks.timing import best_per_call
 from benchmarks.train_step import DEFAULT, matmul_peak, run_batched, run_reference
+from robinherit.attacks.gradient import l2_step
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.models.units import UNITS
 from robinherit.ops.closed_form import back_through_head
 from robinherit.ops.losses import LOSS_GRADS, multilabel_bce
 from robinherit.runs.provenance import git_commit
 from robinherit.training.allocator import keep_freed_memory
-from robinherit.training.stacked import l2_step
 
 
 def product_operands(size: int, n: int, d: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +152,8 @@ def eager_pgd_pointwise(
     radius: torch.Tensor,
     threshold: float,
 ) -> tuple[torch.Tensor, ...]:
-    """``pgd_pointwise`` through the functions ``fused.two_layer_loss_and_grad`` and ``batched.pgd_from`` call."""
+    """``pgd_pointwise`` through the functions ``fused.two_layer_loss_and_grad`` and ``attacks.gradient.pgd_from``
+    call."""
     unit = UNITS["sym_relu"]
     h = unit.fast(u, threshold)
     logits = torch.baddbmm(c, h, v.transpose(1, 2))

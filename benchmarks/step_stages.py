@@ -3,9 +3,9 @@
     python -m benchmarks.step_stages                      # the default config at S = 32
     python -m benchmarks.step_stages --config large --size 1
 
-Each stage is one of ``robinherit.training.stacked``'s functions that ``pretrain_stacked`` calls once per step (the
-data,
-the random starts, PGD, the training step's gradients, the optimiser's step and the loss log), timed with
+Each stage is a function that ``robinherit.training.stacked.pretrain_stacked`` calls once per step, itself or through
+``robinherit.training.step.adversarial_grads`` (the data, the random starts, PGD, the training step's gradients, the
+optimiser's step and the loss log), timed with
 ``time.perf_counter`` around every call. ``torch.profiler`` (``benchmarks.profile_step``) gives the operations
 inside; its overhead per call inflates small operations, so its times are proportions, these are rates. The
 rest of the step (the loop, centring, copying gradients) is the total less the stages.
@@ -24,14 +24,15 @@ from typing import Any
 from benchmarks.train_step import DEFAULT, LARGE, run_batched
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.training import stacked as batched
+from robinherit.training import step as training_step
 
-# stage -> the function of robinherit.training.stacked that pretrain_stacked calls for it once per step
-STAGES = {
-    "data (next_stacked)": "next_stacked",
-    "random starts": "stacked_random_start",
-    "PGD": "pgd_from",
-    "training gradients": "closed_form_grads",
-    "optimiser and log": "_end_step",
+# stage -> (the module it is looked up in, the function pretrain_stacked calls for it once per step)
+STAGES: dict[str, tuple[Any, str]] = {
+    "data (next_stacked)": (batched, "next_stacked"),
+    "random starts": (batched, "random_start"),
+    "PGD": (training_step, "pgd_from"),
+    "training gradients": (training_step, "closed_form_grads"),
+    "optimiser and log": (batched, "_end_step"),
 }
 
 
@@ -39,7 +40,7 @@ STAGES = {
 def timed_stages() -> Iterator[dict[str, list[float]]]:
     """Within the block, every call of a stage's function adds its seconds to that stage's list."""
     seconds: dict[str, list[float]] = defaultdict(list)
-    originals = {name: getattr(batched, name) for name in STAGES.values()}
+    originals = {stage: getattr(module, name) for stage, (module, name) in STAGES.items()}
 
     def timer(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -51,13 +52,13 @@ def timed_stages() -> Iterator[dict[str, list[float]]]:
 
         return call
 
-    for stage, name in STAGES.items():
-        setattr(batched, name, timer(stage, originals[name]))
+    for stage, (module, name) in STAGES.items():
+        setattr(module, name, timer(stage, originals[stage]))
     try:
         yield seconds
     finally:
-        for name, fn in originals.items():
-            setattr(batched, name, fn)
+        for stage, (module, name) in STAGES.items():
+            setattr(module, name, originals[stage])
 
 
 def stages(cfg: ExperimentConfig, size: int, steps: int) -> tuple[float, dict[str, float]]:

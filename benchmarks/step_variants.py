@@ -35,10 +35,12 @@ import torch
 
 from benchmarks.timing import interleaved
 from benchmarks.train_step import DEFAULT, run_batched
+from robinherit.attacks import gradient as attacks
 from robinherit.config import ExperimentConfig, Norm, with_updates
 from robinherit.ops import closed_form as fused
+from robinherit.ops import stack_grads
 from robinherit.runs.provenance import git_commit
-from robinherit.training import stacked as batched
+from robinherit.training import step as training_step
 
 
 def _bf16_first_layer(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ def bf16_products() -> Iterator[None]:
     """The stacked first-layer products with bfloat16 operands (the training step's dW product stays float32)."""
     with (
         mock.patch.multiple(fused, first_layer=_bf16_first_layer, back_through_first=_bf16_back_through_first),
-        mock.patch.multiple(batched, first_layer=_bf16_first_layer),
+        mock.patch.multiple(stack_grads, first_layer=_bf16_first_layer),
     ):
         yield
 
@@ -71,8 +73,8 @@ def head_and_back(
 def l2_ascent(
     x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, radius: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batched.pgd_from``'s l2 step and projection (``batched.l2_step``), and the new point."""
-    step = batched.l2_step(delta, grad, alpha, radius)
+    """``attacks.pgd_from``'s l2 step and projection (``attacks.l2_step``), and the new point."""
+    step = attacks.l2_step(delta, grad, alpha, radius)
     return step, x + step
 
 
@@ -108,9 +110,9 @@ def pointwise_compiled() -> Iterator[None]:
             values.append(value)
             delta, points[t + 1] = ascent(x, delta, grad, alpha, radius)
         values.append(loss(points[steps]))
-        return batched.best_point(points, values)
+        return attacks.best_point(points, values)
 
-    with mock.patch.multiple(batched, two_layer_loss_and_grad=loss_and_grad, pgd_from=pgd_from):
+    with mock.patch.multiple(training_step, two_layer_loss_and_grad=loss_and_grad, pgd_from=pgd_from):
         yield
 
 

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import ab_commits, derived_parts, profile_step, realdata_step, step_stages, train_step
 
 from robinherit.config import ExperimentConfig, with_updates
+from robinherit.ops import stack_grads
 from robinherit.runs.experiment import build_encoder
-from robinherit.training import stacked as batched
+from robinherit.training import step as training_step
 
 SMALL = {"data.d": 8, "model.width": 16, "pretrain.batch_size": 16, "pretrain.attack_steps": 2}
 
@@ -73,11 +74,11 @@ def test_matmuls_only_performs_the_steps_products(monkeypatch):
 
 def test_step_stages_times_every_stage_once_per_step_and_restores_the_functions():
     cfg = with_updates(ExperimentConfig(), **SMALL)
-    originals = {name: getattr(batched, name) for name in step_stages.STAGES.values()}
+    originals = {name: getattr(module, name) for module, name in step_stages.STAGES.values()}
     with step_stages.timed_stages() as seconds:
         train_step.run_batched(cfg, 5, 2)
     assert {stage: len(s) for stage, s in seconds.items()} == {stage: 5 for stage in step_stages.STAGES}
-    assert {name: getattr(batched, name) for name in originals} == originals
+    assert {name: getattr(module, name) for module, name in step_stages.STAGES.values()} == originals
     total, per_stage = step_stages.stages(cfg, 2, steps=3)
     assert list(per_stage) == list(step_stages.STAGES)
     assert all(ms > 0 for ms in per_stage.values()) and sum(per_stage.values()) < total
@@ -174,11 +175,9 @@ def test_realdata_two_layer_toolkit_step_is_the_reference_step(monkeypatch):
     which turns rounding of gradients near 1e-8 into visible differences; those are a handful of entries (14 of
     100,352 in W measured, at most 5e-6 = 0.5% of a step). The attack matters at this tolerance: a clean step moves
     W by up to 2 lr away from the adversarial one."""
-    from robinherit.training import stacked as batched
-
     calls = []
-    fused = batched.adversarial_grads
-    monkeypatch.setattr(batched, "adversarial_grads", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    fused = training_step.adversarial_grads
+    monkeypatch.setattr(training_step, "adversarial_grads", lambda *a, **k: calls.append(1) or fused(*a, **k))
     ds = realdata_step.random_images(512)
     cfg = realdata_step.config("two_layer")
     source = realdata_step.source_for(cfg, ds)
@@ -418,22 +417,22 @@ def test_step_variants_patch_the_step_for_a_run_and_put_it_back(monkeypatch, cap
 
     # the compiled variant's math, uncompiled: what torch.compile is handed must train the default's weights
     monkeypatch.setattr(step_variants, "_compiled", lambda fn: fn)
-    originals = (batched.pgd_from, batched.two_layer_loss_and_grad, batched.first_layer)
+    originals = (training_step.pgd_from, training_step.two_layer_loss_and_grad, stack_grads.first_layer)
     cfg = with_updates(ExperimentConfig(), **train_step.DEFAULT)
     default = step_variants.trained_weights(cfg, 4, 2)
     with step_variants.pointwise_compiled():
-        assert batched.pgd_from is not originals[0]
+        assert training_step.pgd_from is not originals[0]
         pointwise = step_variants.trained_weights(cfg, 4, 2)
     with step_variants.bf16_products():
         bf16 = step_variants.trained_weights(cfg, 4, 2)
-    assert (batched.pgd_from, batched.two_layer_loss_and_grad, batched.first_layer) == originals
+    assert (training_step.pgd_from, training_step.two_layer_loss_and_grad, stack_grads.first_layer) == originals
     torch.testing.assert_close(pointwise, default, rtol=1e-4, atol=1e-5)
     # bf16 operands move the weights (Adam's first steps follow the gradients' signs), but it trains the same models
     assert not torch.allclose(bf16, default, atol=1e-4)
     assert (bf16 - default).norm() / default.norm() < 0.2
     with pytest.raises(ValueError, match="default model only"), step_variants.pointwise_compiled():
         step_variants.trained_weights(with_updates(cfg, **{"model.learn_threshold": True}), 1, 1)
-    assert batched.pgd_from is originals[0]  # restored after an error too
+    assert training_step.pgd_from is originals[0]  # restored after an error too
 
     step_variants.main(["--size", "2", "--steps", "1", "--rounds", "2", "--check-steps", "2", "--json"])
     out = json.loads(capsys.readouterr().out)

@@ -219,8 +219,9 @@ KEEP_ITERATES_BYTES = 64 * 2**20
 
 def pgd_from(loss: Any, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, norm: Norm, steps: int) -> Tensor:
     """PGD on a stack (S, n, d) from the start ``delta``, with per-model budgets ``eps`` and step sizes ``alpha``
-    (S, 1, 1) (:func:`budgets`); the point of highest loss per example over the iterates. ``loss`` has a closed-form
-    ``value_and_grad`` (``robinherit.ops.closed_form``). A pure function of tensors, which ``torch.compile`` takes.
+    (S, 1, 1) (:func:`budgets`); the point of highest loss per example over the iterates. ``loss`` -> (S, n), with a
+    closed-form ``value_and_grad`` (``robinherit.ops``) or differentiated by autograd (:func:`input_grad`). A pure
+    function of tensors, which ``torch.compile`` takes.
 
     The same iterates as the single :func:`pgd` up to rounding; the step is folded into one multiply-add per
     element (delta + grad * (alpha / ||grad||)) because at these sizes elementwise passes cost as much
@@ -239,9 +240,10 @@ def pgd_from(loss: Any, x: Tensor, delta: Tensor, eps: Tensor, alpha: Tensor, no
     for t in range(steps + 1):
         x_adv = torch.add(x, delta, out=points[t]) if keep else x + delta
         if t < steps:
-            value, grad = loss.value_and_grad(x_adv)
+            value, grad = input_grad(loss, x_adv)
         else:
-            value = loss(x_adv)
+            with torch.no_grad():
+                value = loss(x_adv)
         if keep:
             values.append(value)
         else:

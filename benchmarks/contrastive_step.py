@@ -30,11 +30,12 @@ from pathlib import Path
 import torch
 
 from robinherit.config import ExperimentConfig, load_config, with_updates
+from robinherit.models.stacked import StackedTwoLayer
 from robinherit.models.two_layer import TwoLayerNet, build_model
 from robinherit.runs.provenance import git_commit
 from robinherit.seeding import generator
 from robinherit.training.pretraining import pretrain_contrastive, pretrain_contrastive_generic
-from robinherit.training.stacked import StackedTwoLayer, pretrain_contrastive_stacked
+from robinherit.training.stacked import pretrain_contrastive_stacked
 from robinherit.world.sparse_coding import BatchStream, make_world
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"

@@ -45,12 +45,13 @@ from benchmarks.reference import ReferenceNet
 from benchmarks.reference import train as reference_train
 from benchmarks.timing import best, interleaved, steps_for, sync
 from robinherit.config import ExperimentConfig, with_updates
+from robinherit.models.stacked import StackedTwoLayer
 from robinherit.models.two_layer import build_model
 from robinherit.ops.closed_form import back_through_head
 from robinherit.runs.provenance import git_commit
 from robinherit.seeding import generator
 from robinherit.training.pretraining import pretrain_supervised
-from robinherit.training.stacked import StackedTwoLayer, pretrain_stacked
+from robinherit.training.stacked import pretrain_stacked
 from robinherit.world.sparse_coding import BatchStream, make_world, next_stacked
 
 DEFAULT = {"data.d": 64, "model.width": 128, "pretrain.batch_size": 256, "pretrain.attack_steps": 5}

@@ -174,3 +174,79 @@ def test_training_attack_binds_its_settings(norm: Norm, kind: AttackKind):
     )
     if kind == AttackKind.pgd:
         assert not torch.equal(x_adv, pgd(loss_fn, x, eps=EPS, norm=norm, generator=generator(0, "atk")))
+
+
+# ---- one attack for one model and for a stack of models ----
+
+
+def stack_setup(size: int = 3, n: int = 20, d: int = 10):
+    """``size`` models, each with its own inputs: the stack's (S, n, d) inputs and autograd loss -> (S, n), and each
+    model's own loss on its (n, d) inputs."""
+    cfg = ModelConfig(width=16, threshold=0.1)
+    models = [build_model(d, cfg, n_out=3, g=generator(s, "init")) for s in range(size)]
+    x = (torch.rand(size, n, d, generator=generator(0, "x")) - 0.5) * 0.8
+    y = torch.randint(0, 3, (size, n), generator=generator(0, "y"))
+
+    def alone(s: int):
+        return lambda xa: F.cross_entropy(models[s](xa), y[s], reduction="none")
+
+    def stacked(xa: torch.Tensor) -> torch.Tensor:
+        return torch.stack([alone(s)(xa[s]) for s in range(size)])
+
+    return x, stacked, alone
+
+
+@pytest.mark.parametrize("kind", list(AttackKind))
+@pytest.mark.parametrize("norm", list(Norm))
+def test_one_attack_on_a_stack_is_each_models_own_attack(norm: Norm, kind: AttackKind):
+    x, stacked, alone = stack_setup()
+    eps = [0.1, 0.3, 0.5]
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    out = ATTACKS[kind](stacked, x, eps=eps, norm=norm, steps=5, generator=gens)
+    assert out.shape == x.shape
+    for s, e in enumerate(eps):
+        ref_gen = torch.Generator().manual_seed(s)
+        ref = ATTACKS[kind](alone(s), x[s], eps=e, norm=norm, steps=5, generator=ref_gen)
+        # the same draws and iterates; the stack folds its l2 step into one multiply-add, so it rounds differently
+        torch.testing.assert_close(out[s], ref, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(out[s], x[s])
+        # each model drew from its own generator exactly what its own attack drew
+        assert torch.equal(torch.rand(3, generator=gens[s]), torch.rand(3, generator=ref_gen))
+
+
+@pytest.mark.parametrize("kind", list(AttackKind))
+@pytest.mark.parametrize("norm", list(Norm))
+def test_a_stacks_attack_stays_in_each_models_budget_and_raises_its_loss(norm: Norm, kind: AttackKind):
+    x, stacked, _ = stack_setup(size=4)
+    eps = [0.05, 0.2, 0.4, 1.0]
+    gens = [torch.Generator().manual_seed(10 + s) for s in range(4)]
+    out = ATTACKS[kind](stacked, x, eps=eps, norm=norm, steps=8, generator=gens)
+    dist = (out - x).norm(dim=-1) if norm == Norm.l2 else (out - x).abs().amax(dim=-1)  # (S, n)
+    assert (dist <= torch.tensor(eps)[:, None] * (1 + 1e-6)).all()
+    with torch.no_grad():
+        assert (stacked(out).mean(dim=1) > stacked(x).mean(dim=1)).all()
+
+
+@pytest.mark.parametrize("norm", list(Norm))
+def test_projection_and_random_start_of_a_stack_use_each_models_budget(norm: Norm):
+    from robinherit.attacks.gradient import budgets
+
+    eps = [0.1, 0.5, 2.0]
+    x = torch.zeros(3, 40, 6)
+    start = random_start(x, eps, norm, [torch.Generator().manual_seed(s) for s in range(3)])
+    eps_t, alpha = budgets(eps, 4, x)
+    assert eps_t.shape == alpha.shape == (3, 1, 1)
+    torch.testing.assert_close(alpha.flatten(), torch.tensor([2.5 * e / 4 for e in eps]))
+    far = 10 * torch.randn(3, 40, 6, generator=torch.Generator().manual_seed(0))
+    for s, e in enumerate(eps):
+        # the single projection's to rounding: a float budget divides as float / tensor, a tensor one does not
+        torch.testing.assert_close(project(far, eps_t, norm)[s], project(far[s], e, norm), rtol=1e-6, atol=1e-7)
+        assert float(lp(start[s], norm).amax()) <= e
+
+
+def test_a_stack_runs_one_unclipped_restart_from_a_random_start():
+    x, stacked, _ = stack_setup()
+    with pytest.raises(ValueError, match="one restart"):
+        pgd(stacked, x, eps=[0.1] * 3, restarts=2, generator=[torch.Generator() for _ in range(3)])
+    with pytest.raises(ValueError, match="one restart"):
+        pgd(stacked, x, eps=[0.1] * 3, clip=(0, 1), generator=[torch.Generator() for _ in range(3)])

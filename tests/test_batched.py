@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from robinherit.attacks import gradient as attacks
 from robinherit.attacks.gradient import fgm, pgd, random_start
 from robinherit.config import ExperimentConfig, Norm, with_updates
 from robinherit.models.two_layer import build_model
 from robinherit.ops.closed_form import fused_loss
 from robinherit.ops.losses import multilabel_bce
+from robinherit.ops.stack_grads import stack_attack_loss
 from robinherit.runs import experiment
 from robinherit.runs.experiment import run_experiment, run_many_or_load
 from robinherit.runs.store import ResultStore
@@ -75,9 +77,9 @@ def _models_and_losses(size: int, n: int = 24):
 def test_stacked_attacks_equal_one_attack_per_model(norm):
     models, net, x, y = _models_and_losses(3)
     eps = [0.2, 0.3, 0.5]
-    for stacked, single in ((batched.stacked_pgd, pgd), (batched.stacked_fgm, fgm)):
+    for stacked, single in ((pgd, pgd), (fgm, fgm)):  # one attack, a stack's budgets or one model's
         gens = [torch.Generator().manual_seed(s) for s in range(3)]
-        out = stacked(net.attack_loss(multilabel_bce, y), x, eps=eps, norm=norm, steps=4, generators=gens)
+        out = stacked(stack_attack_loss(net, multilabel_bce, y), x, eps=eps, norm=norm, steps=4, generator=gens)
         for s, m in enumerate(models):
             ref = single(
                 fused_loss(m, multilabel_bce, y[s]),
@@ -95,7 +97,7 @@ def test_stacked_attacks_equal_one_attack_per_model(norm):
 def test_stacked_random_start_is_each_models_own_to_the_bit(norm):
     x = torch.zeros(4, 50, 7)
     eps = [0.1, 0.25, 0.3, 1.7]
-    out = batched.stacked_random_start(x, eps, norm, [torch.Generator().manual_seed(s) for s in range(4)])
+    out = random_start(x, eps, norm, [torch.Generator().manual_seed(s) for s in range(4)])
     for s, e in enumerate(eps):
         ref = random_start(x[s], e, norm, torch.Generator().manual_seed(s))
         assert torch.equal(out[s], ref)
@@ -108,12 +110,12 @@ def test_pgd_keeps_the_same_point_with_or_without_its_iterates(norm, monkeypatch
     # pgd_from keeps every iterate for one gather at the end, or, where they would take too much memory, compares
     # and copies per iterate: the same points to the bit, the earliest of tied maxima, never a NaN-valued one
     _, net, x, y = _models_and_losses(3, n=40)
-    loss = net.attack_loss(multilabel_bce, y)
-    eps, alpha = batched.budgets([0.2, 0.3, 0.5], 4, x)
-    start = batched.stacked_random_start(x, [0.2, 0.3, 0.5], norm, [torch.Generator().manual_seed(s) for s in range(3)])
-    kept = batched.pgd_from(loss, x, start, eps, alpha, norm, 4)
-    monkeypatch.setattr(batched, "KEEP_ITERATES_BYTES", 0)
-    running = batched.pgd_from(loss, x, start, eps, alpha, norm, 4)
+    loss = stack_attack_loss(net, multilabel_bce, y)
+    eps, alpha = attacks.budgets([0.2, 0.3, 0.5], 4, x)
+    start = random_start(x, [0.2, 0.3, 0.5], norm, [torch.Generator().manual_seed(s) for s in range(3)])
+    kept = attacks.pgd_from(loss, x, start, eps, alpha, norm, 4)
+    monkeypatch.setattr(attacks, "KEEP_ITERATES_BYTES", 0)
+    running = attacks.pgd_from(loss, x, start, eps, alpha, norm, 4)
     assert torch.equal(kept, running)
     assert not torch.equal(kept, x + start)  # the attack moved the points
 
@@ -121,7 +123,7 @@ def test_pgd_keeps_the_same_point_with_or_without_its_iterates(norm, monkeypatch
     values = torch.tensor(
         [[[1.0, float("nan"), 0.0]], [[2.0, 5.0, 0.0]], [[2.0, 1.0, 0.0]], [[0.0, float("nan"), 0.0]]]
     )
-    best = batched.best_point(points, list(values))
+    best = attacks.best_point(points, list(values))
     assert best[0, :, 0].tolist() == [1.0, 1.0, 0.0]  # the first of the tied 2.0s; NaN passed over; all tied: first
 
 

@@ -17,7 +17,7 @@ from benchmarks import contrastive_step, realdata_step, timing, train_step
 
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.runs.experiment import build_encoder
-from robinherit.training import stacked as batched
+from robinherit.training import step as training_step
 
 SMALL = {"data.d": 8, "model.width": 16, "pretrain.batch_size": 16, "pretrain.attack_steps": 2}
 
@@ -124,8 +124,8 @@ def test_realdata_two_layer_toolkit_step_is_the_reference_step(monkeypatch):
     100,352 in W measured, at most 5e-6 = 0.5% of a step). The attack matters at this tolerance: a clean step moves
     W by up to 2 lr away from the adversarial one."""
     calls = []
-    fused = batched.adversarial_grads
-    monkeypatch.setattr(batched, "adversarial_grads", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    fused = training_step.adversarial_grads
+    monkeypatch.setattr(training_step, "adversarial_grads", lambda *a, **k: calls.append(1) or fused(*a, **k))
     ds = realdata_step.random_images(512)
     cfg = realdata_step.config("two_layer")
     source = realdata_step.source_for(cfg, ds)

@@ -292,15 +292,13 @@ def test_contrastive_generic_loop_attacks_with_the_closed_form(monkeypatch):
 
 
 def test_contrastive_fast_path_attacks_the_stack_with_the_closed_form(monkeypatch):
+    from robinherit.attacks.gradient import ATTACKS
     from robinherit.config import AttackKind
     from robinherit.ops.closed_form import InfoNCEViewLoss
-    from robinherit.training import stacked as batched
 
     seen: list[object] = []
-    attack = batched.STACKED_ATTACKS[AttackKind.pgd]
-    monkeypatch.setitem(
-        batched.STACKED_ATTACKS, AttackKind.pgd, lambda loss, x, **kw: (seen.append(loss), attack(loss, x, **kw))[1]
-    )
+    attack = ATTACKS[AttackKind.pgd]
+    monkeypatch.setitem(ATTACKS, AttackKind.pgd, lambda loss, x, **kw: (seen.append(loss), attack(loss, x, **kw))[1])
     cfg = _tiny_cfg(**{"pretrain.steps": 3})
     PRETRAINERS[Method.contrastive](build_model(16, cfg.model, 1), BatchStream(make_world(cfg.data, 0), 64, 0), cfg)
     assert len(seen) == 3 and all(isinstance(f, InfoNCEViewLoss) for f in seen)

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from conftest import CONTRASTIVE
+from robinherit.attacks.gradient import pgd
 from robinherit.config import ExperimentConfig, Method, ModelConfig, Norm, deep_merge, with_updates
 from robinherit.models.two_layer import TwoLayerNet, build_model
+from robinherit.ops import stack_grads
 from robinherit.ops.closed_form import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
 from robinherit.ops.losses import info_nce
 from robinherit.runs import experiment
@@ -111,12 +113,12 @@ def test_contrastive_grads_equal_autograd(variant):
     x1[:, 0] = 0.0 if center is None else center  # an example with no active unit (a zero embedding)
     net = batched.StackedTwoLayer(models)
     if adversarial:  # the views the RoCL attack makes, at the kinks an attack finds
-        loss = batched.stacked_view_loss(net, projectors, net.centred(x2), t)
-        x1 = batched.stacked_pgd(
-            loss, net.centred(x1), eps=[0.25, 0.5, 0.3], norm=Norm.l2, steps=3, generators=[g, g, g]
-        ) + (0.0 if center is None else center)
+        loss = stack_grads.stacked_view_loss(net, projectors, net.centred(x2), t)
+        x1 = pgd(loss, net.centred(x1), eps=[0.25, 0.5, 0.3], norm=Norm.l2, steps=3, generator=[g, g, g]) + (
+            0.0 if center is None else center
+        )
     ref = _reference_grads(models, projectors, x1, x2, t)
-    loss, (g_w, g_b, g_p) = batched.contrastive_grads(
+    loss, (g_w, g_b, g_p) = stack_grads.contrastive_grads(
         net.W, net.b, projectors, net.centred(x1), net.centred(x2), temperature=t, cfg=cfg, learn_b=cfg.learn_threshold
     )
     for s, (r_loss, r_w, r_b, r_p) in enumerate(ref):
@@ -140,7 +142,7 @@ def test_stacked_view_loss_equals_each_models_own(projector):
     proj = torch.randn(3, projector, WIDTH, generator=g) / WIDTH**0.5 if projector else None
     x, partner = torch.randn(3, N, D, generator=g), torch.randn(3, N, D, generator=g)
     net = batched.StackedTwoLayer(models)
-    stacked = batched.stacked_view_loss(net, proj, partner, 0.2)
+    stacked = stack_grads.stacked_view_loss(net, proj, partner, 0.2)
     assert isinstance(stacked, InfoNCEViewLoss)
     value, grad = stacked.value_and_grad(x)
     for s, m in enumerate(models):

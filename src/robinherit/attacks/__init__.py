@@ -1,1 +1,2 @@
-"""Input-space attacks: PGD and FGM as pure functions, and AutoAttack's components."""
+"""Input-space attacks: PGD and FGM as pure functions (for one model or a stack of models), and AutoAttack's
+components."""

@@ -1,1 +1,1 @@
-"""Encoders: hidden units (UNITS), the two-layer network, the small CNN."""
+"""Encoders: hidden units (UNITS), the two-layer network and a stack of them, the small CNN."""

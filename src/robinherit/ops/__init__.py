@@ -1,1 +1,1 @@
-"""Losses as pure tensor functions, and their closed-form logit and input gradients."""
+"""Losses as pure tensor functions, and their closed-form logit, input and (for a stack) weight gradients."""

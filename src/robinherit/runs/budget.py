@@ -1,10 +1,10 @@
 """What a run will need, checked before it starts: an estimate of its peak memory against the machine's.
 
 A config such as ``model.width=1e9`` or ``data.d=30000`` would otherwise allocate for minutes until it fails. The
-estimate counts the run's largest tensors (float32 unless said): the dictionary and its factorisation, the encoder's weights
-with their gradients and optimiser state, one training batch with its attack iterates and hidden activations, and
-the evaluation set with its attack. It is an order of magnitude, not a measurement: the check refuses only runs
-estimated above the memory the machine has, where a run could not finish anyway.
+estimate counts the run's largest tensors (float32 unless said): the dictionary and its factorisation, the
+encoder's weights with their gradients and optimiser state, one training batch with its attack iterates and hidden
+activations, and the evaluation set with its attack. It is an order of magnitude, not a measurement: the check
+refuses only runs estimated above the memory the machine has, where a run could not finish anyway.
 """
 
 from __future__ import annotations

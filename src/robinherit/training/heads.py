@@ -9,18 +9,20 @@ already robust.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from robinherit.attacks.gradient import pgd
-from robinherit.config import DownstreamConfig, HeadKind, LrSchedule, Norm, Optimizer
+from robinherit.config import DownstreamConfig, HeadKind, Norm
 from robinherit.models.two_layer import LinearHead, TwoLayerNet
 from robinherit.models.units import uniform_threshold
 from robinherit.ops.closed_form import TwoLayerLoss, attack_loss
 from robinherit.ops.losses import cross_entropy
-from robinherit.training.stacked import budgets, per_example, pgd_from, stacked_random_start
+from robinherit.ops.stack_grads import per_example
+from robinherit.training.optim import make_stepper
+from robinherit.training.step import adversarial_step
 
 
 def head_steps(n: int, cfg: DownstreamConfig) -> int:
@@ -61,33 +63,12 @@ def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tenso
             done += 1
 
 
-def _stepper(params: Iterable[nn.Parameter], cfg: DownstreamConfig, n: int) -> Callable[[Tensor], None]:
-    """One optimiser step of a head's parameters on a loss (backward included), with ``cfg.lr_schedule`` over the
-    ``head_steps(n, cfg)`` steps."""
-    if cfg.optimizer == Optimizer.sgd:
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = None
-    if cfg.lr_schedule == LrSchedule.cosine:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=head_steps(n, cfg))
-
-    def step(loss: Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-
-    return step
-
-
 def _train_clean(
     head: LinearHead, x: Tensor, y: Tensor, cfg: DownstreamConfig, *, g: torch.Generator, **_: object
 ) -> None:
     with torch.no_grad():
         feats = head.encoder.features(x)  # encoder frozen: compute the features once
-    step = _stepper(head.linear.parameters(), cfg, x.shape[0])
+    step = make_stepper(head.linear.parameters(), cfg, head_steps(x.shape[0], cfg))
     for rows in batches(x.shape[0], cfg, g):
         step(cross_entropy(head.linear(feats[rows]), y[rows]).mean())
 
@@ -102,19 +83,19 @@ def _train_adversarial(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
 ) -> None:
-    step = _stepper(head.linear.parameters(), cfg, x.shape[0])
+    step = make_stepper(head.linear.parameters(), cfg, head_steps(x.shape[0], cfg))
+
+    def attack(loss: Callable[[Tensor], Tensor], xb: Tensor) -> Tensor:
+        return pgd(loss, xb, eps=cfg.eps, norm=norm, steps=cfg.attack_steps, generator=g, clip=clip)
+
+    def loss_at_weights(yb: Tensor) -> Callable[[Tensor], Tensor]:  # closed-form input gradient, current weights
+        return attack_loss(head, cross_entropy, yb)
+
+    def train_loss(xb: Tensor, yb: Tensor) -> Tensor:
+        return cross_entropy(head(xb), yb).mean()
+
     for rows in batches(x.shape[0], cfg, g):
-        xb, yb = x[rows], y[rows]
-        x_adv = pgd(
-            attack_loss(head, cross_entropy, yb),  # closed-form input gradient at the head's current weights
-            xb,
-            eps=cfg.eps,
-            norm=norm,
-            steps=cfg.attack_steps,
-            generator=g,
-            clip=clip,
-        )
-        step(cross_entropy(head(x_adv), yb).mean())
+        adversarial_step(x[rows], y[rows], train_loss, step, attack=attack, attack_loss=loss_at_weights)
 
 
 HEAD_TRAINERS: dict[HeadKind, Callable[..., None]] = {
@@ -162,8 +143,8 @@ def train_heads(
 
     Every head takes its own minibatches, random starts and optimiser state, drawn in the order its own
     ``train_head`` draws them; the stack runs the steps of all heads as one batched computation (closed-form PGD
-    through the shared encoder, ``batched.pgd_from``; one optimiser over the stacked weights, whose update is
-    elementwise, so each head's is its own). Equal to the heads trained one by one up to float rounding
+    through the shared encoder, ``attacks.gradient.pgd`` on the stack; one optimiser over the stacked weights,
+    whose update is elementwise, so each head's is its own). Equal to the heads trained one by one up to float rounding
     (``tests/test_downstream.py``). Encoders other than the two-layer network, and clipped inputs, train one by one.
     """
     if not isinstance(encoder, TwoLayerNet) or clip is not None or len(ys) < 2:
@@ -176,34 +157,7 @@ def train_heads(
     S, dev = len(ys), x.device
     V = nn.Parameter(torch.zeros(S, n_classes, width, device=dev, dtype=x.dtype))
     c = nn.Parameter(torch.zeros(S, n_classes, device=dev, dtype=x.dtype))
-    step = _stepper([V, c], cfg, x.shape[0])
-    y = torch.stack(list(ys))  # (S, n)
-    orders = [batches(x.shape[0], cfg, g) for g in gens]
-    adversarial = HeadKind(kind) == HeadKind.adversarial
-    feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
-    eps, alpha = budgets([cfg.eps] * S, cfg.attack_steps, x)  # (S, 1, 1) each, as the stacked pre-training's
-    # frozen: the same every step (and so the threshold can be one float, activations.uniform_threshold)
-    w, b = encoder.weight().detach(), uniform_threshold(encoder.threshold())
-    for rows in zip(*orders, strict=True):
-        yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
-        if adversarial:
-            xb = torch.stack([x[r] for r in rows])  # (S, B, d)
-            loss = TwoLayerLoss(
-                weight=w,
-                threshold=b,
-                head_weight=V.detach(),
-                head_bias=c.detach()[:, None, :],
-                activation=encoder.cfg.activation,
-                loss=cross_entropy,
-                targets=yb,
-                center=encoder.center,
-            )
-            start = stacked_random_start(xb, [cfg.eps] * S, norm, gens)
-            fb = encoder.features(pgd_from(loss, xb, start, eps, alpha, norm, cfg.attack_steps))
-        else:
-            fb = torch.stack([feats[r] for r in rows])  # (S, B, m)
-        logits = torch.baddbmm(c[:, None, :], fb, V.transpose(1, 2))  # (S, B, K)
-        step(per_example(cross_entropy, logits, yb).mean(dim=1).sum())  # each head's own mean loss
+    _train_stack(encoder, V, c, x, ys, HeadKind(kind) == HeadKind.adversarial, cfg, norm=norm, gens=gens)
     heads = []
     for s in range(S):
         head = LinearHead(encoder, width, n_classes).to(dev)
@@ -212,3 +166,55 @@ def train_heads(
             head.linear.bias.copy_(c[s])
         heads.append(head)
     return heads
+
+
+def _train_stack(
+    encoder: TwoLayerNet,
+    V: nn.Parameter,
+    c: nn.Parameter,
+    x: Tensor,
+    ys: Sequence[Tensor],
+    adversarial: bool,
+    cfg: DownstreamConfig,
+    *,
+    norm: Norm,
+    gens: Sequence[torch.Generator],
+) -> None:
+    """:func:`train_heads`' steps on the stacked head weights V (S, K, m) and biases c (S, K)."""
+    S = len(ys)
+    step = make_stepper([V, c], cfg, head_steps(x.shape[0], cfg))
+    y = torch.stack(list(ys))  # (S, n)
+    orders = [batches(x.shape[0], cfg, g) for g in gens]
+    # frozen: the same every step (and so the threshold can be one float, activations.uniform_threshold)
+    w, b = encoder.weight().detach(), uniform_threshold(encoder.threshold())
+
+    def logits(features: Tensor) -> Tensor:  # (S, B, m) -> (S, B, K)
+        return torch.baddbmm(c[:, None, :], features, V.transpose(1, 2))
+
+    def attack(loss: Callable[[Tensor], Tensor], xb: Tensor) -> Tensor:  # each head at its own start, as alone
+        return pgd(loss, xb, eps=[cfg.eps] * S, norm=norm, steps=cfg.attack_steps, generator=gens)
+
+    def loss_at_weights(yb: Tensor) -> TwoLayerLoss:  # through the shared encoder, at the heads' current weights
+        return TwoLayerLoss(
+            weight=w,
+            threshold=b,
+            head_weight=V.detach(),
+            head_bias=c.detach()[:, None, :],
+            activation=encoder.cfg.activation,
+            loss=cross_entropy,
+            targets=yb,
+            center=encoder.center,
+        )
+
+    def train_loss(xb: Tensor, yb: Tensor) -> Tensor:  # each head's own mean loss, summed
+        return per_example(cross_entropy, logits(encoder.features(xb)), yb).mean(dim=1).sum()
+
+    feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
+    for rows in zip(*orders, strict=True):
+        yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
+        if adversarial:
+            xb = torch.stack([x[r] for r in rows])  # (S, B, d)
+            adversarial_step(xb, yb, train_loss, step, attack=attack, attack_loss=loss_at_weights)
+        else:
+            fb = torch.stack([feats[r] for r in rows])  # (S, B, m)
+            step(per_example(cross_entropy, logits(fb), yb).mean(dim=1).sum())

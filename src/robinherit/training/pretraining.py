@@ -1,13 +1,15 @@
 """Pre-training of the two-layer encoder: clean or adversarial (Madry et al. 2018) supervised training.
 
 Adversarial training replaces each batch by the output of the inner maximisation (PGD-K or FGM) of
-the same per-example loss before the optimiser step. Methods are a registry: ``PRETRAINERS[method]``.
+the same per-example loss before the optimiser step (``robinherit.training.step.adversarial_step``). Methods are a
+registry: ``PRETRAINERS[method]``.
 Contrastive pre-training: SimCLR (Chen et al. 2020), adversarial as in RoCL (Kim et al. 2020).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -23,6 +25,7 @@ from robinherit.seeding import generator
 from robinherit.training import stacked as batched
 from robinherit.training.allocator import keep_freed_memory
 from robinherit.training.optim import PretrainLog, check_finite, make_optimizer, optimizer_step
+from robinherit.training.step import adversarial_step
 from robinherit.world.sparse_coding import Batch
 
 StepCallback = Callable[[int, int], None]
@@ -59,14 +62,24 @@ def pretrain_supervised(
         generator=generator(cfg.seed, "pretrain-attack", cfg.device),
     )
     log = PretrainLog()
+
+    def train_loss(x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(model(x), y).mean()
+
+    def loss_at_weights(y: Tensor) -> Callable[[Tensor], Tensor]:  # closed-form input gradient where ops has one
+        return attack_loss(model, loss_fn, y)
+
     for step in range(pcfg.steps):
         batch = stream.next()
-        x = batch.x
-        if pcfg.eps > 0:
-            x = attack(
-                attack_loss(model, loss_fn, batch.y), x
-            )  # closed-form input gradient (robinherit.ops.closed_form)
-        log.add(step, optimizer_step(opt, loss_fn(model(x), batch.y).mean(), step, pcfg))
+        value = adversarial_step(
+            batch.x,
+            batch.y,
+            train_loss,
+            partial(optimizer_step, opt, step=step, cfg=pcfg),
+            attack=attack if pcfg.eps > 0 else None,
+            attack_loss=loss_at_weights,
+        )
+        log.add(step, value)
         if on_step is not None:
             on_step(step + 1, pcfg.steps)
     return log
@@ -84,7 +97,7 @@ def adversarial_view(
 
     The partner view's embedding is held fixed (no gradient flows into it); the rest of the batch serves
     as negatives, as in training. Returns the perturbed view, (n, d). ``closed_form(target)``, where given,
-    builds the same loss with a closed-form input gradient (``fused.info_nce_view_loss``), or returns None.
+    builds the same loss with a closed-form input gradient (``closed_form.info_nce_view_loss``), or returns None.
     """
     with torch.no_grad():
         target = embed(partner)

@@ -23,3 +23,18 @@ def test_records_answer_budgets_as_floats_and_as_their_text():
     assert rec.robust_acc[0] == 1.0 and rec.robust_acc[1.0] == 0.25
     with pytest.raises(KeyError):
         rec.robust_acc[0.2]
+
+
+def test_a_run_too_large_for_the_machine_is_refused_before_anything_runs(tmp_path):
+    from robinherit.config import load_config
+    from robinherit.runs.budget import check_fits, estimate_peak_bytes
+
+    store = tmp_path / "runs.db"
+    with pytest.raises(ConfigError, match=r"model\.width=1000000000.*lower the largest"):
+        robinherit.run("supervised", store=store, model__width=10**9)
+    assert not store.exists()
+    small, wide = load_config("supervised"), load_config("supervised", ["data.d=30000"])
+    assert estimate_peak_bytes(wide) > 1000 * estimate_peak_bytes(small)
+    check_fits([small], memory=2**30)  # the default world fits in 1 GiB
+    with pytest.raises(ConfigError, match=r"data\.d=30000"):
+        check_fits([wide], memory=24 * 2**30)

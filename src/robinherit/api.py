@@ -20,6 +20,7 @@ from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.records import eps_key
+from robinherit.runs.budget import check_fits
 from robinherit.runs.experiment import run_many_or_load
 from robinherit.runs.store import ResultStore
 
@@ -136,5 +137,6 @@ def run(
         cfg = with_updates(cfg, **paths)
     seed_list = _seed_list(seeds, cfg.seed)
     cfgs = [with_updates(cfg, seed=s) for s in seed_list]
+    check_fits(cfgs)
     db = store if isinstance(store, ResultStore) or store is None else ResultStore(store)
     return Records(Record(r) for r in run_many_or_load(cfgs, db, force=force))

@@ -142,12 +142,14 @@ def run(
 ) -> None:
     """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
+    from robinherit.runs.budget import check_fits
     from robinherit.runs.experiment import run_or_load
     from robinherit.runs.store import ResultStore
 
     cfg = load_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
     require_devices([cfg.device])
+    check_fits([cfg])
     db = ResultStore(store)  # opened first: a bad store fails before any compute
     with progress_bar(json_out) as bar:
         for seed in seed_list:

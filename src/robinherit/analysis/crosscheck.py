@@ -73,7 +73,7 @@ def art_pgd_robust_acc(
     except ImportError:
         raise RobinheritError(
             "the cross-check needs the adversarial-robustness-toolbox package, which is not installed; "
-            "install the extra with: pip install 'robinherit[crosscheck]'"
+            "install the extra with: pip install 'robinherit[art]'"
         ) from None
     norm = Norm(norm)
     was_training = model.training

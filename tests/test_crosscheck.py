@@ -21,7 +21,7 @@ from robinherit.runs.store import ResultStore
 
 needs_art = pytest.mark.skipif(
     not art_available(),
-    reason="adversarial-robustness-toolbox is not installed (pip install 'robinherit[crosscheck]')",
+    reason="adversarial-robustness-toolbox is not installed (pip install 'robinherit[art]')",
 )
 
 TINY = {

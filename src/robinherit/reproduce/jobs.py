@@ -132,7 +132,9 @@ def run_aux(
             seconds[job.kind, job.key] = took
         tick(job.label)
 
-    if workers > 1 and len(missing) > 1:
+    # with workers > 1 even a single missing job goes to the pool: its single-threaded worker ran one resumed job
+    # in seconds where this process, with torch's default thread count, took minutes
+    if workers > 1 and missing:
         with local_pool(min(workers, len(missing))) as ex:
             futures = {ex.submit(timed, job.fn, *job.make_args(), **job.params): job for job in missing}
             for fut in as_completed(futures):

@@ -272,7 +272,9 @@ def test_cli_run_on_real_data_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "data" / "train-images-idx3-ubyte.gz").unlink()
     res = runner.invoke(app, ["run", str(path), "--seeds", "2", "--store", store])
     assert res.exit_code == 2 and "train-images-idx3-ubyte" in res.output
-    # the old command still works for one release, and says what to use
+    # the same files again: the same run, answered from the store; the old command still works for one release,
+    # and says what to use
+    make_mnist_files(tmp_path / "data")
     res = runner.invoke(app, ["real", str(path), "--seeds", "0", "--store", store])
     assert res.exit_code == 0 and "robinherit run" in res.output
 

@@ -176,7 +176,7 @@ def test_a_store_of_an_older_version_is_read_and_never_written(tmp_path, micro_y
 
 def test_a_store_of_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "new.db"
-    ResultStore(path)
+    ResultStore(path).put_aux("test", "made", {})  # a store file is made at its first write
     con = sqlite3.connect(path)
     con.execute("PRAGMA user_version = 99")
     con.commit()

@@ -135,3 +135,10 @@ EVAL_ATTACKS = Registry(
         for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
     },
 )
+
+# data.source -> fingerprint(data.root) of the files a file-based data set reads, part of its runs' identity so a
+# stored run never answers for other files under the same settings
+FINGERPRINTS = Registry(
+    "data-file fingerprint",
+    {name: f"robinherit.data.datasets:fingerprint_{name}" for name in ("mnist", "fashion_mnist", "cifar10")},
+)

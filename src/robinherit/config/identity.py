@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 
 from robinherit.paths import drop_path
+from robinherit.registry import FINGERPRINTS
 
 # Bumped whenever a change of code changes any number a run produces (data streams, update rules, evaluation):
 # it is part of every run id, so a store written by older code never answers for newer code.
@@ -151,6 +152,9 @@ def run_identity(cfg: Any) -> dict[str, Any]:
                 section = section[p]
             section[decl.key] = decl.convert(section.pop(last))
     out["numerics"] = NUMERICS_BY_KIND[numerics_kind(cfg)]
+    if cfg.is_real and cfg.data.source in FINGERPRINTS:
+        # what the files hold, not where they are: other files under the same data.root are another run
+        out["data_files"] = FINGERPRINTS[cfg.data.source](cfg.data.root)
     return out
 
 

@@ -21,6 +21,7 @@ came from, so two-layer networks read the flat vector and convolutional encoders
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import random
@@ -425,11 +426,16 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def load_cifar10(spec: LoadSpec) -> ArrayDataset:
+def _cifar_files(spec: LoadSpec) -> list[Path]:
     root = _require_root(spec, "cifar10")
     subdirs = ("cifar-10-batches-py", "")
-    train = [_read_cifar_batch(_find(root, subdirs, stem, ("",), "cifar10")) for stem in _CIFAR_TRAIN]
-    xte, yte = _read_cifar_batch(_find(root, subdirs, "test_batch", ("",), "cifar10"))
+    return [_find(root, subdirs, stem, ("",), "cifar10") for stem in (*_CIFAR_TRAIN, "test_batch")]
+
+
+def load_cifar10(spec: LoadSpec) -> ArrayDataset:
+    *train_files, test_file = _cifar_files(spec)
+    train = [_read_cifar_batch(path) for path in train_files]
+    xte, yte = _read_cifar_batch(test_file)
     xtr = np.concatenate([b[0] for b in train]).astype(np.float32) / 255.0
     ytr = np.concatenate([b[1] for b in train])
     return _dataset("cifar10", xtr, ytr, xte.astype(np.float32) / 255.0, yte, (3, 32, 32))
@@ -464,3 +470,45 @@ def load_dataset(name: DatasetName | str, spec: LoadSpec | None = None) -> Array
 @lru_cache(maxsize=8)
 def _load_cached(name: str, spec: LoadSpec) -> ArrayDataset:
     return LOADERS[name](spec)
+
+
+# ---- what a file-based data set's files hold, for a run's identity ----
+
+# (resolved path, size, modification time in ns) -> sha256 of the file: each file is read once per process, and
+# again only when it changes
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(2**20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def files_fingerprint(paths: list[Path]) -> str:
+    """16 hex digits that change when any of ``paths``' contents does (names aside: the same files anywhere give
+    the same fingerprint, so a store follows its data when the folder moves)."""
+    return hashlib.sha256("".join(_file_sha256(p) for p in paths).encode()).hexdigest()[:16]
+
+
+def _fingerprint_idx(name: str, root: str | None) -> str:
+    paths = _locate_idx(LoadSpec(root=None if root is None else Path(root)), name)
+    return files_fingerprint([paths[k] for k in sorted(paths)])
+
+
+def fingerprint_mnist(root: str | None) -> str:
+    return _fingerprint_idx("mnist", root)
+
+
+def fingerprint_fashion_mnist(root: str | None) -> str:
+    return _fingerprint_idx("fashion_mnist", root)
+
+
+def fingerprint_cifar10(root: str | None) -> str:
+    return files_fingerprint(_cifar_files(LoadSpec(root=None if root is None else Path(root))))

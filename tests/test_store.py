@@ -308,3 +308,24 @@ def test_a_device_is_not_a_store_and_gets_no_journal(tmp_path: Path):
     with pytest.raises(StoreError, match="not a regular file"):
         ResultStore("/dev/null")
     assert not Path("/dev/null-journal").exists() and not Path("/dev/null-wal").exists()
+
+
+def test_a_lease_goes_to_one_holder_and_is_taken_over_when_its_holder_died(tmp_path: Path):
+    import subprocess
+    import sys
+
+    db = ResultStore(tmp_path / "runs.db")
+    assert db.take_lease("r1", "host-a:1", stale_s=3600) is True
+    assert db.take_lease("r1", "host-b:2", stale_s=3600) is False  # a recent lease of another host: alive
+    assert db.take_lease("r1", "host-a:1", stale_s=3600) is True  # its own holder may take it again
+    assert db.take_lease("r1", "host-b:2", stale_s=0) is True  # too old to be alive: taken over
+    db.release_lease("r1", "host-b:2")
+    assert db.leased() == {}
+    # on this host, a lease of a process that has exited is taken over at once, one of a live process is not
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    mine = store_mod.lease_holder()
+    host = mine.rpartition(":")[0]
+    assert db.take_lease("r2", f"{host}:{dead.stdout.strip()}") is True
+    assert db.take_lease("r2") is True and db.take_lease("r2", f"{host}:1") is False  # held by this live process
+    db.put(record("r3"))
+    assert db.take_lease("r3") is False  # a stored run is never computed again

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ APPLICATION_ID = 0x52424852  # "RBHR": marks a file as a robinherit store
 # 2: run ids hash the identity of a run (inert settings left out; device type and numerics version in); 1: before.
 SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# A lease of a process on another host is taken over after this long: its liveness cannot be checked from here.
+LEASE_STALE_S = 6 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,6 +53,11 @@ CREATE TABLE IF NOT EXISTS aux (
     value TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    taken_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id TEXT NOT NULL,
@@ -340,6 +348,38 @@ class ResultStore:
             write=True,
         )
 
+    # --- leases: a run being computed by one process is not started by another on the same store ---------------
+
+    def take_lease(self, run_id: str, holder: str | None = None, stale_s: float = LEASE_STALE_S) -> bool:
+        """Claim ``run_id`` for computing: True when this caller may compute it (no one holds it, or its holder has
+        died), False when the run is stored already or a live process holds it. One transaction, so of two
+        processes asking at once exactly one gets it. ``holder`` defaults to this process (host and pid)."""
+        holder = holder or lease_holder()
+
+        def claim(con: sqlite3.Connection) -> bool:
+            con.execute("BEGIN IMMEDIATE")
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                return False
+            row = con.execute("SELECT holder, taken_at FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] != holder and holder_alive(row[0], row[1], stale_s):
+                return False
+            con.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (run_id, holder, time.time()))
+            return True
+
+        return self._retry(claim, write=True)
+
+    def release_lease(self, run_id: str, holder: str | None = None) -> None:
+        """Give ``run_id`` back (after storing it, or after it failed), if this caller holds it."""
+        holder = holder or lease_holder()
+        self._retry(
+            lambda con: con.execute("DELETE FROM leases WHERE run_id = ? AND holder = ?", (run_id, holder)),
+            write=True,
+        )
+
+    def leased(self) -> dict[str, str]:
+        """run id -> holder, of every lease now in the store (live or not)."""
+        return dict(self._retry(lambda con: con.execute("SELECT run_id, holder FROM leases").fetchall()))
+
     def find(self, prefix: str) -> dict[str, Any] | None:
         """The run whose id starts with ``prefix`` (ids are long; users type a few characters)."""
         rows = self._retry(
@@ -351,6 +391,26 @@ class ResultStore:
         if len(rows) > 1:
             raise StoreError(f"run id prefix '{prefix}' matches {len(rows)} runs; type more characters")
         return json.loads(rows[0][0]) if rows else None
+
+
+def lease_holder() -> str:
+    """This process as a lease holder: "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def holder_alive(holder: str, taken_at: float, stale_s: float = LEASE_STALE_S) -> bool:
+    """Whether the process that took a lease may still be computing: on this host, whether its pid is alive; on
+    another, whether the lease is younger than ``stale_s``."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return time.time() - taken_at < stale_s
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:

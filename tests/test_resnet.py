@@ -22,3 +22,9 @@ def test_small_resnet_weights_are_a_function_of_the_seed_and_outputs_have_the_he
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.stem.weight, c.stem.weight)
     assert a(torch.rand(3, 784)).shape == (3, 10) and a.feature_dim == 64
+
+
+def test_building_a_resnet_leaves_the_global_random_stream_alone():
+    state = torch.random.get_rng_state()
+    resnet_small((1, 28, 28), 10, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), state)

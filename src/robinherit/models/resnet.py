@@ -21,6 +21,14 @@ import torch
 from torch import Tensor, nn
 
 
+def _conv(c_in: int, c_out: int, kernel: int, stride: int, g: torch.Generator | None) -> nn.Conv2d:
+    """A bias-free conv layer built without torch's default initialisation (which draws from, and so moves, the
+    global random stream), then initialised from ``g``."""
+    layer = nn.utils.skip_init(nn.Conv2d, c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+    _init_conv(layer, g)
+    return layer
+
+
 def _init_conv(layer: nn.Conv2d | nn.Linear, g: torch.Generator | None) -> None:
     # He initialisation drawn from the run's generator, so the weights are a function of the seed alone
     fan_in = layer.weight[0].numel()
@@ -35,17 +43,13 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, g: torch.Generator | None):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = _conv(c_in, c_out, 3, stride, g)
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
+        self.conv2 = _conv(c_out, c_out, 3, 1, g)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            proj = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
-            _init_conv(proj, g)
-            self.shortcut = nn.Sequential(proj, nn.BatchNorm2d(c_out))
-        _init_conv(self.conv1, g)
-        _init_conv(self.conv2, g)
+            self.shortcut = nn.Sequential(_conv(c_in, c_out, 1, stride, g), nn.BatchNorm2d(c_out))
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -67,8 +71,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.image_shape = tuple(image_shape)
         c = self.image_shape[0]
-        self.stem = nn.Conv2d(c, widths[0], 3, stride=1, padding=1, bias=False)
-        _init_conv(self.stem, g)
+        self.stem = _conv(c, widths[0], 3, 1, g)
         self.bn = nn.BatchNorm2d(widths[0])
         stages: list[nn.Module] = []
         c_in = widths[0]
@@ -78,7 +81,7 @@ class ResNet(nn.Module):
                 c_in = width
         self.stages = nn.Sequential(*stages)
         self.feature_dim = c_in
-        self.head = nn.Linear(c_in, n_out)
+        self.head = nn.utils.skip_init(nn.Linear, c_in, n_out)
         _init_conv(self.head, g)
         self.register_buffer("center", None if center is None else center.detach().reshape(-1).clone())
 

@@ -41,7 +41,9 @@ from robinherit.config import ExperimentConfig, with_updates
 from robinherit.world.sparse_coding import BatchStream, make_world
 from robinherit.models.two_layer import build_model
 from robinherit.seeding import generator
+from robinherit.training.allocator import keep_freed_memory
 
+keep_freed_memory()
 config, size, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 small = {"data.d": 8, "model.width": 16, "pretrain.batch_size": 16, "pretrain.attack_steps": 2}
 base = with_updates(ExperimentConfig(), **{"default": DEFAULT, "large": LARGE, "small": small}[config])

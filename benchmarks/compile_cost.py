@@ -64,6 +64,9 @@ def fit(lengths: list[int], seconds: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="2000,6000", help="pre-training lengths, comma-separated (two or more)")
     parser.add_argument("--threads", type=int, default=1, help="threads per process (a sweep worker has one)")

@@ -182,6 +182,9 @@ def bench(n_test: int, pretrain_steps: int, n_train: int, repeats: int, workers:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     parser.add_argument("--n-test", type=int, default=500, help="test points (quick mode's 500)")

@@ -52,6 +52,9 @@ def profile_path(run: Callable[[int], None], steps: int) -> list[tuple[str, floa
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", choices=sorted(paths(ExperimentConfig())))
     parser.add_argument("--steps", type=int, default=100, help="profiled training steps")

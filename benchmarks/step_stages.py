@@ -72,6 +72,9 @@ def stages(cfg: ExperimentConfig, size: int, steps: int) -> tuple[float, dict[st
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("default", "large"), default="default", help="benchmarks.train_step's")
     parser.add_argument("--size", type=int, default=32, help="stack size S")

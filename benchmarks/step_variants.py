@@ -162,6 +162,9 @@ def compare(names: list[str], size: int, steps: int, rounds: int, check_steps: i
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32, help="stack size S")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")

@@ -28,7 +28,9 @@ from pydantic import (
 
 from robinherit.data.datasets import LOADERS
 from robinherit.errors import ConfigError
+from robinherit.models.encoder import ENCODERS
 from robinherit.models.units import UNITS
+from robinherit.plugins import load_plugins
 
 
 class Dictionary(str, Enum):
@@ -248,9 +250,19 @@ class ModelConfig(_Strict):
     threshold: float = Field(0.3, ge=0.0, description="initial threshold b >= 0 of every node")
     learn_threshold: bool = Field(False, description="train b (kept >= 0) instead of fixing it")
     normalize_rows: bool = Field(True, description="use w_i / ||w_i|| inside the forward pass")
-    encoder: EncoderKind = Field(
-        EncoderKind.two_layer, description="two_layer (the theory's network) or conv (image data sets only)"
+    encoder: str = Field(
+        EncoderKind.two_layer,
+        description="a name of models.encoder.ENCODERS: two_layer (the theory's network), conv (image data sets "
+        "only) or a registered one",
     )
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        if v not in ENCODERS:
+            raise ValueError(f"model.encoder={v!r} is not an encoder; allowed values: {', '.join(ENCODERS)}")
+        return EncoderKind(v) if v in EncoderKind.__members__ else v  # the shipped names stay members
+
     conv: ConvConfig = Field(ConvConfig(), description="conv stack of encoder=conv")
 
 
@@ -372,6 +384,7 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     seed: int = Field(0, ge=0, description="seed of everything: dictionary, tasks, data, init, attacks")
     device: str = device_field()
+    plugins: list[str] = Field([], description="modules imported first in every process (robinherit.plugins)")
 
     @field_validator("data", mode="before")
     @classmethod
@@ -418,6 +431,7 @@ class ExperimentConfig(_Strict):
         (``NUMERICS_BY_KIND``)."""
         out = self.resolved()
         out.pop("device")
+        out.pop("plugins")  # where entries come from, not what a run computes
         for path in inert_paths(self):
             drop_path(out, path)
         out["device_type"] = torch_device_type(self.device)
@@ -555,6 +569,8 @@ _UNION = object()  # stands for the data section's union while walking an error 
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
+    if isinstance(raw, dict) and isinstance(raw.get("plugins"), list):
+        load_plugins(raw["plugins"])  # their entries make the config's names valid
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

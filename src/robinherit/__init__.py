@@ -2,7 +2,17 @@
 
 from robinherit.api import Record, Records, run
 from robinherit.config import ExperimentConfig, load_config
+from robinherit.plugins import load_plugins
 from robinherit.runs.experiment import run_experiment, run_or_load
 
-__all__ = ["ExperimentConfig", "Record", "Records", "load_config", "run", "run_experiment", "run_or_load"]
+__all__ = [
+    "ExperimentConfig",
+    "Record",
+    "Records",
+    "load_config",
+    "load_plugins",
+    "run",
+    "run_experiment",
+    "run_or_load",
+]
 __version__ = "0.1.0"

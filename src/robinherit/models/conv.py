@@ -102,3 +102,16 @@ class ConvNet(nn.Module):
 
     def freeze(self) -> ConvNet:
         return self.requires_grad_(False)
+
+
+def build_encoder(
+    model_cfg: ModelConfig,
+    input_dim: int,
+    n_outputs: int,
+    image_shape: tuple[int, int, int] | None,
+    g: torch.Generator | None,
+    center: Tensor | None,
+) -> ConvNet:
+    """``model.encoder=conv`` (``models.encoder.ENCODERS``): image sources only, as the config checks."""
+    assert image_shape is not None
+    return ConvNet(image_shape, model_cfg.conv, model_cfg, n_outputs, g, center)

@@ -21,16 +21,14 @@ one line ``ENCODERS["name"] = build``; ``model.encoder`` then accepts the name (
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from robinherit.config import ModelConfig
 
 CLOSED_FORM = "closed_form"
 STACKABLE = "stackable"
@@ -66,35 +64,29 @@ class Encoder(Protocol):
     def first_layer(self) -> FirstLayer | None: ...
 
 
-# (model_cfg, input_dim, n_outputs, image_shape (c, h, w) or None, init generator, input centre or None) -> encoder
-Builder = Callable[["ModelConfig", int, int, "tuple[int, int, int] | None", "torch.Generator | None", Any], nn.Module]
+# (model_cfg: config.ModelConfig, input_dim, n_outputs, image_shape (c, h, w) or None, init generator or None,
+# input centre or None) -> encoder. This module is a leaf (the config reads ENCODERS), so it names no config type.
+Builder = Callable[..., nn.Module]
 
-
-# The shipped nets import this module (the protocol's pieces), and the config reads ENCODERS' names, so the builders
-# import their nets when called.
-def _two_layer(model_cfg: ModelConfig, input_dim: int, n_outputs: int, image_shape, g, center) -> nn.Module:
-    from robinherit.models.two_layer import TwoLayerNet
-
-    return TwoLayerNet(input_dim, model_cfg, n_outputs, g, center)
-
-
-def _conv(model_cfg: ModelConfig, input_dim: int, n_outputs: int, image_shape, g, center) -> nn.Module:
-    from robinherit.models.conv import ConvNet
-
-    assert image_shape is not None  # the config allows conv on image sources only
-    return ConvNet(image_shape, model_cfg.conv, model_cfg, n_outputs, g, center)
-
-
-# model.encoder -> builder. A new encoder is one entry here (or in a plugin, robinherit.plugins).
-ENCODERS: dict[str, Builder] = {"two_layer": _two_layer, "conv": _conv}
+# model.encoder -> builder, or "module:function" of one, imported when first built. The shipped nets are named so:
+# they read the config's types, and the config reads this registry's names, so this module imports none of them.
+# A new encoder is one entry here (or in a plugin, robinherit.plugins).
+ENCODERS: dict[str, Builder | str] = {
+    "two_layer": "robinherit.models.two_layer:build_encoder",
+    "conv": "robinherit.models.conv:build_encoder",
+}
 
 
 def encoder_builder(name: str) -> Builder:
     name = getattr(name, "value", name)  # a config.EncoderKind member or its name
     try:
-        return ENCODERS[name]
+        entry = ENCODERS[name]
     except KeyError:
         raise KeyError(f"no encoder '{name}'; encoders: {', '.join(ENCODERS)}") from None
+    if isinstance(entry, str):
+        module, _, function = entry.partition(":")
+        return getattr(importlib.import_module(module), function)
+    return entry
 
 
 def supports(model: nn.Module, capability: str) -> bool:

@@ -107,3 +107,15 @@ def build_model(
     d: int, cfg: ModelConfig, n_out: int, g: torch.Generator | None = None, center: Tensor | None = None
 ) -> TwoLayerNet:
     return TwoLayerNet(d, cfg, n_out, g, center)
+
+
+def build_encoder(
+    model_cfg: ModelConfig,
+    input_dim: int,
+    n_outputs: int,
+    image_shape: tuple[int, int, int] | None,
+    g: torch.Generator | None,
+    center: Tensor | None,
+) -> TwoLayerNet:
+    """``model.encoder=two_layer`` (``models.encoder.ENCODERS``)."""
+    return TwoLayerNet(input_dim, model_cfg, n_outputs, g, center)

@@ -312,7 +312,13 @@ def execute(cfg_jsons: list[dict[str, Any]], plugins: Sequence[str] = ()) -> Gro
 
     _own_process(plugins)
     torch.set_num_threads(1)
-    cfgs = [build_config(c) for c in cfg_jsons]
+    try:
+        cfgs = [build_config(c) for c in cfg_jsons]
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (in a worker process: an entry registered only in the process that started the sweep is not "
+            "here; register it in a plugin named by the config's 'plugins', see robinherit.plugins)"
+        ) from None
     out: GroupResult = [(None, "not run")] * len(cfgs)
 
     def on_result(i: int, res: Result | None, err: BaseException | None) -> None:

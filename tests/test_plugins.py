@@ -91,8 +91,9 @@ RUN = {
 
 @pytest.fixture
 def registries():
-    """The registries as they were, given back after the test (the plugin's entries are this process's)."""
-    saved = [(r, dict(r)) for r in (units.UNITS, datasets.LOADERS, encoder.ENCODERS)]
+    """The registries and the plugins loaded as they were, given back after the test (the plugin's entries are this
+    process's; a later pool's workers would be handed its files)."""
+    saved = [(r, dict(r)) for r in (units.UNITS, datasets.LOADERS, encoder.ENCODERS, plugins._loaded)]
     yield
     for registry, before in saved:
         registry.clear()
@@ -145,7 +146,7 @@ def test_plugins_are_not_part_of_a_runs_identity(tmp_path, registries):
     assert build_config({"plugins": [str(plugin)]}).config_hash() == build_config({}).config_hash()
 
 
-def test_a_plugin_is_imported_once_per_process(tmp_path):
+def test_a_plugin_is_imported_once_per_process(tmp_path, registries):
     plugin = tmp_path / "counted.py"
     plugin.write_text("open(__file__ + '.log', 'a').write('imported ')\n")
     plugins.load_plugins([str(plugin)])
@@ -208,3 +209,15 @@ def test_an_entry_point_that_fails_names_it(monkeypatch):
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     with pytest.raises(ConfigError, match=r"entry point 'bad = bad_pkg'.*uninstall"):
         plugins.load_entry_points()
+
+
+def test_a_parent_plugin_that_a_worker_cannot_import_fails_its_runs_by_name(tmp_path, registries, micro_cfg):
+    from robinherit.runs.sweep import run_sweep
+
+    gone = tmp_path / "gone.py"
+    gone.write_text("X = 1\n")
+    plugins.load_plugins([str(gone)])
+    gone.unlink()  # the workers, handed this process's plugins, cannot import it
+    rep = run_sweep([micro_cfg], ResultStore(tmp_path / "runs.db"), workers=1)
+    ((_, error),) = rep.failed
+    assert "gone.py' does not exist" in error

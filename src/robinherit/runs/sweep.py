@@ -375,21 +375,31 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def _own_process(plugins: Sequence[str]) -> None:
     """What a worker process, robinherit's own, takes before it reads a config: the allocator setting of the compute
-    paths, the installed plugins and ``plugins`` (each once per process)."""
+    paths, the installed plugins and ``plugins`` (each once per process). A plugin that failed in the pool's
+    initializer fails here, as the error of every run the worker is given, rather than breaking the pool."""
     from robinherit.plugins import load_entry_points, load_plugins
     from robinherit.training.allocator import keep_freed_memory
 
     keep_freed_memory()
+    if _init_error is not None:
+        raise _init_error
     load_entry_points()
     load_plugins(plugins)
 
 
+_init_error: ConfigError | None = None  # a local worker's: its parent's plugins did not import here
+
+
 def _init_local_worker(parent_pid: int, plugins: Sequence[str] = ()) -> None:
+    global _init_error
     import torch
 
     torch.set_num_threads(1)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    _own_process(plugins)
+    try:
+        _own_process(plugins)
+    except ConfigError as err:
+        _init_error = err
 
 
 def error_text(err: BaseException) -> str:

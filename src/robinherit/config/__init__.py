@@ -259,9 +259,10 @@ class ModelConfig(_Strict):
     @field_validator("encoder")
     @classmethod
     def _encoder(cls, v: str) -> str:
-        if v not in ENCODERS:
-            raise ValueError(f"model.encoder={v!r} is not an encoder; allowed values: {', '.join(ENCODERS)}")
-        return EncoderKind(v) if v in EncoderKind.__members__ else v  # the shipped names stay members
+        name = getattr(v, "value", v)
+        if name not in ENCODERS:
+            raise ValueError(f"model.encoder={name!r} is not an encoder; allowed values: {', '.join(ENCODERS)}")
+        return EncoderKind(name) if name in EncoderKind.__members__ else name  # the shipped names stay members
 
     conv: ConvConfig = Field(ConvConfig(), description="conv stack of encoder=conv")
 

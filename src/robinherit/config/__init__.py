@@ -570,7 +570,7 @@ _UNION = object()  # stands for the data section's union while walking an error 
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
-    if isinstance(raw, dict) and isinstance(raw.get("plugins"), list):
+    if isinstance(raw, dict) and isinstance(raw.get("plugins"), (list, tuple)):
         load_plugins(raw["plugins"])  # their entries make the config's names valid
     try:
         return ExperimentConfig.model_validate(raw)

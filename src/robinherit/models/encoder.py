@@ -15,6 +15,9 @@ Capabilities (each one a promise about the module's structure, which the path th
   trains many copies of at once.
 - ``certifiable``: the same structure, which the certifier (``robinherit.evaluation.certify``) bounds exactly.
 
+Optional too: ``export_weights()`` and ``load_weights(weights)``, what the results store keeps of a trained encoder
+(default: its state dict).
+
 A new encoder is a builder ``build(model_cfg, input_dim, n_outputs, image_shape, g, center) -> nn.Module`` and
 one line ``ENCODERS["name"] = build``; ``model.encoder`` then accepts the name (docs/extending.md).
 """

@@ -25,6 +25,9 @@ def stage_times(records: list[dict]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()  # timed as robinherit's own processes (CLI, workers) run the paths: allocator set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per arm (adversarial, clean)")
     parser.add_argument("--threads", type=int, default=None)

@@ -74,6 +74,7 @@ def test_leaf_modules_import_nothing_of_the_package():
     for leaf in ("robinherit.registry", "robinherit.paths"):
         assert graph[leaf] == {"robinherit.errors"}, (leaf, graph[leaf])
     assert graph["robinherit.models.units"] == {"robinherit.registry"}
+    assert graph["robinherit.models.encoder"] <= {"robinherit.registry"}
 
 
 def test_config_knows_data_and_models_only_by_name():

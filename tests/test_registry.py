@@ -32,7 +32,7 @@ def test_builtin_entries_are_the_modules_own_objects():
     assert UNITS["sym_relu"] is units.SYM_RELU and UNITS.get("relu") is units.RELU
     assert DATASETS.names() == [d.value for d in DatasetName]
     assert DATASETS[DatasetName.digits] is datasets.load_digits  # a str Enum member names its value's entry
-    assert ENCODERS["two_layer"] is two_layer.TwoLayerNet and ENCODERS["conv"] is conv.ConvNet
+    assert ENCODERS["two_layer"] is two_layer.build_encoder and ENCODERS["conv"] is conv.build_encoder
 
 
 def test_register_and_unknown_names():

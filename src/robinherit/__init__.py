@@ -12,6 +12,7 @@ _LAZY = {
     "Record": "robinherit.api",
     "Records": "robinherit.api",
     "load_config": "robinherit.config",
+    "load_plugins": "robinherit.plugins",
     "run": "robinherit.api",
     "run_experiment": "robinherit.runs.experiment",
     "run_or_load": "robinherit.runs.experiment",
@@ -20,9 +21,19 @@ _LAZY = {
 if TYPE_CHECKING:
     from robinherit.api import Record, Records, run
     from robinherit.config import ExperimentConfig, load_config
+    from robinherit.plugins import load_plugins
     from robinherit.runs.experiment import run_experiment, run_or_load
 
-__all__ = ["ExperimentConfig", "Record", "Records", "load_config", "run", "run_experiment", "run_or_load"]
+__all__ = [
+    "ExperimentConfig",
+    "Record",
+    "Records",
+    "load_config",
+    "load_plugins",
+    "run",
+    "run_experiment",
+    "run_or_load",
+]
 __version__ = "0.1.0"
 
 

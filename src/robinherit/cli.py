@@ -36,6 +36,18 @@ DEFAULT_STORE = Path("results/runs.db")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@app.callback()
+def _process() -> None:
+    # This process is robinherit's own: it takes the allocator setting of the compute paths
+    # (robinherit.training.allocator) and the installed plugins (robinherit.plugins) before any command reads a
+    # config. Library calls set neither, so a notebook's process stays as it was.
+    from robinherit.plugins import load_entry_points
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    user_errors(load_entry_points)()
+
+
 def fail(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)

@@ -122,9 +122,10 @@ DATASETS = Registry(
     },
 )
 
-# model.encoder -> encoder class
+# model.encoder -> encoder builder (robinherit.models.encoder says what it builds and what an encoder declares)
 ENCODERS = Registry(
-    "encoder", {"two_layer": "robinherit.models.two_layer:TwoLayerNet", "conv": "robinherit.models.conv:ConvNet"}
+    "encoder",
+    {"two_layer": "robinherit.models.two_layer:build_encoder", "conv": "robinherit.models.conv:build_encoder"},
 )
 
 # eval.attacks -> evaluation attack (model, x, y, *, eps, norm, ...) -> (n,) bool, still correct

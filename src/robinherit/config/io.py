@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from robinherit.config.schema import REAL_SOURCES, DataConfig, ExperimentConfig, RealDataConfig
 from robinherit.errors import ConfigError
 from robinherit.paths import deep_merge, set_path
+from robinherit.plugins import load_plugins
 
 _TAGGED = {"synthetic": DataConfig, "real": RealDataConfig}  # the data union's members by discriminator tag
 
@@ -68,6 +69,8 @@ _UNION = object()  # stands for the data section's union while walking an error 
 
 
 def build_config(raw: dict[str, Any]) -> ExperimentConfig:
+    if isinstance(raw, dict) and isinstance(raw.get("plugins"), (list, tuple)):
+        load_plugins(raw["plugins"])  # their entries make the config's names valid
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:

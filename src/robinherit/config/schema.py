@@ -36,7 +36,7 @@ from robinherit.config.enums import (
     Values,
 )
 from robinherit.config.identity import HashedAs, InertAt, field, torch_device_type
-from robinherit.registry import DATASETS, EVAL_ATTACKS, UNITS
+from robinherit.registry import DATASETS, ENCODERS, EVAL_ATTACKS, UNITS
 
 # Data sets read from packages or the user's files: the names of robinherit.registry.DATASETS, read when a config is
 # validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
@@ -189,12 +189,21 @@ class ModelConfig(_Strict):
     threshold: float = field(0.3, identity="always", ge=0.0, description="initial threshold b >= 0 of every node")
     learn_threshold: bool = field(False, identity="always", description="train b (kept >= 0) instead of fixing it")
     normalize_rows: bool = field(True, identity="always", description="use w_i / ||w_i|| inside the forward pass")
-    # the built-in names of robinherit.registry.ENCODERS
-    encoder: EncoderKind = field(
+    encoder: str = field(
         EncoderKind.two_layer,
         identity="always",
-        description="two_layer (the theory's network) or conv (image data sets only)",
+        description="a name of robinherit.registry.ENCODERS: two_layer (the theory's network), conv (image data sets "
+        "only) or a registered one",
     )
+
+    @field_validator("encoder", mode="before")
+    @classmethod
+    def _known_encoder(cls, v: Any) -> Any:
+        name = getattr(v, "value", v)
+        if not isinstance(name, str) or name not in ENCODERS:
+            raise ValueError(f"model.encoder={name!r} is not an encoder; allowed values: {ENCODERS.allowed()}")
+        return EncoderKind(name) if name in EncoderKind.__members__ else name  # the shipped names stay members
+
     conv: ConvConfig = field(ConvConfig(), identity=inert.not_conv, description="conv stack of encoder=conv")
 
 

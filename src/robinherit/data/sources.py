@@ -23,11 +23,12 @@ from typing import Protocol as TypingProtocol
 import torch
 from torch import Tensor, nn
 
-from robinherit.config import EncoderKind, ExperimentConfig, Protocol, RealDataConfig, Relabel
+from robinherit.config import ExperimentConfig, Protocol, RealDataConfig, Relabel
 from robinherit.data.datasets import ArrayDataset, LoadSpec, load_dataset
 from robinherit.errors import ConfigError
 from robinherit.evaluation import purity as purification
 from robinherit.evaluation.dictionary import activation_sparsity, cached_dictionary, image_patches, measure_learned
+from robinherit.models.encoder import first_layer
 from robinherit.ops.losses import class_margin, cross_entropy, multilabel_bce, multilabel_margin
 from robinherit.seeding import derive_seed, generator
 from robinherit.world.sparse_coding import BatchStream, World, make_world
@@ -107,11 +108,15 @@ class SyntheticSource:
         return pre, Split(x, self.world.downstream_labels(z), 2)
 
     def purity(self, cfg: ExperimentConfig, model: nn.Module) -> dict[str, Any]:
-        """Loadings on the true dictionary M; dead nodes judged on fresh probe inputs."""
+        """Loadings of the encoder's first layer (``first_layer()``; none: no purification) on the true dictionary
+        M; dead nodes judged on fresh probe inputs."""
+        layer = first_layer(model)
+        if layer is None:
+            return {}
         x_probe, _ = self.world.sample(2048, generator(cfg.seed, "probe"))
         with torch.no_grad():
-            feats = model.features(x_probe.to(model.W.device))
-        p = purification.measure(model.weight(), self.world.M, feats, s=self.world.cfg.k)
+            feats = model.features(x_probe.to(next(model.parameters()).device))
+        p = purification.measure(layer.weight, self.world.M, feats, s=self.world.cfg.k)
         return {
             "purification": {
                 **p.summary(),
@@ -253,22 +258,25 @@ class ArraySource:
         return self.tasks.x_pre - (self.center if self.center is not None else 0.0)
 
     def purity(self, cfg: ExperimentConfig, model: nn.Module) -> dict[str, Any]:
-        """Top-1 share / N_eff of first-layer weights on a dictionary learned from the (centred) pre-training
-        inputs -- whole inputs for the two-layer net, patches for the conv net -- and on the pixel basis; plus
-        hidden-activation sparsity on the test inputs."""
+        """Top-1 share / N_eff of first-layer weights (``first_layer()``) on a dictionary learned from the (centred)
+        pre-training inputs -- whole inputs for a dense first layer (the two-layer net), patches for conv filters
+        -- and on the pixel basis; plus hidden-activation sparsity on the test inputs. An encoder without a first
+        layer to read gets the sparsity only."""
         ecfg = cfg.eval
+        dev = next(model.parameters()).device
+        with torch.no_grad():
+            feats = model.features(self.tasks.x_te.to(dev)).cpu()
+        layer = first_layer(model)
+        if layer is None:
+            return {"sparsity": activation_sparsity(feats)}
         centred = self.centred_pretrain_inputs()
-        weight = model.weight().detach().cpu()
-        if cfg.model.encoder == EncoderKind.conv:
-            kernel = tuple(model.convs[0].kernel_size)
-            samples = image_patches(centred, self.image_shape, kernel, ecfg.max_patches, cfg.seed)
+        weight = layer.weight.detach().cpu()
+        if layer.kernel is not None:
+            samples = image_patches(centred, self.image_shape, layer.kernel, ecfg.max_patches, cfg.seed)
         else:
             samples = centred
         # The dictionary depends on the data only (fixed seed), not on the run: encoders are compared on one M_hat.
         m_hat, _ = cached_dictionary(samples, ecfg.dictionary_atoms, ecfg.dictionary, seed=0)
-        dev = next(model.parameters()).device
-        with torch.no_grad():
-            feats = model.features(self.tasks.x_te.to(dev)).cpu()
         learned = measure_learned(weight, m_hat, None)
         pixel = purification.measure(weight, torch.eye(weight.shape[1]), None)
         return {

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.config import Norm
-from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.encoder import CERTIFIABLE, supports
+from robinherit.models.two_layer import LinearHead
 from robinherit.models.units import unit
 from robinherit.ops.losses import class_margin, multilabel_margin
 from robinherit.records import eps_key
@@ -67,10 +68,11 @@ class TwoLayerLinear:
 
 
 def as_two_layer(model: nn.Module) -> TwoLayerLinear | None:
-    """The bound view of a ``LinearHead`` on a ``TwoLayerNet`` or of a ``TwoLayerNet`` itself, else None."""
-    if isinstance(model, LinearHead) and isinstance(model.encoder, TwoLayerNet):
+    """The bound view of an encoder that declares the ``certifiable`` capability (``models.encoder``: the two-layer
+    net) or of a ``LinearHead`` on one, else None."""
+    if isinstance(model, LinearHead) and supports(model.encoder, CERTIFIABLE):
         enc, head = model.encoder, model.linear
-    elif isinstance(model, TwoLayerNet):
+    elif supports(model, CERTIFIABLE):
         enc, head = model, model.head
     else:
         return None

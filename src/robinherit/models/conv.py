@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.config import ConvConfig, ModelConfig
+from robinherit.models.encoder import FirstLayer
 from robinherit.models.units import row_norms, unit
 
 
@@ -26,6 +27,8 @@ def _init(param: Tensor, fan_in: int, g: torch.Generator | None) -> None:
 
 class ConvNet(nn.Module):
     """Encoder ``features(x) -> (n, width)`` and linear head ``forward(x) -> (n, n_out)`` on flat inputs."""
+
+    capabilities: frozenset[str] = frozenset()  # no closed form: every path differentiates it by autograd
 
     def __init__(
         self,
@@ -46,7 +49,10 @@ class ConvNet(nn.Module):
             # A 1-pixel-high image (MNIST-1D) gets 1 x k kernels: the convolution runs along the signal.
             kh = min(conv.kernel, h)
             stride = (1 if h == 1 else 2, 2) if i > 0 else 1
-            layer = nn.Conv2d(c, out_ch, (kh, conv.kernel), stride=stride, padding=(kh // 2, conv.kernel // 2))
+            # skip_init: the default initialisation would draw from (and so move) torch's global random stream
+            layer = nn.utils.skip_init(
+                nn.Conv2d, c, out_ch, (kh, conv.kernel), stride=stride, padding=(kh // 2, conv.kernel // 2)
+            )
             _init(layer.weight, c * kh * conv.kernel, g)
             nn.init.zeros_(layer.bias)
             layers += [layer, nn.ReLU()]
@@ -54,10 +60,10 @@ class ConvNet(nn.Module):
         self.convs = nn.Sequential(*layers)
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, *self.image_shape)).numel()
-        self.fc = nn.Linear(flat, cfg.width, bias=False)
+        self.fc = nn.utils.skip_init(nn.Linear, flat, cfg.width, bias=False)
         _init(self.fc.weight, flat, g)
         self.b = nn.Parameter(torch.full((cfg.width,), float(cfg.threshold)), requires_grad=cfg.learn_threshold)
-        self.head = nn.Linear(cfg.width, n_out)
+        self.head = nn.utils.skip_init(nn.Linear, cfg.width, n_out)
         _init(self.head.weight, cfg.width, g)
         nn.init.zeros_(self.head.bias)
         self.register_buffer("center", None if center is None else center.detach().reshape(-1).clone())
@@ -66,6 +72,14 @@ class ConvNet(nn.Module):
         """(out_channels, c * kh * kw) filters of the first conv layer, one patch-space vector per row."""
         weight = self.convs[0].weight
         return weight.reshape(weight.shape[0], -1)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.fc.out_features
+
+    def first_layer(self) -> FirstLayer:
+        """The first conv layer's filters, each over c x kh x kw patches of the image."""
+        return FirstLayer(self.first_layer_filters(), tuple(self.convs[0].kernel_size))
 
     def weight(self) -> Tensor:
         """The first layer's weights, as ``TwoLayerNet.weight`` gives them (here: conv filters)."""
@@ -88,3 +102,16 @@ class ConvNet(nn.Module):
 
     def freeze(self) -> ConvNet:
         return self.requires_grad_(False)
+
+
+def build_encoder(
+    model_cfg: ModelConfig,
+    input_dim: int,
+    n_outputs: int,
+    image_shape: tuple[int, int, int] | None,
+    g: torch.Generator | None,
+    center: Tensor | None,
+) -> ConvNet:
+    """``model.encoder=conv`` (``models.encoder.ENCODERS``): image sources only, as the config checks."""
+    assert image_shape is not None
+    return ConvNet(image_shape, model_cfg.conv, model_cfg, n_outputs, g, center)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.encoder import CLOSED_FORM, supports
+from robinherit.models.two_layer import LinearHead
 from robinherit.models.units import Threshold, active_grad, unit
 from robinherit.ops.losses import LOSS_GRADS
 
@@ -150,14 +151,15 @@ def fused_loss(
 ) -> TwoLayerLoss | None:
     """The closed-form version of ``lambda x: sign * loss_fn(model(x), targets)``, or None where there is none.
 
-    ``model`` is a :class:`TwoLayerNet` or a :class:`LinearHead` on one; its current weights are
-    captured (detached), so build a new one after every optimiser step.
+    ``model`` is an encoder that declares the ``closed_form`` capability (``models.encoder``: the two-layer net)
+    or a :class:`LinearHead` on one; its current weights are captured (detached), so build a new one after every
+    optimiser step.
     """
     if loss_fn not in LOSS_GRADS:
         return None
-    if isinstance(model, TwoLayerNet):
+    if supports(model, CLOSED_FORM):
         encoder, head = model, model.head
-    elif isinstance(model, LinearHead) and isinstance(model.encoder, TwoLayerNet):
+    elif isinstance(model, LinearHead) and supports(model.encoder, CLOSED_FORM):
         encoder, head = model.encoder, model.linear
     else:
         return None
@@ -358,10 +360,10 @@ def view_loss(
 def info_nce_view_loss(
     model: nn.Module, projector: nn.Module, partner_embedding: Tensor, temperature: float
 ) -> InfoNCEViewLoss | None:
-    """:class:`InfoNCEViewLoss` at the current weights of a :class:`TwoLayerNet` encoder and an identity or bias-free
-    linear projector, against ``partner_embedding`` (n, k) (raw, detached); None for any other model or for a
-    temperature below ``MIN_CLOSED_FORM_TEMPERATURE``."""
-    if type(model) is not TwoLayerNet:
+    """:class:`InfoNCEViewLoss` at the current weights of an encoder with the ``closed_form`` capability (the two-layer
+    net) and an identity or bias-free linear projector, against ``partner_embedding`` (n, k) (raw, detached); None
+    for any other model or for a temperature below ``MIN_CLOSED_FORM_TEMPERATURE``."""
+    if not supports(model, CLOSED_FORM):
         return None
     if temperature < MIN_CLOSED_FORM_TEMPERATURE:
         return None

@@ -17,17 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from robinherit.config import EncoderKind, ExperimentConfig, HeadKind, Method, build_config
+from robinherit.config import ExperimentConfig, HeadKind, Method, build_config
 from robinherit.data.sources import DataSource, Split, build_source, build_sources
 from robinherit.errors import NonFiniteLossError
 from robinherit.evaluation.robust import robust_eval
-from robinherit.models.conv import ConvNet
-from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.encoder import encoder_builder
+from robinherit.models.two_layer import LinearHead
 from robinherit.runs.provenance import git_commit, versions
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
-from robinherit.training.allocator import keep_freed_memory
 from robinherit.training.heads import train_head
 from robinherit.training.optim import PretrainLog
 from robinherit.training.pretraining import PRETRAINERS
@@ -38,7 +37,6 @@ Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, art
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
     """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
-    keep_freed_memory()
     return finish_experiment(cfg, *pretrain_alone(cfg, progress))
 
 
@@ -47,7 +45,6 @@ def pretrain_alone(
 ) -> tuple[DataSource, nn.Module, PretrainLog, float]:
     """The stages of one run up to its frozen pre-trained encoder: its source, the encoder, the loss log and the
     seconds it took."""
-    torch.manual_seed(cfg.seed)  # nothing should draw from the global stream; this pins it if something does
     dev = torch.device(cfg.device)
     t0 = time.perf_counter()
     source = build_source(cfg)
@@ -59,13 +56,12 @@ def pretrain_alone(
     return source, model, log, time.perf_counter() - t0
 
 
-def build_encoder(cfg: ExperimentConfig, source: DataSource) -> TwoLayerNet | ConvNet:
-    """The untrained encoder of ``cfg`` with a pre-training head of ``source.pretrain_outputs`` outputs."""
+def build_encoder(cfg: ExperimentConfig, source: DataSource) -> nn.Module:
+    """The untrained encoder of ``cfg`` (``model.encoder``, a name of ``models.encoder.ENCODERS``) with a pre-training
+    head of ``source.pretrain_outputs`` outputs."""
+    build = encoder_builder(cfg.model.encoder)
     g = generator(cfg.seed, "init")
-    if cfg.model.encoder == EncoderKind.conv:
-        assert source.image_shape is not None  # the config allows conv on image sources only
-        return ConvNet(source.image_shape, cfg.model.conv, cfg.model, source.pretrain_outputs, g, source.center)
-    return TwoLayerNet(source.d, cfg.model, source.pretrain_outputs, g, source.center)
+    return build(cfg.model, source.d, source.pretrain_outputs, source.image_shape, g, source.center)
 
 
 def pretrain(model: nn.Module, stream: Any, cfg: ExperimentConfig, source: DataSource, on_step=None) -> PretrainLog:
@@ -90,7 +86,7 @@ def fit_head(
     split = split or source.downstream_train(cfg)
     return train_head(
         encoder,
-        cfg.model.width,
+        encoder.feature_dim,
         split.n_classes,
         split.x.to(dev),
         split.y.to(dev),
@@ -164,32 +160,33 @@ def _source_like(cfg: ExperimentConfig, known_cfg: ExperimentConfig, known: Data
 
 
 def encoder_artifact(model: nn.Module, source: DataSource) -> dict[str, np.ndarray]:
-    """What the store keeps of a pre-trained encoder: the two-layer net's effective weights, threshold, input
-    centre (where it has one) and the true dictionary (where there is one); a conv net's state dict."""
-    if not isinstance(model, TwoLayerNet):
+    """What the store keeps of a pre-trained encoder: the weights it exports (``export_weights``: the two-layer
+    net's effective weights and threshold), the true dictionary (where there is one) and its input centre (where it
+    has one); an encoder that exports nothing, its state dict."""
+    export = getattr(model, "export_weights", None)
+    if export is None:
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    out = {"W": model.weight().detach().cpu().numpy(), "b": model.threshold().detach().cpu().numpy()}
+    out = {k: v.detach().cpu().numpy() for k, v in export().items()}
     if source.world is not None:
         out["M"] = source.world.M.numpy()
-    if model.center is not None:
+    if getattr(model, "center", None) is not None:
         out["center"] = model.center.detach().cpu().numpy()
     return out
 
 
 def frozen_encoder(
     cfg: ExperimentConfig, weights: dict[str, Any] | None, source: DataSource | None = None
-) -> TwoLayerNet | ConvNet:
+) -> nn.Module:
     """The pre-trained encoder of ``cfg``'s run from its stored artifact (None: at initialisation), frozen, on
-    ``cfg.device``. A two-layer net's stored W is the effective (row-normalised) weight; normalising it again is
-    the identity."""
+    ``cfg.device``: read back by the encoder's ``load_weights`` where it exports its own, else as a state dict."""
     source = source or build_source(cfg)
     enc = build_encoder(cfg, source)
     if weights is not None:
-        with torch.no_grad():
-            if isinstance(enc, TwoLayerNet):
-                enc.W.copy_(torch.as_tensor(weights["W"]))
-                enc.b.copy_(torch.as_tensor(weights["b"]))
-            else:
+        load = getattr(enc, "load_weights", None)
+        if load is not None:
+            load(weights)
+        else:
+            with torch.no_grad():
                 enc.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
     return enc.to(torch.device(cfg.device)).freeze().eval()
 
@@ -231,13 +228,12 @@ def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "cl
 
 def pretrain_stack(
     cfgs: Sequence[ExperimentConfig], progress: Progress | None = None
-) -> tuple[list[DataSource], list[TwoLayerNet], list[PretrainLog], float]:
+) -> tuple[list[DataSource], list[nn.Module], list[PretrainLog], float]:
     """Pre-train the configs of one stack (equal ``batched.batch_key``) as one batched computation: their sources,
     frozen models, loss logs and each run's share of the time."""
     keys = {batched.batch_key(c) for c in cfgs}
     if None in keys or len(keys) != 1:
         raise ValueError("pretrain_stack needs configs with one shared batch_key (see batched.group_configs)")
-    torch.manual_seed(cfgs[0].seed)  # as run_experiment: pins anything that draws from the global stream
     dev = torch.device(cfgs[0].device)
     t0 = time.perf_counter()
     sources = build_sources(list(cfgs))
@@ -282,7 +278,6 @@ def run_many(
     results. Any other error of the stacked pre-training is a bug, not a run's problem: it is reported for every
     run of the stack, never hidden behind a fallback that would compute something else.
     """
-    keep_freed_memory()
 
     def one(i: int, fn: Callable[[], Result]) -> None:
         try:

@@ -288,16 +288,24 @@ GroupResult = list[tuple[Result | None, str | None]]  # per config: (result, err
 BATCH = 8  # encoders per unit of work: batched pre-training pays off; a killed sweep loses at most their runs
 
 
-def execute(cfg_jsons: list[dict[str, Any]]) -> GroupResult:
+def execute(cfg_jsons: list[dict[str, Any]], plugins: Sequence[str] = ()) -> GroupResult:
     """Run a group of configs in a worker (local process or Ray task), single-threaded so backends agree bit for
     bit, with ``experiment.run_many``: shape-sharing configs pre-trained as one stack, every failure reported
-    with its own error (nothing swallowed)."""
+    with its own error (nothing swallowed). ``plugins`` (the driver's) and the ones each config names are imported
+    before the configs are read (``build_config``)."""
     import torch
 
     from robinherit.runs.experiment import run_many
 
+    _own_process(plugins)
     torch.set_num_threads(1)
-    cfgs = [build_config(c) for c in cfg_jsons]
+    try:
+        cfgs = [build_config(c) for c in cfg_jsons]
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (in a worker process: an entry registered only in the process that started the sweep is not "
+            "here; register it in a plugin named by the config's 'plugins', see robinherit.plugins)"
+        ) from None
     out: GroupResult = [(None, "not run")] * len(cfgs)
 
     def on_result(i: int, res: Result | None, err: BaseException | None) -> None:
@@ -352,11 +360,33 @@ def _exit_when_orphaned(parent_pid: int) -> None:
             os._exit(0)
 
 
-def _init_local_worker(parent_pid: int) -> None:
+def _own_process(plugins: Sequence[str]) -> None:
+    """What a worker process, robinherit's own, takes before it reads a config: the allocator setting of the compute
+    paths, the installed plugins and ``plugins`` (each once per process). A plugin that failed in the pool's
+    initializer fails here, as the error of every run the worker is given, rather than breaking the pool."""
+    from robinherit.plugins import load_entry_points, load_plugins
+    from robinherit.training.allocator import keep_freed_memory
+
+    keep_freed_memory()
+    if _init_error is not None:
+        raise _init_error
+    load_entry_points()
+    load_plugins(plugins)
+
+
+_init_error: ConfigError | None = None  # a local worker's: its parent's plugins did not import here
+
+
+def _init_local_worker(parent_pid: int, plugins: Sequence[str] = ()) -> None:
+    global _init_error
     import torch
 
     torch.set_num_threads(1)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    try:
+        _own_process(plugins)
+    except ConfigError as err:
+        _init_error = err
 
 
 def error_text(err: BaseException) -> str:
@@ -364,9 +394,15 @@ def error_text(err: BaseException) -> str:
 
 
 def _new_pool(n: int) -> ProcessPoolExecutor:
-    # Spawned, not forked: forking a process that holds torch's thread pools can deadlock.
+    # Spawned, not forked: forking a process that holds torch's thread pools can deadlock. The workers start with
+    # the plugins this process has loaded, so entries registered by them are names there too.
+    from robinherit.plugins import loaded_plugins
+
     return ProcessPoolExecutor(
-        max_workers=n, mp_context=mp.get_context("spawn"), initializer=_init_local_worker, initargs=(os.getpid(),)
+        max_workers=n,
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_local_worker,
+        initargs=(os.getpid(), loaded_plugins()),
     )
 
 
@@ -531,6 +567,8 @@ def run_ray(
                 "or leave --address out to start a local Ray instance"
             ) from None
         started_here = True
+    from robinherit.plugins import loaded_plugins
+
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(execute)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -544,7 +582,7 @@ def run_ray(
                 group = next(units, None)
                 if group is None:
                     return
-                running[remote.remote([c.model_dump(mode="json") for c in group])] = group
+                running[remote.remote([c.model_dump(mode="json") for c in group], loaded_plugins())] = group
 
         fill()
         while running:

@@ -7,6 +7,10 @@ step touches thousands of new pages, each a page fault, and an elementwise pass 
 times slower than over reused memory (``python -m benchmarks.train_step`` prints the faults per step of each
 path). :func:`keep_freed_memory` raises both thresholds, so freed blocks are reused instead.
 
+It is a setting of the whole process, so only processes robinherit owns make it: the command line and the workers
+of sweeps and ``reproduce`` (and the benchmarks). A library call (``robinherit.run`` in a notebook) leaves the
+caller's allocator as it was; its numbers are the same either way.
+
 The cost is memory the process keeps after it freed it: at most ``TRIM_BYTES`` beyond its peak use. A setting of
 the C library, not of PyTorch (whose CPU allocator is ``posix_memalign``); on other C libraries, or with
 ``ROBINHERIT_MALLOC=default`` in the environment, it does nothing. ``LD_PRELOAD`` of jemalloc or tcmalloc, which
@@ -34,8 +38,8 @@ _state: bool | None = None  # None: not tried yet; else whether the settings too
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process (see the module docstring); True where they are
-    set. The compute entry points call it; it changes no number a run produces, only where its memory comes
-    from."""
+    set. robinherit's own processes call it at their start (see the module docstring); it changes no number a
+    run produces, only where its memory comes from."""
     global _state
     if _state is not None:
         return _state

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from robinherit.attacks.gradient import pgd
 from robinherit.config import DownstreamConfig, HeadKind, Norm
-from robinherit.models.two_layer import LinearHead, TwoLayerNet
+from robinherit.models.encoder import CLOSED_FORM, supports
+from robinherit.models.two_layer import LinearHead
 from robinherit.models.units import uniform_threshold
 from robinherit.ops.closed_form import TwoLayerLoss, attack_loss
 from robinherit.ops.losses import cross_entropy
@@ -145,9 +146,10 @@ def train_heads(
     ``train_head`` draws them; the stack runs the steps of all heads as one batched computation (closed-form PGD
     through the shared encoder, ``attacks.gradient.pgd`` on the stack; one optimiser over the stacked weights,
     whose update is elementwise, so each head's is its own). Equal to the heads trained one by one up to float rounding
-    (``tests/test_downstream.py``). Encoders other than the two-layer network, and clipped inputs, train one by one.
+    (``tests/test_downstream.py``). Encoders without the ``closed_form``
+    capability (``models.encoder``), and clipped inputs, train one by one.
     """
-    if not isinstance(encoder, TwoLayerNet) or clip is not None or len(ys) < 2:
+    if not supports(encoder, CLOSED_FORM) or clip is not None or len(ys) < 2:
         return [
             train_head(encoder, width, n_classes, x, y, kind, cfg, norm=norm, g=g, clip=clip)
             for y, g in zip(ys, gens, strict=True)
@@ -169,7 +171,7 @@ def train_heads(
 
 
 def _train_stack(
-    encoder: TwoLayerNet,
+    encoder: nn.Module,  # with the closed_form capability
     V: nn.Parameter,
     c: nn.Parameter,
     x: Tensor,

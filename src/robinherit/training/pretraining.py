@@ -23,7 +23,6 @@ from robinherit.ops.closed_form import attack_loss, info_nce_view_loss
 from robinherit.ops.losses import info_nce, multilabel_bce
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
-from robinherit.training.allocator import keep_freed_memory
 from robinherit.training.optim import PretrainLog, check_finite, make_optimizer, optimizer_step
 from robinherit.training.step import adversarial_step
 from robinherit.world.sparse_coding import Batch
@@ -49,7 +48,6 @@ def pretrain_supervised(
     (``robinherit.training.stacked``: closed-form attack and parameter gradients, the same iterates up to float
     rounding); other models, and ``fast=False``, take the generic loop below (autograd training step).
     """
-    keep_freed_memory()
     if fast and batched.supports(model, cfg):
         return batched.pretrain_one(model, stream, cfg, loss_fn, on_step)
     pcfg = cfg.pretrain
@@ -128,7 +126,6 @@ def pretrain_contrastive(
     temperature below ``fused.MIN_CLOSED_FORM_TEMPERATURE``; ``closed_form_attack=True`` there, which
     ``benchmarks.contrastive_step`` times, pairs the closed-form attack with the autograd step).
     """
-    keep_freed_memory()
     if fast and batched.supports(model, cfg):
         return batched.pretrain_contrastive_one(model, stream, cfg, on_step)
     return pretrain_contrastive_generic(model, stream, cfg, on_step, closed_form_attack=fast)
@@ -152,7 +149,8 @@ def pretrain_contrastive_generic(
         width = model.features(first.x[:1]).shape[1]
     projector: nn.Module = nn.Identity()
     if pcfg.projector_dim > 0:
-        projector = nn.Linear(width, pcfg.projector_dim, bias=False)
+        # skip_init: the default initialisation would draw from (and so move) torch's global random stream
+        projector = nn.utils.skip_init(nn.Linear, width, pcfg.projector_dim, bias=False)
         with torch.no_grad():
             projector.weight.copy_(projector_weight(pcfg.projector_dim, width, generator(cfg.seed, "projector")))
         projector = projector.to(dev)

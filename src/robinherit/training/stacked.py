@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from robinherit.attacks.gradient import ATTACKS, budgets, random_start, training_attack
 from robinherit.config import AdversarialView, AttackKind, EncoderKind, ExperimentConfig, Method, PretrainConfig
 from robinherit.data.augment import make_views
+from robinherit.models.encoder import STACKABLE
+from robinherit.models.encoder import supports as declares
 from robinherit.models.stacked import StackedTwoLayer
 from robinherit.models.two_layer import TwoLayerNet, projector_weight
 from robinherit.ops.closed_form import MIN_CLOSED_FORM_TEMPERATURE
@@ -42,7 +44,6 @@ from robinherit.ops.stack_grads import (
     stacked_view_loss,
 )
 from robinherit.seeding import generator
-from robinherit.training.allocator import keep_freed_memory
 from robinherit.training.optim import PretrainLog, check_finite, make_optimizer
 from robinherit.training.step import adversarial_step, run_adversarial_grads
 from robinherit.world.sparse_coding import BatchStream, next_stacked
@@ -116,7 +117,6 @@ def pretrain_stacked(
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[PretrainLog]:
     """``pretraining.pretrain_supervised`` for a stack: model s sees streams[s] and is attacked at its eps."""
-    keep_freed_memory()
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     eps = [c.pretrain.eps for c in cfgs]
     # PGD with closed-form gradients: attack and gradients as one pure function (step.adversarial_grads), compiled
@@ -229,7 +229,6 @@ def pretrain_contrastive_stacked(
     are in closed form (:func:`contrastive_grads`), the attack's too (``ops.stack_grads.stacked_view_loss``).
     The model's head is not trained; the projector is discarded afterwards, as in the single run.
     """
-    keep_freed_memory()
     if len({batch_key(c) for c in cfgs}) != 1 or batch_key(cfgs[0]) is None:
         raise ValueError("a contrastive stack needs configs with one shared batch_key (see group_configs)")
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
@@ -279,8 +278,9 @@ def pretrain_contrastive_stacked(
 
 def supports(model: nn.Module, cfg: ExperimentConfig) -> bool:
     """Whether the stacked path (``pretrain_stacked``, ``pretrain_contrastive_stacked``) can train ``model`` under
-    ``cfg``: the two-layer net, and a config of :func:`supports_config`."""
-    return type(model) is TwoLayerNet and supports_config(cfg)
+    ``cfg``: an encoder that declares the ``stackable`` capability (``models.encoder``: the two-layer net), and a
+    config of :func:`supports_config`."""
+    return declares(model, STACKABLE) and supports_config(cfg)
 
 
 def pretrain_one(

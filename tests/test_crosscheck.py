@@ -62,7 +62,7 @@ def test_missing_art_is_a_user_error(tiny_store, monkeypatch) -> None:
     run = rebuild_run(record, store.artifact(record["run_id"], "encoder"))
     monkeypatch.setitem(sys.modules, "art", None)  # makes `import art...` fail
     monkeypatch.setitem(sys.modules, "art.attacks.evasion", None)
-    with pytest.raises(RobinheritError, match=r"robinherit\[crosscheck\]"):
+    with pytest.raises(RobinheritError, match=r"robinherit\[art\]"):
         art_pgd_robust_acc(run.model, run.x, run.y, 2, eps_grid=(0.25,), norm=Norm.l2, steps=5, restarts=1, seed=0)
 
 

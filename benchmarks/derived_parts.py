@@ -34,8 +34,8 @@ from benchmarks.reference_certify import broadcast_relaxation
 from benchmarks.timing import best_per_call
 from robinherit.config import ExperimentConfig, HeadKind, load_config
 from robinherit.runs.experiment import evaluate_model, fit_head, pretrain_alone
+from robinherit.runs.pool import local_pool, shared_pools
 from robinherit.runs.provenance import git_commit
-from robinherit.runs.sweep import local_pool, shared_pools
 from robinherit.seeding import generator
 from robinherit.training.heads import train_head, train_heads
 

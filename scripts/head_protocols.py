@@ -25,7 +25,8 @@ from robinherit.evaluation.robust import evaluate
 from robinherit.ops.losses import class_margin
 from robinherit.reproduce import pair_configs
 from robinherit.reproduce.jobs import encoder_weights
-from robinherit.runs.experiment import fit_head, frozen_encoder, run_many_or_load
+from robinherit.runs.experiment import fit_head, frozen_encoder
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.world.sparse_coding import make_world

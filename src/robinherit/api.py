@@ -19,7 +19,7 @@ from typing import Any
 from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
 from robinherit.errors import ConfigError
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from robinherit.config import Norm
 from robinherit.errors import RobinheritError
+from robinherit.evaluation.robust import accuracies, cumulative_masks
 from robinherit.records import eps_key
 from robinherit.seeding import derive_seed
 
@@ -63,10 +64,53 @@ def art_pgd_robust_acc(
     clip: tuple[float, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Robust accuracy of ``model`` (logits, class labels ``y``) under ART's PGD at each eps, inside the input box
-    ``clip`` (None: unbounded, as the synthetic world's inputs are).
+    ``clip`` (None: unbounded, as the synthetic world's inputs are), cumulative over budgets as the toolkit's own
+    curve (``robinherit.evaluation.robust.cumulative_masks``).
 
     Returns ``(robust_acc, max_perturbation)`` keyed by eps; step size 2.5 eps / steps, as the toolkit's PGD.
     """
+    ProjectedGradientDescent, PyTorchClassifier = _art()
+    norm = Norm(norm)
+    was_training = model.training
+    classifier = PyTorchClassifier(
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=n_classes,
+        clip_values=clip,  # None: unbounded inputs, no clamping anywhere
+        device_type="gpu" if x.device.type == "cuda" else "cpu",
+    )
+    x_np = x.detach().cpu().numpy().astype(np.float32)
+    y_np = y.detach().cpu().numpy()
+    max_pert: dict[str, float] = {}
+
+    def correct_on(xs: np.ndarray) -> Tensor:
+        return torch.from_numpy(classifier.predict(xs, batch_size=len(xs)).argmax(1) == y_np)
+
+    def art_pgd(eps: float) -> Tensor:
+        attack = ProjectedGradientDescent(
+            classifier,
+            norm=2 if norm == Norm.l2 else np.inf,
+            eps=float(eps),
+            eps_step=2.5 * float(eps) / steps,
+            max_iter=steps,
+            num_random_init=restarts,
+            targeted=False,
+            batch_size=len(x_np),
+            verbose=False,
+        )
+        with _seeded_numpy(derive_seed(seed, f"art-pgd-{eps_key(eps)}")):
+            x_adv = attack.generate(x_np, y=y_np)
+        diff = (x_adv - x_np).reshape(len(x_np), -1)
+        max_pert[eps_key(eps)] = float(np.abs(diff).max() if norm == Norm.linf else np.linalg.norm(diff, axis=1).max())
+        return correct_on(x_adv)
+
+    masks, _ = cumulative_masks(correct_on(x_np), eps_grid, art_pgd)
+    model.train(was_training)  # ART switches the model to eval mode; give it back as it was
+    return accuracies(masks), max_pert
+
+
+def _art():
     try:
         from art.attacks.evasion import ProjectedGradientDescent
         from art.estimators.classification import PyTorchClassifier
@@ -75,48 +119,7 @@ def art_pgd_robust_acc(
             "the cross-check needs the adversarial-robustness-toolbox package, which is not installed; "
             "install the extra with: pip install 'robinherit[crosscheck]'"
         ) from None
-    norm = Norm(norm)
-    was_training = model.training
-    device = x.device
-    classifier = PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(x.shape[1:]),
-        nb_classes=n_classes,
-        clip_values=clip,  # None: unbounded inputs, no clamping anywhere
-        device_type="gpu" if device.type == "cuda" else "cpu",
-    )
-    x_np = x.detach().cpu().numpy().astype(np.float32)
-    y_np = y.detach().cpu().numpy()
-
-    def correct_on(xs: np.ndarray) -> Tensor:
-        return torch.from_numpy(classifier.predict(xs, batch_size=len(xs)).argmax(1) == y_np)
-
-    still = correct_on(x_np)
-    robust, max_pert = {}, {}
-    for eps in sorted(eps_grid):
-        if eps > 0:
-            attack = ProjectedGradientDescent(
-                classifier,
-                norm=2 if norm == Norm.l2 else np.inf,
-                eps=float(eps),
-                eps_step=2.5 * float(eps) / steps,
-                max_iter=steps,
-                num_random_init=restarts,
-                targeted=False,
-                batch_size=len(x_np),
-                verbose=False,
-            )
-            with _seeded_numpy(derive_seed(seed, f"art-pgd-{eps_key(eps)}")):
-                x_adv = attack.generate(x_np, y=y_np)
-            diff = (x_adv - x_np).reshape(len(x_np), -1)
-            max_pert[eps_key(eps)] = float(
-                np.abs(diff).max() if norm == Norm.linf else np.linalg.norm(diff, axis=1).max()
-            )
-            still &= correct_on(x_adv)
-        robust[eps_key(eps)] = float(still.float().mean())
-    model.train(was_training)  # ART switches the model to eval mode; give it back as it was
-    return robust, max_pert
+    return ProjectedGradientDescent, PyTorchClassifier
 
 
 def sandwich_violations(

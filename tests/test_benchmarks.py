@@ -103,7 +103,7 @@ def test_ab_commits_exports_a_commit_and_names_a_bad_one(tmp_path):
     if not (ab_commits.ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     tree = ab_commits.export("HEAD", tmp_path)
-    assert (tree / "src" / "robinherit" / "batched.py").is_file() and (tree / "benchmarks" / "train_step.py").is_file()
+    assert (tree / "src" / "robinherit" / "__init__.py").is_file() and (tree / "benchmarks" / "train_step.py").is_file()
     with pytest.raises(SystemExit, match="git archive no-such-commit failed"):
         ab_commits.export("no-such-commit", tmp_path)
 

@@ -30,6 +30,7 @@ from robinherit.attacks.autoattack import TORCHATTACKS, autoattack_names
 from robinherit.attacks.gradient import _flat_norm, input_grad, pgd
 from robinherit.config import EvalConfig, Norm
 from robinherit.errors import ConfigError
+from robinherit.evaluation.art_pgd import art_pgd_correct
 from robinherit.evaluation.certify import certified_accuracy, certifier_for
 from robinherit.ops.closed_form import fused_loss
 from robinherit.records import eps_key
@@ -40,9 +41,10 @@ MarginFn = Callable[[Tensor, Tensor], Tensor]
 # attack; ``margin(logits, y) > 0`` means correct (class labels, or the K binary tasks of the synthetic world)
 EvalAttack = Callable[..., Tensor]
 
-# Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them) and whatever
+# Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them), ART's PGD
+# (``art-pgd``: the peer that ``robinherit.analysis.crosscheck`` holds the toolkit's PGD against) and whatever
 # ``eval.attacks`` names. A new evaluation attack is one function and one entry here (docs/extending.md).
-EVAL_ATTACKS: dict[str, EvalAttack] = dict(TORCHATTACKS)
+EVAL_ATTACKS: dict[str, EvalAttack] = {**TORCHATTACKS, "art-pgd": art_pgd_correct}
 
 
 def attack_names(ecfg: EvalConfig, n_classes: int) -> list[str]:

@@ -59,8 +59,8 @@ class _DownstreamStream:
 def end_to_end_at(cfgs: Sequence[ExperimentConfig]) -> dict[str, Any]:
     """A fresh network per config (one per seed), trained adversarially on the downstream task itself: the reference
     that inheritance saves. Configs that stack (``robinherit.runs.schedule.group_configs``) train as one stack; any
-    other config alone.
-    Returns ``{"per_seed": [...]}`` in the order of ``cfgs``, each with its share of the wall time."""
+    other config alone. Returns ``{"per_seed": [...]}`` in the order of ``cfgs``, each with its share of the wall
+    time."""
     models = [build_model(c.data.d, c.model, n_out=1, g=generator(c.seed, "e2e-init")).to(c.device) for c in cfgs]
     seconds: list[float] = [0.0] * len(cfgs)
     for group in group_configs(cfgs):

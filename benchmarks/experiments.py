@@ -15,7 +15,8 @@ import time
 import torch
 
 from robinherit.config import load_config, with_updates
-from robinherit.runs.experiment import run_experiment, run_many_or_load
+from robinherit.runs.experiment import run_experiment
+from robinherit.runs.schedule import run_many_or_load
 
 QUICK = ("pretrain.steps=1000", "downstream.steps=150", "downstream.n_train=1000", "eval.n_test=500")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from robinherit.cli import parse_seeds
 from robinherit.reproduce import AuxJob, ReproduceSettings, extra_task, pair_configs, run_aux, task_gaps
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 
 

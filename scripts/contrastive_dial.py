@@ -24,7 +24,7 @@ from pathlib import Path
 from robinherit.cli import parse_seeds
 from robinherit.config import ExperimentConfig, load_config, with_updates
 from robinherit.evaluation.robust import eps_key
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "contrastive.yaml"

@@ -18,15 +18,15 @@ from typing import Any
 
 from robinherit.analysis.correlate import correlate
 from robinherit.analysis.plots import _hashable, axis_value
+from robinherit.analysis.stats import t_interval
 from robinherit.records import eps_key
-from robinherit.reproduce.stats import paired_stats
 from robinherit.runs.sweep import records_of
 
 
 def interval(values: list[float]) -> str:
-    """mean +- half-width of the 95% t-interval over seeds (``reproduce``'s own statistics; just the mean for one
+    """mean +- half-width of the 95% t-interval over seeds (the package's one t interval; just the mean for one
     value)."""
-    mean, (low, high), _ = paired_stats(values)
+    mean, low, high = t_interval(values)
     return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 

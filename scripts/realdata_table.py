@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 
 import torch
-from scipy import stats
 
+from robinherit.analysis.stats import t_interval
 from robinherit.config import load_config, with_updates
-from robinherit.runs.experiment import run_or_load
+from robinherit.runs.schedule import run_or_load
 from robinherit.runs.store import ResultStore
 
 
 def interval(values: list[float]) -> str:
     """mean +- half-width of the 95% t-interval (just the mean for one value)."""
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.3f}"
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.3f} ± {half:.3f}"
+    mean, low, high = t_interval(values)
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {(high - low) / 2:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

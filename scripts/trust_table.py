@@ -25,7 +25,7 @@ from robinherit.config import HeadKind, load_config, with_updates
 from robinherit.evaluation.robust import eps_key, evaluate
 from robinherit.models.two_layer import build_model
 from robinherit.ops.losses import class_margin
-from robinherit.runs.experiment import run_or_load
+from robinherit.runs.schedule import run_or_load
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.training.heads import train_head

@@ -20,8 +20,9 @@ from robinherit.models.two_layer import build_model
 from robinherit.ops.closed_form import fused_loss
 from robinherit.ops.losses import multilabel_bce
 from robinherit.ops.stack_grads import stack_attack_loss
-from robinherit.runs import experiment
-from robinherit.runs.experiment import run_experiment, run_many_or_load
+from robinherit.runs import experiment, schedule
+from robinherit.runs.experiment import run_experiment
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
@@ -143,7 +144,7 @@ def test_stacked_pretraining_equals_separate_runs(variant):
     cfgs = [tiny(seed=s, **variant) for s in range(3)]
     if cfgs[0].pretrain.eps > 0:  # per-model budgets inside one stack
         cfgs[2] = with_updates(cfgs[2], **{"pretrain.eps": 2 * cfgs[2].pretrain.eps})
-    assert len(batched.group_configs(cfgs)) == 1
+    assert len(schedule.group_configs(cfgs)) == 1
 
     def parts(c):
         world = make_world(c.data, c.seed)
@@ -214,7 +215,7 @@ def test_group_configs_batches_only_what_shares_shapes():
         tiny(seed=9, **{"pretrain.eps": 0.4}),  # another budget: same stack, eps is per model
         a[4],
     ]
-    groups = batched.group_configs(cfgs, max_size=4)
+    groups = schedule.group_configs(cfgs, max_size=4)
     assert sorted(i for g in groups for i in g) == list(range(len(cfgs)))
     assert [0, 1, 2, 7] in groups and [8, 9] in groups  # max_size splits a stack, order kept
     assert [3] in groups and [4, 5] in groups and [6] in groups

@@ -18,8 +18,9 @@ from robinherit.models.two_layer import TwoLayerNet, build_model
 from robinherit.ops import stack_grads
 from robinherit.ops.closed_form import InfoNCEViewLoss, info_nce_and_grad, info_nce_view_loss
 from robinherit.ops.losses import info_nce
-from robinherit.runs import experiment
-from robinherit.runs.experiment import run_experiment, run_many
+from robinherit.runs import experiment, schedule
+from robinherit.runs.experiment import run_experiment
+from robinherit.runs.schedule import run_many
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
 from robinherit.training.pretraining import pretrain_contrastive
@@ -255,7 +256,7 @@ def test_stacked_contrastive_equals_separate_runs(variant, float64):
     cfgs = [tiny(seed=s, **variant) for s in range(3)]
     if cfgs[0].pretrain.eps > 0:  # per-model budgets inside one stack
         cfgs[2] = with_updates(cfgs[2], **{"pretrain.eps": 2 * cfgs[2].pretrain.eps})
-    assert len(batched.group_configs(cfgs)) == 1
+    assert len(schedule.group_configs(cfgs)) == 1
     streams, models = zip(*(_parts(c, shift) for c in cfgs), strict=True)
     net = batched.StackedTwoLayer(models)
     logs = batched.pretrain_contrastive_stacked(net, streams, cfgs)
@@ -322,9 +323,9 @@ def test_run_many_pretrains_contrastive_configs_as_one_stack(monkeypatch):
 
 def test_contrastive_stacks_are_capped_on_the_cpu():
     cfgs = [tiny(seed=s) for s in range(batched.CPU_MAX_STACK[Method.contrastive] + 3)]
-    groups = batched.group_configs(cfgs, max_size=32)
+    groups = schedule.group_configs(cfgs, max_size=32)
     assert [len(g) for g in groups] == [batched.CPU_MAX_STACK[Method.contrastive], 3]
-    assert [len(g) for g in batched.group_configs(cfgs, max_size=2)][:2] == [2, 2]
+    assert [len(g) for g in schedule.group_configs(cfgs, max_size=2)][:2] == [2, 2]
 
 
 def test_sweep_groups_put_contrastive_seeds_together():
@@ -341,7 +342,7 @@ def test_low_temperature_falls_back_to_autograd(monkeypatch):
     cfg = tiny(**{"pretrain.temperature": 0.02, "pretrain.steps": 4})
     stream, model = _parts(cfg, None)
     assert not batched.supports_config(cfg) and not batched.supports(model, cfg)
-    assert batched.batch_key(cfg) is None and batched.group_configs(
+    assert batched.batch_key(cfg) is None and schedule.group_configs(
         [cfg, tiny(seed=1, **{"pretrain.temperature": 0.02})]
     ) == [[0], [1]]
 
@@ -397,7 +398,7 @@ def test_stacked_contrastive_on_real_data_equals_the_generic_loop():
         "pretrain.aug_strength=0.3",
     ]
     cfgs = [load_config(None, [*sets, f"seed={s}"]) for s in range(2)]
-    assert cfgs[0].data.center and len(batched.group_configs(cfgs)) == 1
+    assert cfgs[0].data.center and len(schedule.group_configs(cfgs)) == 1
     sources = build_sources(cfgs)
     cpu = torch.device("cpu")
     models = [experiment.build_encoder(c, s) for c, s in zip(cfgs, sources, strict=True)]

@@ -84,6 +84,25 @@ def test_toolkit_pgd_at_least_as_strong_as_art(tiny_store, norm: Norm) -> None:
 
 
 @needs_art
+def test_art_pgd_is_an_evaluation_attack(tiny_store) -> None:
+    """``eval.attacks: [art-pgd]`` runs ART's PGD beside the toolkit's, on the same cumulative bookkeeping."""
+    from robinherit.evaluation.robust import EVAL_ATTACKS, robust_eval
+
+    _, record, store = tiny_store
+    run = rebuild_run(record, store.artifact(record["run_id"], "encoder"))
+    ecfg = run.cfg.eval.model_copy(update={"attacks": ("art-pgd",)})
+    was_training = run.model.training
+    out = robust_eval(run.model, run.x, run.y, class_margin, ecfg, n_classes=2, image_shape=None,
+                      g=run.eval_generator, seed=0, tag="clean")  # fmt: skip
+    assert "art-pgd" in EVAL_ATTACKS and out["attacks"][1:] == ["art-pgd"]
+    assert run.model.training == was_training
+    art = out["autoattack_robust_acc"]  # every attack beside PGD together: here ART's alone
+    assert art["0"] == out["pgd_robust_acc"]["0"] and min(art.values()) < art["0"]
+    assert list(art.values()) == sorted(art.values(), reverse=True)  # cumulative: non-increasing in eps
+    assert sandwich_violations(None, out["pgd_robust_acc"], art) == []
+
+
+@needs_art
 def test_check_run_reproduces_the_record_and_sandwiches(tiny_store) -> None:
     _, record, store = tiny_store
     rep = check_run(record, store.artifact(record["run_id"], "encoder"), art=True)

@@ -133,7 +133,7 @@ def _no_timing(rec: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("seeds", [(0,), (0, 1)])  # one encoder alone; two seeds through the stacked path
 def test_runs_that_differ_after_pretraining_share_one_encoder(micro_cfg: ExperimentConfig, monkeypatch, seeds):
     from robinherit.runs import experiment
-    from robinherit.runs.experiment import run_many
+    from robinherit.runs.schedule import run_many
 
     heads = [
         {},
@@ -172,7 +172,7 @@ def test_runs_that_differ_after_pretraining_share_one_encoder(micro_cfg: Experim
 
 
 def test_a_failed_shared_pretraining_is_every_sharing_runs_error(micro_cfg: ExperimentConfig):
-    from robinherit.runs.experiment import run_many
+    from robinherit.runs.schedule import run_many
 
     bad = with_updates(
         micro_cfg,
@@ -188,7 +188,7 @@ def test_a_failed_shared_pretraining_is_every_sharing_runs_error(micro_cfg: Expe
 def test_a_shared_encoders_run_that_cannot_build_its_data_fails_alone(micro_cfg: ExperimentConfig, monkeypatch):
     from robinherit.errors import DataError
     from robinherit.runs import experiment
-    from robinherit.runs.experiment import run_many
+    from robinherit.runs.schedule import run_many
 
     def broken(cfgs, known=()):
         raise DataError("eval.n_test asks for more test images than the split has")
@@ -204,7 +204,7 @@ def test_a_shared_encoders_run_that_cannot_build_its_data_fails_alone(micro_cfg:
 def test_of_three_runs_sharing_an_encoder_only_the_one_that_cannot_build_its_data_fails(micro_cfg, monkeypatch):
     from robinherit.errors import DataError
     from robinherit.runs import experiment
-    from robinherit.runs.experiment import run_many
+    from robinherit.runs.schedule import run_many
 
     real = experiment.build_sources
 

@@ -32,7 +32,8 @@ from robinherit.errors import ConfigError
 from robinherit.evaluation.dictionary import learn_dictionary
 from robinherit.evaluation.purity import measure
 from robinherit.models.two_layer import TwoLayerNet, build_model
-from robinherit.runs.experiment import run_experiment, run_or_load
+from robinherit.runs.experiment import run_experiment
+from robinherit.runs.schedule import run_or_load
 from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.training.pretraining import pretrain_supervised
@@ -364,7 +365,7 @@ def test_default_atoms_are_capped_for_large_inputs(monkeypatch):
 
 
 def test_runs_sharing_an_encoder_read_their_data_set_once(tmp_path: Path, monkeypatch) -> None:
-    from robinherit.runs.experiment import run_many
+    from robinherit.runs.schedule import run_many
 
     make_mnist_files(tmp_path, n_train=80, n_test=40)
     cfg = _cfg(tmp_path, **{"eval.autoattack": "none", "downstream.heads": ["clean"]})

@@ -11,9 +11,9 @@ import pytest
 
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.errors import NonFiniteLossError, StoreError
-from robinherit.runs import experiment
+from robinherit.runs import schedule
 from robinherit.runs import store as store_mod
-from robinherit.runs.experiment import run_or_load
+from robinherit.runs.schedule import run_or_load
 from robinherit.runs.store import ResultStore
 
 
@@ -99,7 +99,7 @@ def fake_runs(monkeypatch: pytest.MonkeyPatch) -> FakeRuns:
                 continue
             on_result(i, res, None)
 
-    monkeypatch.setattr(experiment, "run_many", run_many)
+    monkeypatch.setattr(schedule, "run_many", run_many)
     return fake
 
 

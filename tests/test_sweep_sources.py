@@ -127,14 +127,14 @@ class RacingPool:
 
 
 def test_a_group_the_broken_pool_refuses_runs_in_a_new_pool_and_nothing_else_is_lost(tmp_path, micro_yaml, monkeypatch):
-    from robinherit.runs import sweep
+    from robinherit.runs import backends
 
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0, DOOMED_SEED, 2, 3]}))
     cfgs = load_sweep(spec).configs()
     doomed = next(c for c in cfgs if c.seed == DOOMED_SEED)
     pools: list[RacingPool] = []
-    monkeypatch.setattr(sweep, "local_pool", lambda n: pools.append(RacingPool(n)) or pools[-1])
+    monkeypatch.setattr(backends, "local_pool", lambda n: pools.append(RacingPool(n)) or pools[-1])
     res = CliRunner().invoke(
         app, ["sweep", str(spec), "--store", str(tmp_path / "k.db"), "--quiet", "--batch", "1", "--workers", "2"]
     )

@@ -15,14 +15,15 @@ _LAZY = {
     "load_plugins": "robinherit.plugins",
     "run": "robinherit.api",
     "run_experiment": "robinherit.runs.experiment",
-    "run_or_load": "robinherit.runs.experiment",
+    "run_or_load": "robinherit.runs.schedule",
 }
 
 if TYPE_CHECKING:
     from robinherit.api import Record, Records, run
     from robinherit.config import ExperimentConfig, load_config
     from robinherit.plugins import load_plugins
-    from robinherit.runs.experiment import run_experiment, run_or_load
+    from robinherit.runs.experiment import run_experiment
+    from robinherit.runs.schedule import run_or_load
 
 __all__ = [
     "ExperimentConfig",

@@ -21,7 +21,7 @@ from robinherit.config import ExperimentConfig, build_config, load_config, with_
 from robinherit.errors import ConfigError
 from robinherit.records import eps_key
 from robinherit.runs.budget import check_fits
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 
 

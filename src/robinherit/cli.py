@@ -17,8 +17,16 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
 
+from robinherit.analysis.tables import (
+    claims_table,
+    print_crosscheck,
+    print_record,
+    runs_table,
+    summary_line,
+    sweep_summary,
+    timing_table,
+)
 from robinherit.errors import RobinheritError
 from robinherit.paths import get_path
 from robinherit.runs.sweep import BATCH as SWEEP_BATCH
@@ -121,25 +129,6 @@ def progress_bar(quiet: bool) -> Progress:
     )
 
 
-def summary_line(rec: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a record: purity and clean-head robust accuracy at each eps."""
-    pur = rec["purification"]
-    heads = rec["downstream"]
-    return {
-        "run_id": rec["run_id"],
-        "seed": rec["seed"],
-        "method": rec["config"]["pretrain"]["method"],
-        "pretrain_eps": rec["config"]["pretrain"]["eps"],
-        "top1_share_mean": pur["top1_share_mean"],
-        "frac_pure_0.5": pur["frac_pure"]["0.5"],
-        **{
-            f"{h}.{k}": v
-            for h, r in heads.items()
-            for k, v in [("clean", r["clean_acc"]), *[(f"rob@{e}", a) for e, a in r["robust_acc"].items()]]
-        },
-    }
-
-
 @app.command()
 @user_errors
 def run(
@@ -155,7 +144,7 @@ def run(
     """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
     from robinherit.runs.budget import check_fits
-    from robinherit.runs.experiment import run_or_load
+    from robinherit.runs.schedule import run_or_load
     from robinherit.runs.store import ResultStore
 
     cfg = load_config(config, set_)
@@ -176,32 +165,7 @@ def run(
             if json_out:
                 print(json.dumps(rec), flush=True)
             else:
-                _print_record(rec, cached)
-
-
-def _print_record(rec: dict[str, Any], cached: bool) -> None:
-    pur = rec["purification"]
-    where = " (from store)" if cached else f" ({rec['timing_s']['total']:.1f} s)"
-    name = rec.get("dataset", {}).get("name", "synthetic")
-    ref = pur.get("reference", "true dictionary")
-    out.print(
-        f"[bold]run {rec['run_id']}[/] {name} seed {rec['seed']}{where}: top-1 share mean "
-        f"{pur['top1_share_mean']:.3f} ({ref}), pure@0.5 {pur['frac_pure']['0.5']:.0%}, "
-        f"N_eff median {pur['neff_median']:.2f}, dead {pur['dead_nodes']}"
-    )
-    rows = {"pre-trained model": rec["pretrain"], **rec["downstream"]}
-    eps = list(next(iter(rec["downstream"].values()))["robust_acc"])
-    table = Table("model", "accuracy", *[f"eps {e}" for e in eps])
-    for name, r in rows.items():
-        table.add_row(name, "robust", *[f"{r['robust_acc'][e]:.3f}" for e in eps])
-        if r.get("certified_acc"):
-            table.add_row("", "certified", *[f"{r['certified_acc'][e]:.3f}" for e in eps])
-    out.print(table)
-    if any("autoattack_robust_acc" in r for r in rows.values()):
-        out.print("robust accuracy: per-example worst case of " + ", ".join(rec["pretrain"].get("attacks", [])))
-    for name, r in rows.items():
-        for w in r.get("warnings", []):
-            out.print(f"[yellow]warning ({name}):[/] {w}", highlight=False, soft_wrap=True)
+                print_record(out, rec, cached)
 
 
 @app.command()
@@ -219,24 +183,7 @@ def runs(
         for rec in records:
             print(json.dumps(summary_line(rec)))
         return
-    # run ids are what `show` takes: never wrap or cut them, let the robust column wrap instead
-    run_id_col = Column("run_id", no_wrap=True, min_width=16)
-    table = Table(run_id_col, "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s")
-    for rec in records:
-        cfg = rec["config"]
-        ch = rec["downstream"].get("clean_head") or next(iter(rec["downstream"].values()))
-        rob = " ".join(f"{e}:{a:.2f}" for e, a in ch["robust_acc"].items())
-        table.add_row(
-            rec["run_id"],
-            str(rec["seed"]),
-            cfg["pretrain"]["method"],
-            str(cfg["pretrain"]["eps"]),
-            f"{rec['purification']['top1_share_mean']:.3f}",
-            f"{ch['clean_acc']:.3f}",
-            rob,
-            f"{rec['timing_s']['total']:.1f}",
-        )
-    out.print(table)
+    out.print(runs_table(records))
     out.print(f"{len(records)} runs in {store}")
 
 
@@ -336,15 +283,9 @@ def reproduce(
     claims_path = write_claims(result, out_dir)
     html_path, md_path = write_report(result, db, out_dir)
     report_s = time.perf_counter() - t_report
-    table = Table("#", "claim", "result", "effect", "95% CI", "p", "seeds")
-    for c in result.claims:
-        table.add_row(*_claim_cells(c))
-    out.print(table)
+    out.print(claims_table(result.claims))
     stages = {**result.timing["stages"], "report and figures": report_s, "total": result.timing["wall"] + report_s}
-    times = Table("stage", "wall s", title=f"where the time went (the work inside: {md_path.name})")
-    for name, secs in stages.items():
-        times.add_row(name, f"{secs:.1f}")
-    out.print(times)
+    out.print(timing_table(stages, f"where the time went (the work inside: {md_path.name})"))
     out.print(f"wrote {claims_path}, {html_path}, {md_path}")
 
 
@@ -398,37 +339,11 @@ def sweep(
         rep = run_sweep(
             cfgs, db, backend=backend_kind, workers=workers, address=address, on_progress=on_progress, batch=batch
         )
-    out.print(
-        f"sweep '{sw.spec.name}': {rep.total} runs; {rep.ran} ran, {rep.skipped} were already stored"
-        + (f", {rep.taken} stored meanwhile by another sweep" if rep.taken else "")
-        + f"; store {db_path}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    out.print(sweep_summary(sw.spec.name, rep, db_path), highlight=False, soft_wrap=True)
     if rep.failed:
         for run_id, err in rep.failed:
             console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
         raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
-
-
-def _claim_cells(c: dict[str, Any]) -> list[str]:
-    """One row of the claims table: a claim that could not run says so, with its reason, instead of FAIL."""
-    if c.get("status") == "not run":
-        return [str(c["id"]), c["name"], "[yellow]NOT RUN[/]", c.get("reason", ""), c.get("fix", ""), "", ""]
-
-    def num(v: float | None, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    lo, hi = c["ci95"]
-    return [
-        str(c["id"]),
-        c["name"],
-        "[green]PASS[/]" if c["passed"] else "[red]FAIL[/]",
-        num(c["effect"], "+.3f"),
-        f"[{num(lo, '+.3f')}, {num(hi, '+.3f')}]",
-        num(c["p_value"], ".2g"),
-        str(c["n_seeds"]),
-    ]
 
 
 @app.command()
@@ -543,7 +458,7 @@ def evaluate(
     """
     from robinherit.analysis.crosscheck import check_run
     from robinherit.config import HeadKind, load_config, packaged_files, with_updates
-    from robinherit.runs.experiment import run_or_load
+    from robinherit.runs.schedule import run_or_load
     from robinherit.runs.store import ResultStore
 
     if head not in {h.value for h in HeadKind}:
@@ -574,26 +489,7 @@ def evaluate(
         if json_out:
             print(json.dumps(rep), flush=True)
             continue
-        out.print(
-            f"[bold]run {rep['run_id']}[/] seed {rep['seed']}, pretrain.eps {rep['pretrain_eps']:g}, {head} head, "
-            f"{rep['norm']}: clean {rep['clean_acc']:.3f}"
-        )
-        cols = ["eps", "certified", "IBP", "CROWN", "PGD"] + (["ART-PGD"] if crosscheck else [])
-        table = Table(*cols)
-        for k, pgd_acc in rep["robust_acc"].items():
-            row = [k, *(f"{rep[c][k]:.3f}" for c in ("certified_acc", "certified_ibp", "certified_crown"))]
-            row.append(f"{pgd_acc:.3f}")
-            if crosscheck:
-                row.append(f"{rep['art_robust_acc'][k]:.3f}")
-            table.add_row(*row)
-        out.print(table)
-        for w in rep["warnings"]:
-            out.print(f"[yellow]warning:[/] {w}", highlight=False)
-        for v in rep["violations"]:
-            out.print(f"[red]violation:[/] {v}", highlight=False)
-        if not rep["violations"]:
-            what = "certified <= PGD <= ART-PGD + 0.01" if crosscheck else "certified <= PGD"
-            out.print(f"[green]ok:[/] {what} at every eps", highlight=False)
+        print_crosscheck(out, rep, head, crosscheck)
     if failed:
         raise typer.Exit(code=1)
 

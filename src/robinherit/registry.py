@@ -132,8 +132,11 @@ ENCODERS = Registry(
 EVAL_ATTACKS = Registry(
     "evaluation attack",
     {
-        name: f"robinherit.attacks.autoattack:{name.replace('-', '_')}"
-        for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
+        **{
+            name: f"robinherit.attacks.autoattack:{name.replace('-', '_')}"
+            for name in ("apgd-ce", "apgd-t", "square", "autoattack-standard")
+        },
+        "art-pgd": "robinherit.evaluation.art_pgd:art_pgd_correct",
     },
 )
 

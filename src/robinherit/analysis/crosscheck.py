@@ -1,10 +1,11 @@
 """Cross-check of the toolkit's PGD against a peer implementation on unbounded inputs.
 
 The peer is the Adversarial Robustness Toolbox (Nicolae et al. 2018, "Adversarial Robustness Toolbox
-v1.0.0"): its ``ProjectedGradientDescent`` (Madry et al. 2018) on a ``PyTorchClassifier`` with
-``clip_values=None``, so inputs stay in all of R^d like the synthetic world (torchattacks and AutoAttack
-clamp to [0, 1], which is invalid here). ART attacks the cross-entropy, the toolkit the margin: two
-different implementations and losses, the same threat model, eps, steps, step size and restarts.
+v1.0.0"): its ``ProjectedGradientDescent`` (Madry et al. 2018) on a ``PyTorchClassifier``
+(``robinherit.evaluation.art_pgd``, also the evaluation attack ``art-pgd``) with ``clip_values=None``, so
+inputs stay in all of R^d like the synthetic world (torchattacks and AutoAttack clamp to [0, 1], which is
+invalid here). ART attacks the cross-entropy, the toolkit the margin: two different implementations and
+losses, the same threat model, eps, steps, step size and restarts.
 
 Both robust accuracies use the same bookkeeping (robust at eps = correct on clean input and under every
 attack at a budget <= eps), so only the attacks differ. The toolkit's PGD passes when its robust accuracy
@@ -15,7 +16,6 @@ model look robust.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,30 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from robinherit.config import Norm
-from robinherit.errors import RobinheritError
+from robinherit.evaluation.art_pgd import art_available, art_classifier, art_pgd_points
+from robinherit.evaluation.robust import accuracies, cumulative_masks
 from robinherit.records import eps_key
 from robinherit.seeding import derive_seed
 
 TOL = 0.01  # one point of accuracy
-
-
-def art_available() -> bool:
-    try:
-        import art  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@contextmanager
-def _seeded_numpy(seed: int):
-    """ART draws its random starts from numpy's global stream: pin it, then give the caller's state back."""
-    state = np.random.get_state()
-    np.random.seed(seed % (2**32))
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 def art_pgd_robust_acc(
@@ -63,60 +45,34 @@ def art_pgd_robust_acc(
     clip: tuple[float, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Robust accuracy of ``model`` (logits, class labels ``y``) under ART's PGD at each eps, inside the input box
-    ``clip`` (None: unbounded, as the synthetic world's inputs are).
+    ``clip`` (None: unbounded, as the synthetic world's inputs are), cumulative over budgets as the toolkit's own
+    curve (``robinherit.evaluation.robust.cumulative_masks``).
 
     Returns ``(robust_acc, max_perturbation)`` keyed by eps; step size 2.5 eps / steps, as the toolkit's PGD.
+    Robust means classified correctly by ART's own predictions, clean and at every budget <= eps.
     """
-    try:
-        from art.attacks.evasion import ProjectedGradientDescent
-        from art.estimators.classification import PyTorchClassifier
-    except ImportError:
-        raise RobinheritError(
-            "the cross-check needs the adversarial-robustness-toolbox package, which is not installed; "
-            "install the extra with: pip install 'robinherit[art]'"
-        ) from None
     norm = Norm(norm)
     was_training = model.training
-    device = x.device
-    classifier = PyTorchClassifier(
-        model=model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(x.shape[1:]),
-        nb_classes=n_classes,
-        clip_values=clip,  # None: unbounded inputs, no clamping anywhere
-        device_type="gpu" if device.type == "cuda" else "cpu",
-    )
+    classifier = art_classifier(model, x, n_classes, clip)
     x_np = x.detach().cpu().numpy().astype(np.float32)
     y_np = y.detach().cpu().numpy()
+    max_pert: dict[str, float] = {}
 
     def correct_on(xs: np.ndarray) -> Tensor:
         return torch.from_numpy(classifier.predict(xs, batch_size=len(xs)).argmax(1) == y_np)
 
-    still = correct_on(x_np)
-    robust, max_pert = {}, {}
-    for eps in sorted(eps_grid):
-        if eps > 0:
-            attack = ProjectedGradientDescent(
-                classifier,
-                norm=2 if norm == Norm.l2 else np.inf,
-                eps=float(eps),
-                eps_step=2.5 * float(eps) / steps,
-                max_iter=steps,
-                num_random_init=restarts,
-                targeted=False,
-                batch_size=len(x_np),
-                verbose=False,
-            )
-            with _seeded_numpy(derive_seed(seed, f"art-pgd-{eps_key(eps)}")):
-                x_adv = attack.generate(x_np, y=y_np)
-            diff = (x_adv - x_np).reshape(len(x_np), -1)
-            max_pert[eps_key(eps)] = float(
-                np.abs(diff).max() if norm == Norm.linf else np.linalg.norm(diff, axis=1).max()
-            )
-            still &= correct_on(x_adv)
-        robust[eps_key(eps)] = float(still.float().mean())
+    def art_pgd(eps: float) -> Tensor:
+        x_adv = art_pgd_points(
+            classifier, x_np, y_np, eps=eps, norm=norm, steps=steps, restarts=restarts,
+            seed=derive_seed(seed, f"art-pgd-{eps_key(eps)}"),
+        )  # fmt: skip
+        diff = (x_adv - x_np).reshape(len(x_np), -1)
+        max_pert[eps_key(eps)] = float(np.abs(diff).max() if norm == Norm.linf else np.linalg.norm(diff, axis=1).max())
+        return correct_on(x_adv)
+
+    masks, _ = cumulative_masks(correct_on(x_np), eps_grid, art_pgd)
     model.train(was_training)  # ART switches the model to eval mode; give it back as it was
-    return robust, max_pert
+    return accuracies(masks), max_pert
 
 
 def sandwich_violations(
@@ -183,3 +139,6 @@ def check_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "clea
         "warnings": res.warnings,
         "checks": res.checks,
     }
+
+
+__all__ = ["TOL", "art_available", "art_pgd_robust_acc", "check_run", "sandwich_violations"]

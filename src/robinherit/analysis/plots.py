@@ -8,7 +8,6 @@ budgets ``0.25``, are matched whole, and numerically, so ``robust_acc.1.0`` find
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from robinherit.analysis.stats import t_interval
 from robinherit.errors import RobinheritError
 from robinherit.outputs import replace_file
 from robinherit.paths import as_float, flatten, get_path
@@ -84,13 +84,8 @@ def _suggest(record: dict[str, Any], path: str) -> str:
 
 # name -> (values over seeds) -> (low, high)
 def _ci95(v: np.ndarray) -> tuple[float, float]:
-    from scipy import stats
-
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, m
-    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return m - half, m + half
+    _, lo, hi = t_interval(v)
+    return lo, hi
 
 
 def _sd(v: np.ndarray) -> tuple[float, float]:

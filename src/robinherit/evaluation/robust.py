@@ -17,9 +17,10 @@ leave robust an example that such a known point already breaks.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 import torch
@@ -40,7 +41,8 @@ MarginFn = Callable[[Tensor, Tensor], Tensor]
 # attack; ``margin(logits, y) > 0`` means correct (class labels, or the K binary tasks of the synthetic world)
 EvalAttack = Callable[..., Tensor]
 
-# Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them) and whatever
+# Attacks run beside PGD, by name: AutoAttack's components (``eval.autoattack`` picks a set of them), ART's PGD
+# (``art-pgd``: the peer that ``robinherit.analysis.crosscheck`` holds the toolkit's PGD against) and whatever
 # ``eval.attacks`` names. A new evaluation attack is one function and one entry here (docs/extending.md).
 EVAL_ATTACKS = registry.EVAL_ATTACKS
 
@@ -189,21 +191,35 @@ def _gradient_masking_check(attack_loss, x, correct, warn_share, warnings: list[
         )
 
 
-def _robust_curve(
-    attack: Callable[[float], Tensor], correct: Tensor, eps_grid, clean_acc: float, warnings: list[str]
-) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """Robust accuracy per eps, cumulative over budgets (non-increasing by construction), and its masks."""
-    robust: dict[str, float] = {}
+def cumulative_masks(correct: Tensor, eps_grid, attack: Callable[[float], Tensor]) -> tuple[dict[str, Tensor], int]:
+    """Per eps of ``eps_grid`` (increasing): the (n,) examples correct on clean input (``correct``) and left correct
+    by ``attack(e)`` at every budget 0 < e <= eps. A point inside a smaller ball lies inside every larger one, so an
+    example broken at a smaller budget counts as broken at every larger one: the curve is non-increasing by
+    construction. Also returns at how many budgets the attack left correct an example a smaller budget broke (a
+    sign of a weak attack)."""
     masks: dict[str, Tensor] = {}
     still = correct.clone()
-    non_monotone = 0
+    missed = 0
     for eps in sorted(eps_grid):
         if eps > 0:
             ok = attack(eps)
-            non_monotone += int((~still & ok & correct).sum() > 0)
+            missed += int((~still & ok & correct).sum() > 0)
             still &= ok
-        robust[eps_key(eps)] = float(still.float().mean())
         masks[eps_key(eps)] = still.clone()
+    return masks, missed
+
+
+def accuracies(masks: dict[str, Tensor]) -> dict[str, float]:
+    """The share of examples each mask keeps: robust accuracy per eps key."""
+    return {k: float(m.float().mean()) for k, m in masks.items()}
+
+
+def _robust_curve(
+    attack: Callable[[float], Tensor], correct: Tensor, eps_grid, clean_acc: float, warnings: list[str]
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Robust accuracy per eps, cumulative over budgets (:func:`cumulative_masks`), and its masks."""
+    masks, non_monotone = cumulative_masks(correct, eps_grid, attack)
+    robust = accuracies(masks)
     if non_monotone:
         warnings.append(
             "the attack at a larger eps missed examples broken at a smaller one; the smaller-eps points were "
@@ -358,16 +374,10 @@ def robust_eval(
     kw = dict(norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, margin=margin_fn)
     per_attack, aa_masks = _extra_attacks(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
     pgd_acc = dict(res.robust_acc)
-    aa_acc = {k: float(m.float().mean()) for k, m in aa_masks.items()}
+    aa_acc = accuracies(aa_masks)
     worst_masks = {k: res.robust_mask[k] & aa_masks[k] for k in aa_masks}  # both masks are cumulative already
-    worst_acc = {k: float(m.float().mean()) for k, m in worst_masks.items()}
-    for key in aa_acc:
-        if aa_acc[key] > pgd_acc[key]:
-            out["warnings"].append(
-                f"AutoAttack robust accuracy {aa_acc[key]:.4f} is above PGD's {pgd_acc[key]:.4f} at eps={key}: "
-                f"one of {', '.join(names)} is not working on this model (the reported number is the per-example "
-                "worst case)"
-            )
+    worst_acc = accuracies(worst_masks)
+    out["warnings"].extend(_above_pgd(aa_acc, pgd_acc, names))
     # evaluate() already checked the certificates against PGD; here only against the other attacks
     _unsound_warning(res.certified_mask, aa_masks, out["warnings"])
     return {
@@ -381,23 +391,40 @@ def robust_eval(
     }
 
 
+def _above_pgd(aa_acc: dict[str, float], pgd_acc: dict[str, float], names: list[str]) -> list[str]:
+    """Attacks meant to be stronger than PGD that leave more examples robust are not working on the model."""
+    return [
+        f"AutoAttack robust accuracy {aa_acc[key]:.4f} is above PGD's {pgd_acc[key]:.4f} at eps={key}: "
+        f"one of {', '.join(names)} is not working on this model (the reported number is the per-example "
+        "worst case)"
+        for key in aa_acc
+        if aa_acc[key] > pgd_acc[key]
+    ]
+
+
 def _extra_attacks(model, x, y, names, eps_grid, correct, seed: int, tag: str, kw: dict):
     """Per eps: each extra attack's robust accuracy, and the examples that every one of them (at this eps and every
-    smaller one) left correct -- cumulative over budgets, as PGD's curve."""
-    still = correct.clone()
+    smaller one) left correct -- cumulative over budgets (:func:`cumulative_masks`), as PGD's curve."""
     per_attack: dict[str, dict[str, float]] = {}
-    masks: dict[str, Tensor] = {}
-    for eps in sorted(eps_grid):
+
+    def every_attack(eps: float) -> Tensor:
         key = eps_key(eps)
-        if eps > 0:
-            ok = {
-                n: EVAL_ATTACKS[n](model, x, y, eps=eps, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw) for n in names
-            }
-            per_attack[key] = {n: float((m & correct).float().mean()) for n, m in ok.items()}
-            for m in ok.values():
-                still &= m
-        masks[key] = still.clone()
+        ok = {n: EVAL_ATTACKS[n](model, x, y, eps=eps, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw) for n in names}
+        per_attack[key] = {n: float((m & correct).float().mean()) for n, m in ok.items()}
+        return reduce(operator.and_, ok.values())
+
+    masks, _ = cumulative_masks(correct, eps_grid, every_attack)
     return per_attack, masks
 
 
-__all__ = ["EVAL_ATTACKS", "EvalResult", "attack_names", "eps_key", "evaluate", "flip_radii", "robust_eval"]
+__all__ = [
+    "EVAL_ATTACKS",
+    "EvalResult",
+    "accuracies",
+    "attack_names",
+    "cumulative_masks",
+    "eps_key",
+    "evaluate",
+    "flip_radii",
+    "robust_eval",
+]

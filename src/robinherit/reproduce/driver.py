@@ -27,9 +27,9 @@ from robinherit.reproduce.spec import ARMS, AT_EPS, EPS_REF, ClaimNotRunError, C
 from robinherit.reproduce.stats import Claim, not_run_row
 from robinherit.reproduce.timing import StageClock, derived_work, run_work
 from robinherit.reproduce.timing import summary as timing_summary
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.pool import shared_pools
+from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
-from robinherit.runs.sweep import shared_pools
 
 CONFIG_DIR = Path(str(resources.files("robinherit") / "configs"))  # the shipped configs, inside the package
 ALL_CLAIMS = tuple(sorted({spec.number for spec in CLAIMS.values()}))

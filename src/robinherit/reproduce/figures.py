@@ -13,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display here or on a cluster
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats
+
+from robinherit.analysis.stats import t_half_width
 
 COLORS = {"AT": "#c0392b", "clean": "#2c7fb8", "e2e": "#555555"}
 ARM_LABELS = (("clean", "clean"), ("at", "AT"))  # (record arm, legend label), clean drawn first
@@ -21,12 +22,7 @@ ARM_LABELS = (("clean", "clean"), ("at", "AT"))  # (record arm, legend label), c
 
 def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean and 95% t half-width over ``axis`` (0 half-width for a single seed)."""
-    n = values.shape[axis]
-    mean = values.mean(axis=axis)
-    if n < 2:
-        return mean, np.zeros_like(mean)
-    half = stats.t.ppf(0.975, n - 1) * values.std(axis=axis, ddof=1) / np.sqrt(n)
-    return mean, half
+    return values.mean(axis=axis), t_half_width(values, axis=axis)
 
 
 def png(fig: plt.Figure) -> bytes:

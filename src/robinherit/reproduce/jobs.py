@@ -103,7 +103,7 @@ def run_aux(
     loses none of the others: the error names the failed jobs and the rerun computes only what is missing.
     ``seconds``, where given, receives each computed job's worker seconds under (kind, key); they are stored
     with the value too."""
-    from robinherit.runs.sweep import error_text, local_pool
+    from robinherit.runs.pool import error_text, local_pool
 
     out: dict[tuple[str, str], dict] = {}
     missing: list[AuxJob] = []
@@ -118,15 +118,7 @@ def run_aux(
 
     def done(job: AuxJob, value_and_seconds: tuple[dict, float]) -> None:
         value, took = value_and_seconds
-        envelope = {
-            "value": value,
-            "kind": job.kind,
-            "params": job.params,
-            "seconds": took,
-            "versions": versions(),
-            "git_commit": git_commit(),
-        }
-        store.put_aux(job.kind, job.key, envelope)
+        store.put_aux(job.kind, job.key, _envelope(job, value, took))
         out[job.kind, job.key] = value
         if seconds is not None:
             seconds[job.kind, job.key] = took
@@ -154,3 +146,16 @@ def run_aux(
             "and rerun the same command to resume"
         )
     return out
+
+
+def _envelope(job: AuxJob, value: dict, took: float) -> dict[str, Any]:
+    """What the store keeps of a derived result: the value with what made it (params, versions, commit) and its
+    worker seconds."""
+    return {
+        "value": value,
+        "kind": job.kind,
+        "params": job.params,
+        "seconds": took,
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }

@@ -9,13 +9,14 @@ test. A claim passes only when its interval excludes zero in the claimed directi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from robinherit.analysis.stats import t_interval
 
 NAN = float("nan")
 
@@ -26,16 +27,15 @@ def paired_stats(diffs: Sequence[float]) -> tuple[float, tuple[float, float], fl
     n = d.size
     if n == 0:
         return NAN, (NAN, NAN), NAN
-    mean = float(d.mean())
     if n == 1:
-        return mean, (float("-inf"), float("inf")), NAN
-    sd = float(d.std(ddof=1))
-    if sd == 0.0:
+        # One seed says nothing about the spread: an interval that excludes no effect, so the claim cannot pass.
+        return float(d.mean()), (float("-inf"), float("inf")), NAN
+    mean, lo, hi = t_interval(d)
+    if float(d.std(ddof=1)) == 0.0:
         # Identical differences on every seed: the interval collapses to the point.
         return mean, (mean, mean), 0.0 if mean > 0 else 1.0
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
     p = float(stats.ttest_1samp(d, 0.0, alternative="greater").pvalue)
-    return mean, (mean - half, mean + half), p
+    return mean, (lo, hi), p
 
 
 @dataclass

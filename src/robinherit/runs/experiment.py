@@ -1,9 +1,10 @@
 """One experiment, top to bottom, for every data source:
 config -> source -> pre-train -> purification -> downstream heads -> evaluation -> record.
 
-``run_experiment`` runs one config; ``run_many`` runs many, pre-training the configs that share shapes as one
-stack (``robinherit.training.stacked``: the same results as one by one, much faster) and every other config alone. It is
-the one scheduler behind ``run``, sweeps (local and Ray workers) and ``reproduce``.
+``run_experiment`` runs one config; ``pretrain_stack`` pre-trains the configs of one stack as one batched
+computation (``robinherit.training.stacked``: the same results as one by one, much faster), after which each
+finishes alone; ``rebuild_run`` rebuilds a stored run's downstream model. Which configs stack or share an encoder
+is decided in ``robinherit.runs.schedule``, the one scheduler behind ``run``, sweeps and ``reproduce``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from torch import Tensor, nn
 
 from robinherit.config import ExperimentConfig, HeadKind, Method, build_config
 from robinherit.data.sources import DataSource, Split, build_source, build_sources
-from robinherit.errors import NonFiniteLossError
 from robinherit.evaluation.robust import robust_eval
 from robinherit.models.encoder import encoder_builder
 from robinherit.models.two_layer import LinearHead
 from robinherit.runs.provenance import git_commit, versions
-from robinherit.runs.store import ResultStore
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
 from robinherit.training.heads import train_head
@@ -154,7 +153,7 @@ def finish_experiment(
     return record, {"encoder": encoder_artifact(model, source)}
 
 
-def _source_like(cfg: ExperimentConfig, known_cfg: ExperimentConfig, known: DataSource) -> DataSource:
+def source_like(cfg: ExperimentConfig, known_cfg: ExperimentConfig, known: DataSource) -> DataSource:
     """``cfg``'s source, lent the data set ``known`` (``known_cfg``'s) has read already."""
     return build_sources([cfg], known=[(known_cfg, known)])[0]
 
@@ -223,7 +222,7 @@ def rebuild_run(record: dict[str, Any], encoder: dict[str, Any], head: str = "cl
     )
 
 
-# --- many runs: one scheduler ---------------------------------------------------------------------------------
+# --- pre-training a stack --------------------------------------------------------------------------------------
 
 
 def pretrain_stack(
@@ -233,7 +232,7 @@ def pretrain_stack(
     frozen models, loss logs and each run's share of the time."""
     keys = {batched.batch_key(c) for c in cfgs}
     if None in keys or len(keys) != 1:
-        raise ValueError("pretrain_stack needs configs with one shared batch_key (see batched.group_configs)")
+        raise ValueError("pretrain_stack needs configs with one shared batch_key (see schedule.group_configs)")
     dev = torch.device(cfgs[0].device)
     t0 = time.perf_counter()
     sources = build_sources(list(cfgs))
@@ -256,147 +255,3 @@ def iter_stack(cfgs: Sequence[ExperimentConfig], progress: Progress | None = Non
     sources, models, logs, seconds = pretrain_stack(cfgs, progress)
     for cfg, source, model, log in zip(cfgs, sources, models, logs, strict=True):
         yield finish_experiment(cfg, source, model, log, seconds)
-
-
-OnResult = Callable[[int, Result | None, BaseException | None], None]  # (index, result, error)
-
-
-def run_many(
-    cfgs: Sequence[ExperimentConfig],
-    on_result: OnResult,
-    *,
-    progress: Progress | None = None,
-    max_stack: int = 32,
-) -> None:
-    """Run every config; ``on_result(i, result, None)`` as each finishes, ``on_result(i, None, error)`` for each
-    that fails. Configs that share shapes are pre-trained as one stack, the rest alone; configs that share a
-    pre-trained encoder (equal ``ExperimentConfig.pretrain_hash``) pre-train it once.
-
-    After a stack's pre-training, each model finishes (purity, heads, evaluation) on its own: an error there is that
-    run's. If one model's loss turns non-finite during the stack's pre-training (a per-run problem: its learning
-    rate or data), the stack's configs run one by one, so that run reports its own error and the others their
-    results. Any other error of the stacked pre-training is a bug, not a run's problem: it is reported for every
-    run of the stack, never hidden behind a fallback that would compute something else.
-    """
-
-    def one(i: int, fn: Callable[[], Result]) -> None:
-        try:
-            res = fn()
-        except Exception as err:  # handed to the caller with the run's index
-            on_result(i, None, err)
-            return
-        on_result(i, res, None)
-
-    # Runs that differ only after pre-training (the head's training, the evaluation) share one encoder: the first
-    # of them stands for all in the pre-training schedule below, and each finishes on the shared frozen encoder.
-    # Pre-training never reads the downstream or evaluation settings and heads start from zero, so every record is
-    # the one the run would give alone.
-    members: dict[str, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        members.setdefault(cfg.pretrain_hash(), []).append(i)
-    reps = [idx[0] for idx in members.values()]
-    shared = {idx[0]: idx for idx in members.values()}
-
-    def finish_all(r: int, source: DataSource, model: nn.Module, log: PretrainLog, seconds: float) -> None:
-        idx = shared[r]
-        share = seconds / len(idx)  # each run's share of the pre-training, as for a stack
-        one(r, lambda: finish_experiment(cfgs[r], source, model, log, share))
-        for j in idx[1:]:
-            # Its own splits of the data set as read; a split its settings make impossible fails this run alone.
-            one(j, lambda j=j: finish_experiment(cfgs[j], _source_like(cfgs[j], cfgs[r], source), model, log, share))
-
-    def alone(r: int) -> None:
-        try:
-            pre = pretrain_alone(cfgs[r], progress)
-        except Exception as err:  # the run's own error (a non-finite loss, bad data), for each run sharing it
-            for j in shared[r]:
-                on_result(j, None, err)
-            return
-        finish_all(r, *pre)
-
-    sub = [cfgs[r] for r in reps]
-    for group in batched.group_configs(sub, max_size=max_stack):
-        if batched.batch_key(sub[group[0]]) is None or len(group) == 1:
-            for g in group:  # a two-layer run alone is a stack of one inside its pre-trainer
-                alone(reps[g])
-            continue
-        try:
-            sources, models, logs, seconds = pretrain_stack([sub[g] for g in group], progress)
-        except NonFiniteLossError:
-            for g in group:  # one model diverged: each runs alone, so it raises its own error and the others finish
-                alone(reps[g])
-            continue
-        except Exception as err:  # a bug of the stacked path, not a run's problem: reported for every run in it
-            for g in group:
-                for j in shared[reps[g]]:
-                    on_result(j, None, err)
-            continue
-        for g, source, model, log in zip(group, sources, models, logs, strict=True):
-            finish_all(reps[g], source, model, log, seconds)
-
-
-def run_or_load(
-    cfg: ExperimentConfig, store: ResultStore | None, *, force: bool = False, progress: Progress | None = None
-) -> tuple[dict[str, Any], bool]:
-    """The stored record of ``cfg`` if there is one (and not ``force``), else run and store it.
-    Returns ``(record, from_store)``."""
-    cached: list[bool] = []
-    (rec,) = run_many_or_load([cfg], store, force=force, progress=progress, on_record=lambda r, c: cached.append(c))
-    return rec, cached[0]
-
-
-def run_many_or_load(
-    cfgs: list[ExperimentConfig],
-    store: ResultStore | None,
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    on_record: Callable[[dict[str, Any], bool], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Records of many configs, in order: stored ones are loaded, the rest run (``run_many``) and stored one by one.
-
-    Each finished run is stored at once, so an interrupted call loses at most the runs in flight; the first
-    failure is raised after every other run has finished and been stored. ``on_record(record, from_store)`` is
-    called in input order as records become available.
-    """
-    out: list[dict[str, Any] | None] = [None] * len(cfgs)
-    from_store = [False] * len(cfgs)
-    ids = [cfg.config_hash() for cfg in cfgs]
-    first: dict[str, int] = {}  # run_id -> index of its first occurrence; repeats are copies of it
-    for i, rid in enumerate(ids):
-        first.setdefault(rid, i)
-    emitted = 0
-    errors: list[BaseException] = []
-
-    def finish(i: int, rec: dict[str, Any], cached: bool) -> None:
-        nonlocal emitted
-        for j in [i] + [j for j, rid in enumerate(ids) if j != i and first[rid] == i]:
-            out[j], from_store[j] = rec, cached or (j != i and store is not None)
-        while emitted < len(cfgs) and out[emitted] is not None:
-            if on_record is not None:
-                on_record(out[emitted], from_store[emitted])
-            emitted += 1
-
-    todo = []
-    for i, rid in enumerate(ids):
-        if first[rid] != i:
-            continue
-        stored = None if store is None or force else store.get(rid)
-        if stored is not None:
-            finish(i, stored, True)
-        else:
-            todo.append(i)
-
-    def on_result(j: int, res: Result | None, err: BaseException | None) -> None:
-        if err is not None:
-            errors.append(err)
-            return
-        rec, artifacts = res
-        if store is not None:
-            store.put(rec, artifacts)
-        finish(todo[j], rec, False)
-
-    run_many([cfgs[i] for i in todo], on_result, progress=progress)
-    if errors:
-        raise errors[0]
-    return out  # type: ignore[return-value]

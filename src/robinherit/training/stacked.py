@@ -88,27 +88,6 @@ def batch_key(cfg: ExperimentConfig) -> str | None:
 CPU_MAX_STACK: dict[Method, int] = {Method.contrastive: 8}
 
 
-def group_configs(cfgs: Sequence[ExperimentConfig], max_size: int = 32) -> list[list[int]]:
-    """Indices of ``cfgs`` grouped into stacks of at most ``max_size`` (``CPU_MAX_STACK`` on the CPU, where smaller;
-    order kept); unsupported ones alone."""
-    groups: dict[str, list[list[int]]] = {}
-    out: list[list[int]] = []
-    for i, cfg in enumerate(cfgs):
-        key = batch_key(cfg)
-        if key is None:
-            out.append([i])
-            continue
-        limit = max_size
-        if torch.device(cfg.device).type == "cpu":
-            limit = min(limit, CPU_MAX_STACK.get(cfg.pretrain.method, limit))
-        stacks = groups.setdefault(key, [])
-        if not stacks or len(stacks[-1]) >= limit:
-            stacks.append([])
-            out.append(stacks[-1])
-        stacks[-1].append(i)
-    return out
-
-
 def pretrain_stacked(
     net: StackedTwoLayer,
     streams: Sequence[BatchStream],
@@ -230,7 +209,7 @@ def pretrain_contrastive_stacked(
     The model's head is not trained; the projector is discarded afterwards, as in the single run.
     """
     if len({batch_key(c) for c in cfgs}) != 1 or batch_key(cfgs[0]) is None:
-        raise ValueError("a contrastive stack needs configs with one shared batch_key (see group_configs)")
+        raise ValueError("a contrastive stack needs configs with one shared batch_key (see robinherit.runs.schedule)")
     pcfg = cfgs[0].pretrain  # shared by the stack except eps (see batch_key)
     dev, dtype = net.W.device, net.W.dtype
     views = [make_views(pcfg, getattr(s, "world", None), c.seed, dev) for s, c in zip(streams, cfgs, strict=True)]
@@ -314,7 +293,6 @@ __all__ = [
     "CPU_MAX_STACK",
     "StackedTwoLayer",
     "batch_key",
-    "group_configs",
     "pretrain_contrastive_one",
     "pretrain_contrastive_stacked",
     "pretrain_one",

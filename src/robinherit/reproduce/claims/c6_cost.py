@@ -30,6 +30,7 @@ from robinherit.records import eps_key
 from robinherit.reproduce.jobs import AuxJob, derived_job, encoder_weights
 from robinherit.reproduce.spec import EPS_REF, ClaimSpec, Evidence, Figure, SideCondition, Statistic, robust_at
 from robinherit.runs.experiment import fit_head, frozen_encoder
+from robinherit.runs.schedule import group_configs
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
 from robinherit.training.heads import head_rows
@@ -57,11 +58,12 @@ class _DownstreamStream:
 
 def end_to_end_at(cfgs: Sequence[ExperimentConfig]) -> dict[str, Any]:
     """A fresh network per config (one per seed), trained adversarially on the downstream task itself: the reference
-    that inheritance saves. Configs that share a ``batched.batch_key`` train as one stack; any other config alone.
-    Returns ``{"per_seed": [...]}`` in the order of ``cfgs``, each with its share of the wall time."""
+    that inheritance saves. Configs that stack (``robinherit.runs.schedule.group_configs``) train as one stack; any
+    other config alone. Returns ``{"per_seed": [...]}`` in the order of ``cfgs``, each with its share of the wall
+    time."""
     models = [build_model(c.data.d, c.model, n_out=1, g=generator(c.seed, "e2e-init")).to(c.device) for c in cfgs]
     seconds: list[float] = [0.0] * len(cfgs)
-    for group in batched.group_configs(cfgs):
+    for group in group_configs(cfgs):
         t0 = time.perf_counter()
         if len(group) > 1:
             net = batched.StackedTwoLayer([models[i] for i in group]).to(cfgs[group[0]].device)

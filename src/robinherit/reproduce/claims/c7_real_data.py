@@ -22,7 +22,7 @@ from robinherit.config import ExperimentConfig, build_config, deep_merge, load_y
 from robinherit.errors import ConfigError, DataError
 from robinherit.records import eps_key
 from robinherit.reproduce.spec import ClaimNotRunError, ClaimSpec, Evidence, Figure, Statistic, Tick
-from robinherit.runs.experiment import run_many_or_load
+from robinherit.runs.schedule import run_many_or_load
 
 TORCHATTACKS_FIX = (
     "install it with `pip install --no-deps torchattacks==3.5.1`, or run the other claims with --claims 1-6"

@@ -312,12 +312,12 @@ def test_export_to_a_folder_is_one_paragraph(stored, tmp_path):
 
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(micro_yaml_module: Path, tmp_path, monkeypatch):
-    from robinherit.runs import experiment
+    from robinherit.runs import schedule
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "run_or_load", interrupted)
+    monkeypatch.setattr(schedule, "run_or_load", interrupted)
     res = invoke("run", micro_yaml_module, "--store", tmp_path / "r.db")
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.stderr and "rerun the same command to resume" in res.stderr

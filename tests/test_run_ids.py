@@ -102,12 +102,12 @@ def test_an_undeclared_field_cannot_be_hashed():
 
 def test_plugins_are_never_part_of_a_run():
     cfg = ExperimentConfig()
-    with_plugins = load_config(None, ["plugins=[my_package.units, other]"])
-    assert with_plugins.plugins == ("my_package.units", "other")
+    with_plugins = load_config(None, ["plugins=[robinherit.paths, json]"])  # importable: a config loads its plugins
+    assert with_plugins.plugins == ("robinherit.paths", "json")
     assert with_plugins.config_hash() == cfg.config_hash() == STORED["default"]["config_hash"]
     from robinherit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="not a dotted module name"):
+    with pytest.raises(ConfigError, match="plugin .my-package. cannot be imported"):
         load_config(None, ["plugins=[my-package]"])
 
 

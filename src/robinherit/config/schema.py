@@ -196,7 +196,7 @@ class ModelConfig(_Strict):
         "only) or a registered one",
     )
 
-    @field_validator("encoder", mode="before")
+    @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, v: Any) -> Any:
         name = getattr(v, "value", v)
@@ -404,8 +404,10 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _module_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for name in v:
-            if not _MODULE_NAME.fullmatch(name):
-                raise ValueError(f"plugins: {name!r} is not a dotted module name (such as my_package.units)")
+            if not (_MODULE_NAME.fullmatch(name) or name.endswith(".py")):
+                raise ValueError(
+                    f"plugins: {name!r} is neither a dotted module name (such as my_package.units) nor a .py file"
+                )
         return v
 
     @field_validator("data", mode="before")

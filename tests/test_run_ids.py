@@ -107,7 +107,7 @@ def test_plugins_are_never_part_of_a_run():
     assert with_plugins.config_hash() == cfg.config_hash() == STORED["default"]["config_hash"]
     from robinherit.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="plugin .my-package. cannot be imported"):
+    with pytest.raises(ConfigError, match=r"plugin .my-package. cannot be imported"):
         load_config(None, ["plugins=[my-package]"])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+import robinherit.config.data_sections as data_sections
 import robinherit.config.identity as identity_module
 import robinherit.config.schema as schema
 from robinherit.config import ExperimentConfig, InertAt, PretrainConfig, field, inert_paths, load_config
@@ -47,10 +48,12 @@ def test_stored_run_ids_are_unchanged(name):
 
 
 def _config_models() -> list[type[BaseModel]]:
+    modules = (schema, data_sections)
     return [
         v
-        for v in vars(schema).values()
-        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == schema.__name__ and v.model_fields
+        for m in modules
+        for v in vars(m).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == m.__name__ and v.model_fields
     ]
 
 

@@ -12,17 +12,17 @@ Names that plugins can add to (``model.activation``, ``data.source``) are checke
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
+from pydantic import Discriminator, Tag, field_validator, model_validator
 
 from robinherit.config import identity, inert
+from robinherit.config.data_sections import DataConfig, RealDataConfig, Strict
 from robinherit.config.enums import (
     AdversarialView,
     AttackKind,
     Augmentation,
     AutoAttackSet,
-    Dictionary,
     DictMethod,
     EncoderKind,
     HeadKind,
@@ -30,10 +30,6 @@ from robinherit.config.enums import (
     Method,
     Norm,
     Optimizer,
-    Protocol,
-    Relabel,
-    Sparsity,
-    Values,
 )
 from robinherit.config.identity import HashedAs, InertAt, field, torch_device_type
 from robinherit.registry import DATASETS, ENCODERS, EVAL_ATTACKS, UNITS
@@ -54,113 +50,7 @@ def device_field() -> Any:
     )
 
 
-class _Strict(BaseModel):
-    # inf/nan are never meaningful settings (an infinite lr or budget only fails later, mid-run).
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
-
-
-class DataConfig(_Strict):
-    """The sparse-coding world: x = M z + noise, tasks are signs of linear functions of z."""
-
-    source: Literal["synthetic"] = field(
-        "synthetic", identity="always", description="synthetic (this world) or a real data set"
-    )
-    d: int = field(64, identity="always", ge=1, description="input dimension")
-    n_features: int | None = field(None, identity="always", ge=1, description="dictionary size D (default: d)")
-    k: int = field(
-        3, identity="always", ge=1, description="non-zero latent coordinates per sample (expected, for bernoulli)"
-    )
-    sparsity: Sparsity = field(
-        Sparsity.exact, identity="always", description="exact: k non-zeros; bernoulli: each w.p. k/D"
-    )
-    values: Values = field(Values.sign, identity="always", description="sign: +-1; uniform: +-U[value_low, 1]")
-    value_low: float = field(0.5, identity="always", ge=0.0, le=1.0, description="lower end a of |z_j| ~ U[a, 1]")
-    noise: float = field(0.05, identity="always", ge=0.0, description="sigma: xi ~ N(0, sigma^2/d I)")
-    dictionary: Dictionary = field(
-        Dictionary.orthogonal, identity="always", description="orthogonal, identity or overcomplete"
-    )
-    coherence: float = field(
-        0.0,
-        identity="always",
-        ge=0.0,
-        lt=1.0,
-        description="share of a common direction mixed into every column (0 = none)",
-    )
-    n_tasks: int = field(1, identity="always", ge=1, description="number of pre-training tasks K")
-    n_train: int | None = field(
-        None, identity="always", ge=1, description="fixed pre-training set size (default: fresh batches)"
-    )
-
-    @property
-    def D(self) -> int:  # noqa: N802 - the paper's symbol
-        return self.n_features if self.n_features is not None else self.d
-
-    @model_validator(mode="after")
-    def _check_sizes(self) -> DataConfig:
-        if self.k > self.D:
-            raise ValueError(
-                f"data.k={self.k} exceeds data.n_features={self.D}: a code cannot have more non-zeros than "
-                "features; lower data.k or raise data.n_features"
-            )
-        if self.dictionary == Dictionary.overcomplete and self.d >= self.D:
-            raise ValueError(
-                f"data.dictionary=overcomplete needs data.n_features > data.d (got {self.D} <= {self.d}); "
-                "set data.n_features larger than data.d"
-            )
-        if self.dictionary != Dictionary.overcomplete and self.d != self.D:
-            raise ValueError(
-                f"data.dictionary={self.dictionary.value} needs data.n_features == data.d "
-                f"(got {self.D} != {self.d}); use data.dictionary=overcomplete for D > d"
-            )
-        if self.values == Values.sign and self.sparsity == Sparsity.exact and self.k % 2 == 0:
-            # <theta, z> is a sum of k terms +-1: with even k it can be 0 and labels become ties.
-            raise ValueError(
-                f"data.k={self.k} is even with +-1 values, so <theta, z> can be 0 and labels are ties; "
-                "use an odd data.k or data.values=uniform"
-            )
-        return self
-
-
-class RealDataConfig(_Strict):
-    """A real data set, flat inputs in [0, 1] (robinherit.data.datasets), and the protocol that makes its two tasks."""
-
-    source: str = field(
-        identity="always", description="a data set of robinherit.registry.DATASETS: digits, mnist1d, mnist, ..."
-    )
-
-    @field_validator("source")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"data.source={v!r} is not a data set; allowed values: {DATASETS.allowed()}")
-        return v
-
-    root: str | None = field(
-        None,
-        identity="never",
-        description="folder of the data files (mnist, fashion_mnist, cifar10; default: the usual places)",
-    )
-    n_train: int | None = field(
-        None, identity="always", ge=2, description="cap on training examples (a fixed subset; None = all)"
-    )
-    mnist1d_samples: int = field(
-        5000, identity=inert.not_mnist1d, ge=20, description="examples MNIST-1D's generator makes (80% train)"
-    )
-    center: bool = field(
-        True, identity="always", description="subtract the training mean inside the encoder (inputs stay in [0, 1])"
-    )
-    protocol: Protocol = field(Protocol.same_task, identity="always", description="same_task, relabel or class_split")
-    relabel: Relabel = field(
-        Relabel.parity, identity=inert.not_relabel, description="derived downstream task of relabel: parity or halves"
-    )
-    pretrain_classes: tuple[int, ...] | None = field(
-        None,
-        identity=inert.not_class_split,
-        description="class_split: classes seen in pre-training (default: the lower half)",
-    )
-
-
-class ConvConfig(_Strict):
+class ConvConfig(Strict):
     """Shape of the conv encoder's stack; the feature layer's width, unit and threshold come from ``model``."""
 
     channels: tuple[int, ...] = field(
@@ -169,7 +59,7 @@ class ConvConfig(_Strict):
     kernel: int = field(3, identity="always", ge=1, description="square kernel size of every conv layer")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """Two-layer network h_i(x) = act(<w_i, x>, b_i) with a linear head."""
 
     @field_validator("activation", mode="before")
@@ -207,7 +97,7 @@ class ModelConfig(_Strict):
     conv: ConvConfig = field(ConvConfig(), identity=inert.not_conv, description="conv stack of encoder=conv")
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(Strict):
     method: Method = field(Method.supervised, identity="always", description="supervised or contrastive")
     eps: float = field(
         0.25, identity="always", ge=0.0, description="adversarial budget during pre-training (0 = clean)"
@@ -249,7 +139,7 @@ class PretrainConfig(_Strict):
         return self
 
 
-class DownstreamConfig(_Strict):
+class DownstreamConfig(Strict):
     heads: tuple[HeadKind, ...] = field(
         (HeadKind.clean, HeadKind.adversarial),
         identity="always",
@@ -292,7 +182,7 @@ class DownstreamConfig(_Strict):
     )
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     eps_grid: tuple[float, ...] = field(
         (0.0, 0.1, 0.25, 0.5, 1.0, 2.0), identity="always", min_length=1, description="budgets for robust accuracy"
     )
@@ -377,7 +267,7 @@ def _source_tag(source: Any) -> str | None:
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     data: DataSection = field(
         DataConfig(), identity="always", description="the data source: synthetic world or a real data set"
     )

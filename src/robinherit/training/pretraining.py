@@ -34,6 +34,19 @@ class Stream(Protocol):
     def next(self) -> Batch: ...
 
 
+def pretrain_attack(cfg: ExperimentConfig) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+    """The inner maximisation of ``cfg``'s adversarial pre-training, drawing its random starts from the seed's
+    ``pretrain-attack`` stream (supervised and contrastive alike)."""
+    pcfg = cfg.pretrain
+    return training_attack(
+        pcfg.attack,
+        eps=pcfg.eps,
+        norm=pcfg.norm,
+        steps=pcfg.attack_steps,
+        generator=generator(cfg.seed, "pretrain-attack", cfg.device),
+    )
+
+
 def pretrain_supervised(
     model: nn.Module,
     stream: Stream,
@@ -52,13 +65,7 @@ def pretrain_supervised(
         return batched.pretrain_one(model, stream, cfg, loss_fn, on_step)
     pcfg = cfg.pretrain
     opt = make_optimizer(list(model.parameters()), pcfg)
-    attack = training_attack(
-        pcfg.attack,
-        eps=pcfg.eps,
-        norm=pcfg.norm,
-        steps=pcfg.attack_steps,
-        generator=generator(cfg.seed, "pretrain-attack", cfg.device),
-    )
+    attack = pretrain_attack(cfg)
     log = PretrainLog()
 
     def train_loss(x: Tensor, y: Tensor) -> Tensor:
@@ -157,13 +164,7 @@ def pretrain_contrastive_generic(
     head_params = {id(p) for p in model.head.parameters()}
     encoder_params = [p for p in model.parameters() if id(p) not in head_params]
     opt = make_optimizer(encoder_params + list(projector.parameters()), pcfg)
-    attack = training_attack(
-        pcfg.attack,
-        eps=pcfg.eps,
-        norm=pcfg.norm,
-        steps=pcfg.attack_steps,
-        generator=generator(cfg.seed, "pretrain-attack", cfg.device),
-    )
+    attack = pretrain_attack(cfg)
 
     def embed(x: Tensor) -> Tensor:
         return projector(model.features(x))  # (n, m) or (n, projector_dim)

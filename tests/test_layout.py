@@ -83,3 +83,40 @@ def test_config_knows_data_and_models_only_by_name():
         if name == "robinherit.config" or name.startswith("robinherit.config."):
             above = {e for e in edges if e.startswith(("robinherit.data", "robinherit.models"))}
             assert not above, (name, above)
+
+
+# The package's layers, bottom to top: a module imports only from its own layer or the ones below it.
+LAYERS = [
+    {"errors", "seeding", "records"},
+    {"paths", "registry", "outputs", "plugins"},
+    {"config"},
+    {"world", "models", "attacks"},
+    {"ops"},
+    {"evaluation"},
+    {"data"},
+    {"training"},
+    {"runs"},
+    {"analysis"},
+    {"reproduce"},
+    {"api", "cli", ""},  # "" is the package's own __init__
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module} is in no layer: add its sub-package to LAYERS")
+
+
+def test_layers_import_only_downward():
+    graph = import_graph()
+    upward = [
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(name)
+    ]
+    assert not upward, upward
+    assert len({_layer(m) for m in graph}) == len(LAYERS)  # every layer holds a module

@@ -90,7 +90,7 @@ def test_art_pgd_is_an_evaluation_attack(tiny_store) -> None:
 
     _, record, store = tiny_store
     run = rebuild_run(record, store.artifact(record["run_id"], "encoder"))
-    ecfg = run.cfg.eval.model_copy(update={"attacks": ("art-pgd",)})
+    ecfg = run.cfg.eval.model_copy(update={"attacks": ("art-pgd",), "per_attack": True})
     was_training = run.model.training
     out = robust_eval(run.model, run.x, run.y, class_margin, ecfg, n_classes=2, image_shape=None,
                       g=run.eval_generator, seed=0, tag="clean")  # fmt: skip

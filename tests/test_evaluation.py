@@ -198,3 +198,51 @@ def test_a_constant_head_is_degenerate_and_a_good_one_is_not():
     # balanced predictions at chance are degenerate too: the clean accuracy is the prior
     coin = torch.nn.functional.one_hot(torch.arange(100) % 2, 2).float()
     assert prediction_balance(coin, y, clean_acc=0.52)["degenerate"] is True
+
+
+def _deterministic_attack(model, x, y, *, eps, norm, margin, seed, **_):
+    """An evaluation attack whose result for an example does not depend on the other examples attacked with it:
+    PGD from the clean point (no random start) on the margin, five steps."""
+    from robinherit.attacks.gradient import pgd
+
+    loss = lambda xa: -margin(model(xa), y)  # noqa: E731
+    x_adv = pgd(loss, x, eps=eps, norm=norm, steps=5, random_init=False)
+    with torch.no_grad():
+        return margin(model(x_adv), y) > 0
+
+
+def test_the_cascade_equals_every_attack_on_every_example_where_attacks_are_deterministic(monkeypatch):
+    from robinherit.config import EvalConfig
+    from robinherit.evaluation.robust import EVAL_ATTACKS, robust_eval
+    from robinherit.ops.losses import class_margin
+
+    monkeypatch.setitem(EVAL_ATTACKS, "det-a", _deterministic_attack)
+    monkeypatch.setitem(EVAL_ATTACKS, "det-b", lambda *a, **k: _deterministic_attack(*a, **{**k, "eps": k["eps"]}))
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, generator=g)
+    x = torch.randn(200, 6, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::7] = (y[::7] + 1) % 3  # some examples wrong on clean input
+    out = {}
+    for per_attack in (True, False):
+        ecfg = EvalConfig(eps_grid=(0, 0.1, 0.3, 0.6), steps=3, attacks=(), per_attack=per_attack)
+        ecfg = ecfg.model_copy(update={"attacks": ("det-a", "det-b")})
+        out[per_attack] = robust_eval(
+            model,
+            x,
+            y,
+            class_margin,
+            ecfg,
+            n_classes=3,
+            image_shape=None,
+            g=torch.Generator().manual_seed(1),
+            seed=0,
+            tag="t",
+        )
+    assert out[True]["robust_acc"] == out[False]["robust_acc"]
+    assert out[True]["pgd_robust_acc"] == out[False]["pgd_robust_acc"]
+    assert set(out[True]["per_attack_robust_acc"]["0.3"]) == {"det-a", "det-b"}  # the diagnostics report each
+    assert any(v > 0 for b in out[False]["cascade_broken"].values() for v in b.values())

@@ -186,7 +186,7 @@ def test_autoattack_breaks_a_linear_model_and_stays_in_budget() -> None:
 @pytest.mark.parametrize("encoder", ["two_layer", "conv"])
 def test_end_to_end_on_tiny_mnist_files(tmp_path: Path, encoder: str) -> None:
     make_mnist_files(tmp_path, n_train=80, n_test=40)
-    cfg = _cfg(tmp_path, **{"model.encoder": encoder, "model.conv.channels": [4, 8]})
+    cfg = _cfg(tmp_path, **{"model.encoder": encoder, "model.conv.channels": [4, 8], "eval.per_attack": True})
     rec, art = run_experiment(cfg)
     assert rec["dataset"]["n_test"] == 24 and rec["dataset"]["downstream_classes"] == 4
     for head in ("pretrain", "clean_head", "adversarial_head"):
@@ -409,3 +409,19 @@ def test_a_cached_dictionary_that_is_not_this_one_is_refit_and_replaced(tmp_path
     assert not hit and torch.equal(again, first)
     replaced, hit = ld.cached_dictionary(x, 6, DictMethod.ica)  # the refit replaced the file
     assert hit and torch.equal(replaced, first) and not torch.equal(other, first)
+
+
+@needs_torchattacks
+def test_the_cascade_reports_the_worst_case_and_what_each_attack_broke(tmp_path: Path) -> None:
+    make_mnist_files(tmp_path, n_train=80, n_test=40)
+    rec, _ = run_experiment(_cfg(tmp_path))
+    for r in [rec["pretrain"], *rec["downstream"].values()]:
+        assert "per_attack_robust_acc" not in r and r["attacks"][1:] == ["apgd-ce", "apgd-t", "square"]
+        for k in ("0.5", "2"):
+            assert r["robust_acc"][k] <= r["pgd_robust_acc"][k] <= r["clean_acc"]
+            # every example an attack broke was one PGD and the attacks before it had left correct
+            broke = sum(r["cascade_broken"][k].values())
+            assert (
+                r["robust_acc"][k] == pytest.approx(r["pgd_robust_acc"][k] - broke / rec["dataset"]["n_test"])
+                or k == "2"
+            )  # at 2 the examples broken at 0.5 are gone before any attack runs

@@ -38,6 +38,11 @@ def no_autoattack(c: Any) -> bool:
     return c.eval.autoattack == AutoAttackSet.none
 
 
+def no_extra_attacks(c: Any) -> bool:
+    """Only PGD evaluates the run: how further attacks are scheduled cannot act on it."""
+    return no_autoattack(c) and not c.eval.attacks
+
+
 def synthetic(c: Any) -> bool:
     return not c.is_real  # the real-data evaluation settings
 

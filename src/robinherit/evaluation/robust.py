@@ -17,10 +17,9 @@ leave robust an example that such a known point already breaks.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial, reduce
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,9 +31,9 @@ from robinherit.attacks.gradient import _flat_norm, input_grad, pgd
 from robinherit.config import EvalConfig, Norm
 from robinherit.errors import ConfigError
 from robinherit.evaluation.certify import certified_accuracy, certifier_for
+from robinherit.evaluation.worst_case import accuracies, all_on_all, cascade, cumulative_masks
 from robinherit.ops.closed_form import fused_loss
 from robinherit.records import eps_key
-from robinherit.seeding import derive_seed
 
 MarginFn = Callable[[Tensor, Tensor], Tensor]
 # (model, x, y, *, margin, eps, norm, n_classes, image_shape, ecfg, seed) -> (n,) bool: still correct after the
@@ -189,29 +188,6 @@ def _gradient_masking_check(attack_loss, x, correct, warn_share, warnings: list[
             "gradient-based attacks are blind there (gradient masking); treat robust accuracy as a loose upper "
             "bound and compare with certified_acc"
         )
-
-
-def cumulative_masks(correct: Tensor, eps_grid, attack: Callable[[float], Tensor]) -> tuple[dict[str, Tensor], int]:
-    """Per eps of ``eps_grid`` (increasing): the (n,) examples correct on clean input (``correct``) and left correct
-    by ``attack(e)`` at every budget 0 < e <= eps. A point inside a smaller ball lies inside every larger one, so an
-    example broken at a smaller budget counts as broken at every larger one: the curve is non-increasing by
-    construction. Also returns at how many budgets the attack left correct an example a smaller budget broke (a
-    sign of a weak attack)."""
-    masks: dict[str, Tensor] = {}
-    still = correct.clone()
-    missed = 0
-    for eps in sorted(eps_grid):
-        if eps > 0:
-            ok = attack(eps)
-            missed += int((~still & ok & correct).sum() > 0)
-            still &= ok
-        masks[eps_key(eps)] = still.clone()
-    return masks, missed
-
-
-def accuracies(masks: dict[str, Tensor]) -> dict[str, float]:
-    """The share of examples each mask keeps: robust accuracy per eps key."""
-    return {k: float(m.float().mean()) for k, m in masks.items()}
 
 
 def _robust_curve(
@@ -372,7 +348,16 @@ def robust_eval(
         return out
     correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
     kw = dict(norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, margin=margin_fn)
-    per_attack, aa_masks = _extra_attacks(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
+    if not ecfg.per_attack:
+        masks, broken = cascade(model, x, y, names, res.robust_mask, seed, tag, kw)
+        return {
+            **out,
+            "robust_acc": accuracies(masks),
+            "pgd_robust_acc": dict(res.robust_acc),
+            "cascade_broken": broken,
+            "attacks": [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names],
+        }
+    per_attack, aa_masks = all_on_all(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
     pgd_acc = dict(res.robust_acc)
     aa_acc = accuracies(aa_masks)
     worst_masks = {k: res.robust_mask[k] & aa_masks[k] for k in aa_masks}  # both masks are cumulative already
@@ -402,26 +387,12 @@ def _above_pgd(aa_acc: dict[str, float], pgd_acc: dict[str, float], names: list[
     ]
 
 
-def _extra_attacks(model, x, y, names, eps_grid, correct, seed: int, tag: str, kw: dict):
-    """Per eps: each extra attack's robust accuracy, and the examples that every one of them (at this eps and every
-    smaller one) left correct -- cumulative over budgets (:func:`cumulative_masks`), as PGD's curve."""
-    per_attack: dict[str, dict[str, float]] = {}
-
-    def every_attack(eps: float) -> Tensor:
-        key = eps_key(eps)
-        ok = {n: EVAL_ATTACKS[n](model, x, y, eps=eps, seed=derive_seed(seed, f"aa-{tag}-{key}"), **kw) for n in names}
-        per_attack[key] = {n: float((m & correct).float().mean()) for n, m in ok.items()}
-        return reduce(operator.and_, ok.values())
-
-    masks, _ = cumulative_masks(correct, eps_grid, every_attack)
-    return per_attack, masks
-
-
 __all__ = [
     "EVAL_ATTACKS",
     "EvalResult",
     "accuracies",
     "attack_names",
+    "cascade",
     "cumulative_masks",
     "eps_key",
     "evaluate",

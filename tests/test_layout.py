@@ -98,7 +98,7 @@ LAYERS = [
     {"runs"},
     {"analysis"},
     {"reproduce"},
-    {"api", "cli", ""},  # "" is the package's own __init__
+    {"api", "audit", "cli", ""},  # "" is the package's own __init__
 ]
 
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 # the layers above it (data, models, training) through this package's __init__.
 _LAZY = {
     "ExperimentConfig": "robinherit.config",
+    "audit": "robinherit.audit",
+    "load": "robinherit.audit",
     "Record": "robinherit.api",
     "Records": "robinherit.api",
     "load_config": "robinherit.config",
@@ -20,6 +22,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from robinherit.api import Record, Records, run
+    from robinherit.audit import audit, load
     from robinherit.config import ExperimentConfig, load_config
     from robinherit.plugins import load_plugins
     from robinherit.runs.experiment import run_experiment
@@ -29,6 +32,8 @@ __all__ = [
     "ExperimentConfig",
     "Record",
     "Records",
+    "audit",
+    "load",
     "load_config",
     "load_plugins",
     "run",

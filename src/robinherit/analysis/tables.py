@@ -41,16 +41,21 @@ def print_record(out: Console, rec: dict[str, Any], cached: bool) -> None:
         f"{pur['top1_share_mean']:.3f} ({ref}), pure@0.5 {pur['frac_pure']['0.5']:.0%}, "
         f"N_eff median {pur['neff_median']:.2f}, dead {pur['dead_nodes']}"
     )
-    rows = {"pre-trained model": rec["pretrain"], **rec["downstream"]}
-    eps = list(next(iter(rec["downstream"].values()))["robust_acc"])
+    print_models(out, {"pre-trained model": rec["pretrain"], **rec["downstream"]})
+
+
+def print_models(out: Console, rows: dict[str, dict[str, Any]]) -> None:
+    """Robust (and certified) accuracy of every model per eps, the attacks behind it, and each model's warnings."""
+    eps = list(next(iter(rows.values()))["robust_acc"])
     table = Table("model", "accuracy", *[f"eps {e}" for e in eps])
     for name, r in rows.items():
         table.add_row(name, "robust", *[f"{r['robust_acc'][e]:.3f}" for e in eps])
         if r.get("certified_acc"):
             table.add_row("", "certified", *[f"{r['certified_acc'][e]:.3f}" for e in eps])
     out.print(table)
-    if any("autoattack_robust_acc" in r for r in rows.values()):
-        out.print("robust accuracy: per-example worst case of " + ", ".join(rec["pretrain"].get("attacks", [])))
+    attacks = next(iter(rows.values())).get("attacks", [])
+    if len(attacks) > 1:
+        out.print("robust accuracy: per-example worst case of " + ", ".join(attacks))
     for name, r in rows.items():
         for w in r.get("warnings", []):
             out.print(f"[yellow]warning ({name}):[/] {w}", highlight=False, soft_wrap=True)
@@ -65,12 +70,14 @@ def runs_table(records: list[dict[str, Any]]) -> Table:
         cfg = rec["config"]
         ch = rec["downstream"].get("clean_head") or next(iter(rec["downstream"].values()))
         rob = " ".join(f"{e}:{a:.2f}" for e, a in ch["robust_acc"].items())
+        audit = rec.get("kind") == "audit"  # an audit pre-trained nothing: its encoder came from elsewhere
+        top1 = rec.get("purification", {}).get("top1_share_mean")
         table.add_row(
             rec["run_id"],
             str(rec["seed"]),
-            cfg["pretrain"]["method"],
-            str(cfg["pretrain"]["eps"]),
-            f"{rec['purification']['top1_share_mean']:.3f}",
+            "audit" if audit else cfg["pretrain"]["method"],
+            "-" if audit else str(cfg["pretrain"]["eps"]),
+            "-" if top1 is None else f"{top1:.3f}",
             f"{ch['clean_acc']:.3f}",
             rob,
             f"{rec['timing_s']['total']:.1f}",

@@ -114,7 +114,10 @@ def torchattacks_correct(
         raise ConfigError(
             f"{name} attacks images in [0, 1]: use it on a real data set (eval.attacks / eval.autoattack)"
         )
-    wrapped = _ImageInput(model, x.shape[1])
+    # in the model's own mode: torchattacks puts a model it was given in training mode back into training mode after
+    # the attack, and a fresh wrapper starts in training mode, which would switch a batch-norm model to batch
+    # statistics (and move its running statistics) for everything after the attack
+    wrapped = _ImageInput(model, x.shape[1]).train(model.training)
     x_img = to_view(x, attack_view(image_shape))
     # torchattacks reseeds torch's global generator; keep the caller's stream as it was.
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

@@ -11,6 +11,7 @@ import yaml
 
 from robinherit.analysis.tables import (
     print_crosscheck,
+    print_models,
     print_record,
     runs_table,
     summary_line,
@@ -198,3 +199,43 @@ def real(
     """Renamed: real data runs with `robinherit run` like every other source (this alias goes in the next release)."""
     console.print("[yellow]`robinherit real` is now `robinherit run` (one pipeline for every data source).[/]")
     run(config, set_, seeds, json_out, store, force)
+
+
+@app.command("audit")
+@user_errors
+def audit_cmd(
+    encoder: str = typer.Argument(
+        ...,
+        help="path/file.py:callable or package.module:callable (returning an nn.Module: inputs -> features (n, m)), "
+        "a registered encoder name with --weights, or a stored run id",
+    ),
+    data: str | None = typer.Option(None, "--data", help="a shipped config (fashion_mnist, digits, ...) or YAML file"),
+    weights: Path | None = typer.Option(None, "--weights", help="a state dict for the encoder (torch.save)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config path: --set eval.n_test=200"),
+    json_out: bool = typer.Option(False, "--json", help="print the audit's record as JSON, nothing else"),
+    store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
+    force: bool = typer.Option(False, help="audit again even if the store has this encoder and these settings"),
+) -> None:
+    """The inheritance audit of any encoder: clean (SLF) and adversarial (ALF) heads on its frozen features, their
+    robust accuracy, and measures of the units they read; stored like a run."""
+    from robinherit.audit import audit
+    from robinherit.config import parse_overrides
+    from robinherit.paths import flatten
+    from robinherit.runs.store import ResultStore
+
+    db = ResultStore(store)
+    updates = flatten(parse_overrides(set_))
+    rec = audit(encoder, data, weights=weights, store=db, force=force, updates=updates).to_dict()
+    if json_out:
+        print(json.dumps(rec), flush=True)
+        return
+    enc = rec["encoder"]
+    out.print(
+        f"[bold]audit {rec['run_id']}[/] {enc['class']} ({enc['parameters']:,} parameters, {enc['feature_dim']} "
+        f"features, sha256 {enc['sha256'][:12]}) on {rec['dataset'].get('name', '?')}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_models(out, {**({"classifier": rec["pretrain"]} if "pretrain" in rec else {}), **rec["downstream"]})
+    if rec.get("units"):
+        out.print("units: " + ", ".join(f"{k} {v:.3f}" for k, v in rec["units"].items()), highlight=False)

@@ -118,10 +118,12 @@ def train_head(
     g: torch.Generator,
     clip: tuple[float, float] | None = None,
 ) -> LinearHead:
-    """Train a linear head of ``kind`` on frozen ``encoder`` features of (x, y)."""
+    """Train a linear head of ``kind`` on frozen ``encoder`` features of (x, y). The encoder is frozen in full:
+    gradients off and eval mode, so its batch-norm statistics and dropout do not move while the head trains."""
     for p in encoder.parameters():
         p.requires_grad_(False)
-    head = LinearHead(encoder, width, n_classes).to(x.device)
+    encoder.eval()
+    head = LinearHead(encoder, width, n_classes).to(x.device).eval()  # a linear head has no mode of its own
     HEAD_TRAINERS[HeadKind(kind)](head, x, y, cfg, norm=norm, g=g, clip=clip)
     return head
 
@@ -156,13 +158,14 @@ def train_heads(
         ]
     for p in encoder.parameters():
         p.requires_grad_(False)
+    encoder.eval()
     S, dev = len(ys), x.device
     V = nn.Parameter(torch.zeros(S, n_classes, width, device=dev, dtype=x.dtype))
     c = nn.Parameter(torch.zeros(S, n_classes, device=dev, dtype=x.dtype))
     _train_stack(encoder, V, c, x, ys, HeadKind(kind) == HeadKind.adversarial, cfg, norm=norm, gens=gens)
     heads = []
     for s in range(S):
-        head = LinearHead(encoder, width, n_classes).to(dev)
+        head = LinearHead(encoder, width, n_classes).to(dev).eval()
         with torch.no_grad():
             head.linear.weight.copy_(V[s])
             head.linear.bias.copy_(c[s])

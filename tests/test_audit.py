@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_datasets import make_mnist_files
-from test_sources import MICRO_REAL
 from typer.testing import CliRunner
 
 import robinherit
 from robinherit.cli import app
 from robinherit.errors import ConfigError
 from robinherit.runs.store import ResultStore
+from test_datasets import make_mnist_files
+from test_sources import MICRO_REAL
 
-USER_FILE = '''
+USER_FILE = """
 import torch
 from torch import nn
 
@@ -41,7 +41,7 @@ def not_flat():
 
 def no_module():
     return 3
-'''
+"""
 
 
 @pytest.fixture

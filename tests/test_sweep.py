@@ -455,3 +455,22 @@ def test_shared_pools_start_the_workers_once_and_replace_a_broken_pool():
             assert d is not a and d.submit(sum, [1, 2]).result() == 3
     with pytest.raises(RuntimeError, match="shutdown"):  # the block's end shut its pools down
         d.submit(int)
+
+
+def test_an_unreachable_ray_address_is_an_error_within_seconds(micro_yaml, tmp_path):
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(micro_yaml), "seeds": [0]}))
+    t0 = time.monotonic()
+    res = CliRunner().invoke(
+        app,
+        ["sweep", str(spec), "--backend", "ray", "--address", f"127.0.0.1:{port}", "--store", str(tmp_path / "r.db")],
+    )
+    assert res.exit_code == 2 and "cannot reach a Ray cluster" in res.output and "Traceback" not in res.output
+    assert time.monotonic() - t0 < 30

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -120,6 +121,26 @@ def _pool_until_broken(
     return suspects, unstarted
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A ``host:port`` address that does not answer a TCP connection within ``timeout`` is an error now: Ray itself
+    retries such an address for minutes. ``auto``, ``ray://`` addresses and None are left to Ray, which fails fast
+    on them."""
+    if address is None or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as err:
+        raise SweepError(
+            f"cannot reach a Ray cluster at --address {address} (no answer within {timeout:g} s: {err}); start one "
+            "with `ray start --head`, check the host and port, or leave --address out to start a local Ray instance"
+        ) from None
+
+
 @contextmanager
 def _ray_session(address: str | None, workers: int | None) -> Iterator[Any]:
     """The ``ray`` module, connected to the cluster at ``address`` (``auto``: the one ``ray start --head`` started;
@@ -134,6 +155,7 @@ def _ray_session(address: str | None, workers: int | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
+    _check_reachable(address)
     try:
         if address is None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)

@@ -174,7 +174,7 @@ def test_two_sweeps_writing_one_store_at_once_lose_nothing(tmp_path, base_yaml):
     a = write_spec(tmp_path, base_yaml, "a.yaml", grid={"pretrain.eps": [0, 0.25]}, seeds=2)
     b = write_spec(tmp_path, base_yaml, "b.yaml", grid={"pretrain.eps": [0.25, 0.5]}, seeds=2)
     db = tmp_path / "shared.db"
-    ResultStore(db)  # created up front so both drivers open an existing store
+    ResultStore(db).put_aux("test", "made", {})  # created up front so both drivers open an existing store
     procs = [
         subprocess.Popen(sweep_cmd(s, db, "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for s in (a, b)
@@ -474,3 +474,24 @@ def test_an_unreachable_ray_address_is_an_error_within_seconds(micro_yaml, tmp_p
     )
     assert res.exit_code == 2 and "cannot reach a Ray cluster" in res.output and "Traceback" not in res.output
     assert time.monotonic() - t0 < 30
+
+
+def test_two_identical_sweeps_on_one_store_compute_each_run_once(tmp_path, base_yaml):
+    import re
+
+    spec = write_spec(tmp_path, base_yaml, "same.yaml", grid={"pretrain.eps": [0, 0.25]}, seeds=3)
+    db = tmp_path / "shared.db"
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(spec, db, "--workers", "1", "--batch", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    ran = 0
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        ran += int(re.search(r"(\d+) ran", out.decode() + err.decode()).group(1))
+    assert ran == 6  # each of the 6 runs computed by one sweep only; the other waited and read it
+    assert ResultStore(db, read_only=True).run_ids() == {c.config_hash() for c in load_sweep(spec).configs()}
+    assert ResultStore(db, read_only=True).leased() == {}

@@ -376,6 +376,13 @@ class ResultStore:
             write=True,
         )
 
+    def lease_alive(self, run_id: str, stale_s: float = LEASE_STALE_S) -> bool:
+        """Whether a live process other than this one holds ``run_id``'s lease."""
+        row = self._retry(
+            lambda con: con.execute("SELECT holder, taken_at FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+        )
+        return row is not None and row[0] != lease_holder() and holder_alive(row[0], row[1], stale_s)
+
     def leased(self) -> dict[str, str]:
         """run id -> holder, of every lease now in the store (live or not)."""
         return dict(self._retry(lambda con: con.execute("SELECT run_id, holder FROM leases").fetchall()))

@@ -10,6 +10,7 @@ writes the store, one transaction per finished run. Which runs travel together t
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,21 @@ def run_sweep(
     if on_progress:
         on_progress(report)
 
+    mine: set[str] = set()  # runs this sweep has claimed in the store and not yet stored or given up
+    elsewhere: list[ExperimentConfig] = []  # runs another live process is computing
+
     def pending() -> Iterator[ExperimentConfig]:
         for cfg in todo:
-            if store.has(cfg.config_hash()):  # finished by a concurrent sweep since we looked
+            run_id = cfg.config_hash()
+            if store.has(run_id):  # finished by a concurrent sweep since we looked
                 report.taken += 1
                 if on_progress:
                     on_progress(report)
                 continue
+            if not store.take_lease(run_id):  # being computed by another process: wait for it instead
+                elsewhere.append(cfg)
+                continue
+            mine.add(run_id)
             yield cfg
 
     def on_result(cfg: ExperimentConfig, result: Result | None, error: str | None) -> None:
@@ -72,15 +81,52 @@ def run_sweep(
             record, artifacts = result
             store.put(record, artifacts)
             report.ran += 1
+        store.release_lease(cfg.config_hash())
+        mine.discard(cfg.config_hash())
         if on_progress:
             on_progress(report)
 
-    if todo:
-        if backend == Backend.local:
-            workers = workers or os.cpu_count() or 1  # run_local's default, resolved here for spread
-        batch = spread(todo, batch, workers)
-        BACKENDS[backend](pending(), on_result, workers=workers, address=address, batch=batch)
+    try:
+        while todo:
+            if backend == Backend.local:
+                workers = workers or os.cpu_count() or 1  # run_local's default, resolved here for spread
+            BACKENDS[backend](
+                pending(), on_result, workers=workers, address=address, batch=spread(todo, batch, workers)
+            )
+            todo = by_encoder(_wait_for_others(store, elsewhere, report, on_progress))
+            elsewhere.clear()
+    finally:
+        for run_id in mine:  # interrupted: what this sweep claimed and did not finish is free for the next one
+            store.release_lease(run_id)
     return report
+
+
+def _wait_for_others(
+    store: ResultStore,
+    cfgs: list[ExperimentConfig],
+    report: SweepReport,
+    on_progress: Callable[[SweepReport], None] | None,
+    poll_s: float = 1.0,
+) -> list[ExperimentConfig]:
+    """Wait until every run of ``cfgs`` (being computed by other processes) is stored; returns those whose process
+    died or gave up without storing them, for this sweep to compute."""
+    waiting, orphans = list(cfgs), []
+    while waiting:
+        still = []
+        for cfg in waiting:
+            run_id = cfg.config_hash()
+            if store.has(run_id):
+                report.taken += 1
+                if on_progress:
+                    on_progress(report)
+            elif store.lease_alive(run_id):
+                still.append(cfg)
+            else:
+                orphans.append(cfg)
+        waiting = still
+        if waiting:
+            time.sleep(poll_s)
+    return orphans
 
 
 def records_of(source: str | Path, store: str | Path | None = None) -> tuple[list[dict[str, Any]], Path]:

@@ -58,7 +58,7 @@ from benchmarks.reference_real import train as reference_train
 from benchmarks.timing import best, interleaved
 from robinherit.config import EncoderKind, ExperimentConfig, load_config, with_updates
 from robinherit.data.datasets import ArrayDataset
-from robinherit.data.sources import ArraySource, _arrays
+from robinherit.data.sources import ArraySource, array_source
 from robinherit.runs.experiment import build_encoder, pretrain
 from robinherit.runs.provenance import git_commit
 from robinherit.seeding import generator
@@ -90,7 +90,7 @@ def config(family: str, steps: int = 1, **updates) -> ExperimentConfig:
 
 def source_for(cfg: ExperimentConfig, ds: ArrayDataset) -> ArraySource:
     """The source ``run_experiment`` builds for ``cfg`` when its data set is ``ds`` (splits, training mean)."""
-    return _arrays(cfg, ds)
+    return array_source(cfg, ds)
 
 
 def reference_model(cfg: ExperimentConfig, source: ArraySource) -> ReferenceTwoLayer | ReferenceConvNet:

@@ -312,7 +312,7 @@ def _synthetic(cfg: ExperimentConfig) -> SyntheticSource:
     return SyntheticSource(make_world(cfg.data, cfg.seed), cfg.seed)
 
 
-def _arrays(cfg: ExperimentConfig, ds: ArrayDataset | None = None) -> ArraySource:
+def array_source(cfg: ExperimentConfig, ds: ArrayDataset | None = None) -> ArraySource:
     ds = ds if ds is not None else load_data(cfg.data)
     tasks = make_tasks(ds, cfg)
     center = tasks.x_pre.mean(dim=0) if cfg.data.center else None
@@ -320,7 +320,7 @@ def _arrays(cfg: ExperimentConfig, ds: ArrayDataset | None = None) -> ArraySourc
 
 
 # config section type -> builder; a new kind of source registers here
-SOURCES: dict[str, Callable[[ExperimentConfig], DataSource]] = {"synthetic": _synthetic, "real": _arrays}
+SOURCES: dict[str, Callable[[ExperimentConfig], DataSource]] = {"synthetic": _synthetic, "real": array_source}
 
 
 def build_source(cfg: ExperimentConfig) -> DataSource:
@@ -344,5 +344,5 @@ def build_sources(
         key = cfg.data.model_dump_json()
         if key not in loaded:
             loaded[key] = load_data(cfg.data)
-        out.append(_arrays(cfg, loaded[key]))
+        out.append(array_source(cfg, loaded[key]))
     return out

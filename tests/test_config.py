@@ -210,3 +210,15 @@ def test_an_unknown_evaluation_attack_is_a_config_error_before_any_compute():
     with pytest.raises(ConfigError, match=r"eval\.attacks names nope.*apgd-ce"):
         load_config("supervised", ["eval.attacks=[nope]"])
     assert load_config("digits", ["eval.attacks=[apgd-ce]"]).eval.attacks == ("apgd-ce",)
+
+
+def test_budgets_accept_fractions_in_yaml_set_and_the_api():
+    from robinherit.config import load_config, with_updates
+    from robinherit.errors import ConfigError
+
+    cfg = load_config("cifar10_resnet18")
+    assert cfg.pretrain.eps == 8 / 255 and cfg.eval.eps_grid == (0.0, 8 / 255) and cfg.downstream.eps == 8 / 255
+    assert load_config("supervised", ["pretrain.eps=1/4"]).pretrain.eps == 0.25
+    assert with_updates(load_config("supervised"), **{"eval.eps_grid": [0, "1/2"]}).eval.eps_grid == (0.0, 0.5)
+    with pytest.raises(ConfigError, match="pretrain.eps"):
+        load_config("supervised", ["pretrain.eps=1/0"])

@@ -28,3 +28,20 @@ def test_building_a_resnet_leaves_the_global_random_stream_alone():
     state = torch.random.get_rng_state()
     resnet_small((1, 28, 28), 10, torch.Generator().manual_seed(0))
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_the_resnets_are_encoders_of_run_supervised_and_contrastive(tmp_path):
+    from test_datasets import make_mnist_files
+
+    from robinherit.config import load_config
+    from robinherit.runs.experiment import run_experiment
+
+    make_mnist_files(tmp_path, n_train=48, n_test=16)
+    base = [f"data.root={tmp_path}", "data.source=mnist", "data.protocol=same_task", "model.encoder=resnet_small"]
+    base += ["pretrain.steps=2", "pretrain.batch_size=8", "pretrain.eps=0.1", "pretrain.norm=linf"]
+    base += ["downstream.n_train=24", "downstream.steps=2", "downstream.heads=[clean]", "eval.n_test=8"]
+    base += ["eval.eps_grid=[0,0.1]", "eval.norm=linf", "eval.steps=2", "pretrain.attack_steps=2"]
+    for method in ("supervised", "contrastive"):
+        rec, art = run_experiment(load_config(None, [*base, f"pretrain.method={method}"]))
+        assert set(rec["downstream"]["clean_head"]["robust_acc"]) == {"0", "0.1"}
+        assert "stem.weight" in art["encoder"]  # the stored state dict, for audits and robinherit.load

@@ -125,7 +125,12 @@ DATASETS = Registry(
 # model.encoder -> encoder builder (robinherit.models.encoder says what it builds and what an encoder declares)
 ENCODERS = Registry(
     "encoder",
-    {"two_layer": "robinherit.models.two_layer:build_encoder", "conv": "robinherit.models.conv:build_encoder"},
+    {
+        "two_layer": "robinherit.models.two_layer:build_encoder",
+        "conv": "robinherit.models.conv:build_encoder",
+        "resnet18": "robinherit.models.resnet:build_resnet18",
+        "resnet_small": "robinherit.models.resnet:build_resnet_small",
+    },
 )
 
 # eval.attacks -> evaluation attack (model, x, y, *, eps, norm, ...) -> (n,) bool, still correct

@@ -27,6 +27,7 @@ from robinherit.cli import (
     require_devices,
     user_errors,
 )
+from robinherit.errors import DataError
 
 
 @app.command()
@@ -127,7 +128,12 @@ def config_cmd(
     if json_out:
         print(json.dumps(resolved, indent=2))
     else:
-        print(f"# run_id: {cfg.config_hash()} (hash of the settings that change this run's numbers)")
+        try:
+            run_id = cfg.config_hash()
+        except DataError as err:  # a file-based data set's id holds its files' fingerprint: none without the files
+            print(f"# run_id: not known without the data files ({str(err).split(';')[0]})")
+        else:
+            print(f"# run_id: {run_id} (hash of the settings that change this run's numbers)")
         print(yaml.safe_dump(resolved, sort_keys=False), end="")
 
 

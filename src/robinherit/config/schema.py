@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Tag, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Tag, field_validator, model_validator
 
 from robinherit.config import identity, inert
 from robinherit.config.data_sections import DataConfig, RealDataConfig, Strict
@@ -37,6 +37,23 @@ from robinherit.registry import DATASETS, ENCODERS, EVAL_ATTACKS, UNITS
 # Data sets read from packages or the user's files: the names of robinherit.registry.DATASETS, read when a config is
 # validated, so a data set registered there is a valid data.source. "synthetic" is the sparse-coding world.
 REAL_SOURCES = DATASETS  # a live view: membership and the listed names follow the registry
+
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def _fraction(value: Any) -> Any:
+    """A budget may be written as the field writes it: ``8/255`` (in YAML, ``--set`` and the API) is 8 / 255."""
+    if isinstance(value, str) and (m := _FRACTION.match(value)):
+        try:
+            return float(m.group(1)) / float(m.group(2))
+        except (ValueError, ZeroDivisionError):
+            return value  # left to the float check, which names the value
+    return value
+
+
+# an attack budget: a number, or a fraction such as 8/255
+Budget = Annotated[float, BeforeValidator(_fraction)]
 
 
 def device_field() -> Any:
@@ -99,7 +116,7 @@ class ModelConfig(Strict):
 
 class PretrainConfig(Strict):
     method: Method = field(Method.supervised, identity="always", description="supervised or contrastive")
-    eps: float = field(
+    eps: Budget = field(
         0.25, identity="always", ge=0.0, description="adversarial budget during pre-training (0 = clean)"
     )
     norm: Norm = field(Norm.l2, identity=inert.clean, description="threat model of the inner maximisation")
@@ -146,7 +163,7 @@ class DownstreamConfig(Strict):
         min_length=1,
         description="heads to train on frozen features",
     )
-    eps: float = field(
+    eps: Budget = field(
         0.25, identity=inert.no_adversarial_head, ge=0.0, description="budget of the adversarial head's training attack"
     )
     steps: int = field(300, identity=inert.set_by_epochs, ge=1, description="head optimiser steps (full batch)")
@@ -183,7 +200,7 @@ class DownstreamConfig(Strict):
 
 
 class EvalConfig(Strict):
-    eps_grid: tuple[float, ...] = field(
+    eps_grid: tuple[Budget, ...] = field(
         (0.0, 0.1, 0.25, 0.5, 1.0, 2.0), identity="always", min_length=1, description="budgets for robust accuracy"
     )
     norm: Norm = field(Norm.l2, identity="always", description="threat model of the evaluation attack")

@@ -20,6 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from robinherit.errors import ConfigError
+from robinherit.models.encoder import FirstLayer
+
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int, g: torch.Generator | None) -> nn.Conv2d:
     """A bias-free conv layer built without torch's default initialisation (which draws from, and so moves, the
@@ -57,7 +60,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A residual encoder ``features(x) -> (n, feature_dim)`` with a linear head ``forward(x) -> (n, n_out)``."""
+    """A residual encoder ``features(x) -> (n, feature_dim)`` with a linear head ``forward(x) -> (n, n_out)``. It
+    declares no capability (``models.encoder``): every stage takes its generic autograd path."""
+
+    capabilities = frozenset()
 
     def __init__(
         self,
@@ -99,6 +105,13 @@ class ResNet(nn.Module):
         """(out_channels, c * 3 * 3) stem filters, one patch-space vector per row."""
         return self.stem.weight.reshape(self.stem.weight.shape[0], -1)
 
+    def first_layer(self) -> FirstLayer:
+        """The stem's filters over c x 3 x 3 patches: what learned-dictionary purity reads (``models.encoder``)."""
+        return FirstLayer(self.first_layer_filters(), (3, 3))
+
+    def freeze(self) -> ResNet:
+        return self.requires_grad_(False)
+
 
 def resnet18(image_shape: tuple[int, int, int], n_out: int, g: torch.Generator | None = None, center=None) -> ResNet:
     """ResNet-18, CIFAR form: 64-128-256-512 channels, two basic blocks per stage; 512 features."""
@@ -110,3 +123,21 @@ def resnet_small(
 ) -> ResNet:
     """A small ResNet for 28x28 images: 16-32-64 channels, one basic block per stage; 64 features."""
     return ResNet(image_shape, (16, 32, 64), (1, 1, 1), n_out, g, center)
+
+
+def _needs_images(image_shape: tuple[int, int, int] | None, name: str) -> tuple[int, int, int]:
+    if image_shape is None:
+        raise ConfigError(
+            f"model.encoder={name} needs an image data set (data.source such as cifar10 or fashion_mnist)"
+        )
+    return image_shape
+
+
+def build_resnet18(model_cfg, input_dim, n_outputs, image_shape, g, center) -> ResNet:
+    """``model.encoder=resnet18`` (``registry.ENCODERS``); the feature width is the architecture's (512)."""
+    return resnet18(_needs_images(image_shape, "resnet18"), n_outputs, g, center)
+
+
+def build_resnet_small(model_cfg, input_dim, n_outputs, image_shape, g, center) -> ResNet:
+    """``model.encoder=resnet_small`` (``registry.ENCODERS``); 64 features."""
+    return resnet_small(_needs_images(image_shape, "resnet_small"), n_outputs, g, center)

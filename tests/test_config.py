@@ -220,5 +220,5 @@ def test_budgets_accept_fractions_in_yaml_set_and_the_api():
     assert cfg.pretrain.eps == 8 / 255 and cfg.eval.eps_grid == (0.0, 8 / 255) and cfg.downstream.eps == 8 / 255
     assert load_config("supervised", ["pretrain.eps=1/4"]).pretrain.eps == 0.25
     assert with_updates(load_config("supervised"), **{"eval.eps_grid": [0, "1/2"]}).eval.eps_grid == (0.0, 0.5)
-    with pytest.raises(ConfigError, match="pretrain.eps"):
+    with pytest.raises(ConfigError, match=r"pretrain\.eps"):
         load_config("supervised", ["pretrain.eps=1/0"])

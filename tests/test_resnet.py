@@ -31,10 +31,9 @@ def test_building_a_resnet_leaves_the_global_random_stream_alone():
 
 
 def test_the_resnets_are_encoders_of_run_supervised_and_contrastive(tmp_path):
-    from test_datasets import make_mnist_files
-
     from robinherit.config import load_config
     from robinherit.runs.experiment import run_experiment
+    from test_datasets import make_mnist_files
 
     make_mnist_files(tmp_path, n_train=48, n_test=16)
     base = [f"data.root={tmp_path}", "data.source=mnist", "data.protocol=same_task", "model.encoder=resnet_small"]

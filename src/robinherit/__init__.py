@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "ExperimentConfig": "robinherit.config",
     "Record": "robinherit.api",
+    "atlas": "robinherit.reproduce.atlas",
     "Records": "robinherit.api",
     "load_config": "robinherit.config",
     "load_plugins": "robinherit.plugins",
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from robinherit.api import Record, Records, run
     from robinherit.config import ExperimentConfig, load_config
     from robinherit.plugins import load_plugins
+    from robinherit.reproduce.atlas import atlas
     from robinherit.runs.experiment import run_experiment
     from robinherit.runs.schedule import run_or_load
 
@@ -29,6 +31,7 @@ __all__ = [
     "ExperimentConfig",
     "Record",
     "Records",
+    "atlas",
     "load_config",
     "load_plugins",
     "run",

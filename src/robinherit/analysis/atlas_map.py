@@ -138,16 +138,16 @@ def _numeric(values: Sequence[Any]) -> bool:
 
 
 def _where(knob: str, chosen: list[Any], values: list[Any]) -> str:
-    """``chosen`` (a subset of ``values``, in their order) in words: a tail, a head, or a list."""
+    """``chosen`` (a subset of ``values``, in their order) in words: all, one, a tail, a head, or a list."""
     if chosen == values:
         return f"at every {knob}"
+    if len(chosen) == 1:
+        return f"at {knob} = {chosen[0]}"
     if _numeric(values) and values == sorted(values):
         if chosen == values[len(values) - len(chosen) :]:
             return f"when {knob} >= {chosen[0]}"
         if chosen == values[: len(chosen)]:
             return f"when {knob} <= {chosen[-1]}"
-    if len(chosen) == 1:
-        return f"when {knob} = {chosen[0]}"
     return f"when {knob} in {{{', '.join(str(v) for v in chosen)}}}"
 
 
@@ -155,22 +155,24 @@ def _panel_sentence(name: str, rows: list[dict[str, Any]]) -> str:
     xk, yk = rows[0]["x_knob"], rows[0]["y_knob"]
     xs, ys = _axis(rows, "x"), _axis(rows, "y")
     verdict = {(r["x"], r["y"]): r["verdict"] for r in rows}
+    side = sum(1 for r in rows if r["verdict"] == "pass" and r["side_condition_ok"] is False)
+    tail = f" Its side condition fails in {side} of the passing cells." if side else ""
+    head = f"{name}, over {xk} x {yk}:"
     if all(v == "pass" for v in verdict.values()):
-        return f"{name} passes in every cell of {xk} x {yk}."
+        return f"{head} passes in every cell.{tail}"
     parts = []
     for kind in ("fail", "undecided"):
         by_y = {y: [x for x in xs if verdict.get((x, y)) == kind] for y in ys}
-        if not any(by_y.values()):
-            continue
-        word = "fails" if kind == "fail" else "is undecided"
         texts = {y: _where(xk, chosen, xs) for y, chosen in by_y.items() if chosen}
+        if not texts:
+            continue
+        word = "fails" if kind == "fail" else "undecided"
         if len(texts) == len(ys) and len(set(texts.values())) == 1:
-            parts.append(f"{word} {next(iter(texts.values()))} (every {yk})")
+            parts.append(f"{word} {next(iter(texts.values()))}, whatever {yk}")
         else:
-            parts.append(f"{word} " + "; ".join(f"{t} with {yk} = {y}" for y, t in texts.items()))
-    side = sum(1 for r in rows if r["verdict"] == "pass" and r["side_condition_ok"] is False)
-    tail = f" In {side} passing cell(s) its side condition fails." if side else ""
-    return f"{name} " + ", and ".join(parts) + "; it passes elsewhere in this panel." + tail
+            parts.append(f"{word} " + " and ".join(f"{t} ({yk} = {y})" for y, t in texts.items()))
+    rest = "passes elsewhere" if any(v == "pass" for v in verdict.values()) else "passes nowhere"
+    return f"{head} " + "; ".join(parts) + f"; {rest}.{tail}"
 
 
 def boundary_sentences(rows: Sequence[dict[str, Any]], names: dict[str, str]) -> list[str]:

@@ -173,6 +173,36 @@ class AtlasRuns:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
+def _resolve(cells: list[Cell]) -> tuple[list[ExperimentConfig], dict[str, dict[str, Any] | None]]:
+    """Resolve every cell's budgets in place; the distinct runs, and each run's resolved budget by its id."""
+    unique: dict[str, ExperimentConfig] = {}
+    budgets: dict[str, dict[str, Any] | None] = {}
+    for cell in cells:
+        for arms in cell.configs.values():
+            for cfgs in arms.values():
+                for i, cfg in enumerate(cfgs):
+                    cfgs[i], budget = resolve_budget(cfg)
+                    unique.setdefault(cfgs[i].config_hash(), cfgs[i])
+                    budgets[cfgs[i].config_hash()] = budget
+    return list(unique.values()), budgets
+
+
+def _in_process(
+    todo: list[ExperimentConfig], store: ResultStore, on_progress: Callable[[int, int], None] | None
+) -> int:
+    """Run ``todo`` here (``run_many_or_load``); how many were computed rather than read from the store."""
+    counts = {"done": 0, "ran": 0}
+
+    def on_record(rec: dict[str, Any], cached: bool) -> None:
+        counts["done"] += 1
+        counts["ran"] += not cached
+        if on_progress:
+            on_progress(counts["done"], len(todo))
+
+    run_many_or_load(todo, store, on_record=on_record)
+    return counts["ran"]
+
+
 def run_atlas(
     atlas: Atlas,
     store: ResultStore,
@@ -182,49 +212,27 @@ def run_atlas(
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> AtlasRuns:
-    """Run every cell's runs not yet in ``store`` and fill each cell's records. One worker runs in this process
-    (``run_many_or_load``); more, or Ray, go through the sweep backends. Either way stored runs are not run again,
-    and encoders that share shapes pre-train as one stack."""
+    """Run every cell's runs not yet in ``store`` and fill each cell's records (each with its ``budget``). One
+    worker runs in this process; more, or Ray, go through the sweep backends. Either way stored runs are not run
+    again, and encoders that share shapes pre-train as one stack."""
     cells = atlas.cells(seeds)
-    unique: dict[str, ExperimentConfig] = {}
-    budgets: dict[str, dict[str, Any] | None] = {}
-    for cell in cells:
-        for arms in cell.configs.values():
-            for arm, cfgs in arms.items():
-                for i, cfg in enumerate(cfgs):
-                    res, budget = resolve_budget(cfg)
-                    arms[arm][i] = res
-                    unique.setdefault(res.config_hash(), res)
-                    budgets[res.config_hash()] = budget
-    todo = list(unique.values())
-    ran, failed = 0, []
+    todo, budgets = _resolve(cells)
+    failed: list[tuple[str, str]] = []
     if Backend(backend) == Backend.local and workers == 1:
-        done = [0]
-
-        def on_record(rec: dict[str, Any], cached: bool) -> None:
-            nonlocal ran
-            ran += not cached
-            done[0] += 1
-            if on_progress:
-                on_progress(done[0], len(todo))
-
-        run_many_or_load(todo, store, on_record=on_record)
+        ran = _in_process(todo, store, on_progress)
     else:
-        rep = run_sweep(
-            todo,
-            store,
-            backend=backend,
-            workers=workers,
-            on_progress=lambda r: on_progress and on_progress(r.skipped + r.ran + r.taken + len(r.failed), r.total),
-        )
+
+        def progress(r: Any) -> None:
+            if on_progress:
+                on_progress(r.skipped + r.ran + r.taken + len(r.failed), r.total)
+
+        rep = run_sweep(todo, store, backend=backend, workers=workers, on_progress=progress)
         ran, failed = rep.ran, rep.failed
     for cell in cells:
         for fam, arms in cell.configs.items():
             cell.records[fam] = {}
             for arm, cfgs in arms.items():
-                recs = [store.get(c.config_hash()) for c in cfgs]
-                cell.records[fam][arm] = [
-                    {**r, "budget": budgets[c.config_hash()]} for r, c in zip(recs, cfgs, strict=True) if r is not None
-                ]
+                recs = [(store.get(c.config_hash()), budgets[c.config_hash()]) for c in cfgs]
+                cell.records[fam][arm] = [{**r, "budget": b} for r, b in recs if r is not None]
             cell.budget = cell.budget or budgets[arms["at"][0].config_hash()]
     return AtlasRuns(cells, len(todo), ran, failed)

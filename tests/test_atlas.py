@@ -101,3 +101,42 @@ def test_tiny_atlas_end_to_end_then_from_the_store(tmp_path):
     assert second.exit_code == 0, second.output
     assert "16 runs (0 computed, 16 from the store)" in second.output
     assert list(csv.DictReader((out / "atlas.csv").open())) == rows
+
+
+def test_a_sweep_or_a_run_over_eps_rel_is_the_absolute_budgets_run():
+    from robinherit.runs.sweep import sweep_from_dict
+
+    base = load_config("supervised")
+    cfgs = sweep_from_dict({"grid": {"pretrain.eps_rel": [0.25, 0.5]}}, base).configs()
+    assert [c.pretrain.eps for c in cfgs] == [0.25, 0.5] and all(c.pretrain.eps_rel is None for c in cfgs)
+    assert cfgs[0].config_hash() == base.config_hash()
+
+
+def _row(x, y, verdict, side=True):
+    return {
+        "claim": "1",
+        "panel": 0,
+        "x_knob": "data.k",
+        "x": x,
+        "y_knob": "data.values",
+        "y": y,
+        "verdict": verdict,
+        "side_condition_ok": side,
+        "effect": 0.1,
+    }
+
+
+def test_boundary_in_words():
+    from robinherit.analysis.atlas_map import boundary_sentences
+
+    rows = [_row(k, v, "fail" if k >= 5 else "pass") for v in ("sign", "uniform") for k in (1, 3, 5, 9)]
+    (text,) = boundary_sentences(rows, {"1": "claim 1"})
+    assert text == "claim 1, over data.k x data.values: fails when data.k >= 5, whatever data.values; passes elsewhere."
+    rows = [
+        _row(k, v, "undecided" if (k, v) == (1, "uniform") else "pass", side=k != 9)
+        for v in ("sign", "uniform")
+        for k in (1, 3, 9)
+    ]
+    (text,) = boundary_sentences(rows, {"1": "claim 1"})
+    assert "undecided at data.k = 1 (data.values = uniform); passes elsewhere." in text
+    assert "side condition fails in 2 of the passing cells" in text

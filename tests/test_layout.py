@@ -113,7 +113,10 @@ def _layer(module: str) -> int:
 def test_layers_import_only_downward():
     graph = import_graph()
     upward = [
-        f"{name} -> {target}" for name, targets in graph.items() for target in targets if _layer(target) > _layer(name)
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(name)
     ]
     assert not upward, upward
     assert len({_layer(m) for m in graph}) == len(LAYERS)  # every layer holds a module

@@ -12,6 +12,7 @@ _LAZY = {
     "audit": "robinherit.audit",
     "load": "robinherit.audit",
     "Record": "robinherit.api",
+    "atlas": "robinherit.reproduce.atlas",
     "Records": "robinherit.api",
     "load_config": "robinherit.config",
     "load_plugins": "robinherit.plugins",
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from robinherit.audit import audit, load
     from robinherit.config import ExperimentConfig, load_config
     from robinherit.plugins import load_plugins
+    from robinherit.reproduce.atlas import atlas
     from robinherit.runs.experiment import run_experiment
     from robinherit.runs.schedule import run_or_load
 
@@ -32,6 +34,7 @@ __all__ = [
     "ExperimentConfig",
     "Record",
     "Records",
+    "atlas",
     "audit",
     "load",
     "load_config",

@@ -115,7 +115,7 @@ def progress_bar(quiet: bool) -> Progress:
 
 
 # the commands register themselves on ``app`` when their modules are imported
-from robinherit.cli import runs, studies  # noqa: E402, F401
+from robinherit.cli import atlas, runs, studies  # noqa: E402, F401
 
 
 def main() -> None:

@@ -119,6 +119,14 @@ class PretrainConfig(Strict):
     eps: Budget = field(
         0.25, identity="always", ge=0.0, description="adversarial budget during pre-training (0 = clean)"
     )
+    # Resolved to ``eps`` (and reset to None) before a run has an id (robinherit.runs.relative_budget), so a run
+    # set by a fraction is the run of its absolute budget; None, the behaviour before the field, changes no id.
+    eps_rel: float | None = field(
+        None,
+        identity=InertAt(None),
+        ge=0.0,
+        description="pre-training budget as a fraction of the world's feature scale (sets eps; synthetic data only)",
+    )
     norm: Norm = field(Norm.l2, identity=inert.clean, description="threat model of the inner maximisation")
     attack: AttackKind = field(AttackKind.pgd, identity=inert.clean, description="inner maximisation: pgd or fgm")
     attack_steps: int = field(5, identity=inert.clean, ge=1, description="PGD steps of the inner maximisation")
@@ -166,6 +174,12 @@ class DownstreamConfig(Strict):
     eps: Budget = field(
         0.25, identity=inert.no_adversarial_head, ge=0.0, description="budget of the adversarial head's training attack"
     )
+    eps_rel: float | None = field(
+        None,
+        identity=InertAt(None),
+        ge=0.0,
+        description="the adversarial head's budget as a fraction of the world's feature scale (sets eps)",
+    )
     steps: int = field(300, identity=inert.set_by_epochs, ge=1, description="head optimiser steps (full batch)")
     n_train: int = field(2000, identity="always", ge=2, description="downstream training examples")
     lr: float = field(5e-2, identity="always", gt=0.0, le=1e6, description="head learning rate (Adam)")
@@ -202,6 +216,12 @@ class DownstreamConfig(Strict):
 class EvalConfig(Strict):
     eps_grid: tuple[Budget, ...] = field(
         (0.0, 0.1, 0.25, 0.5, 1.0, 2.0), identity="always", min_length=1, description="budgets for robust accuracy"
+    )
+    eps_rel_grid: tuple[float, ...] | None = field(
+        None,
+        identity=InertAt(None),
+        min_length=1,
+        description="evaluation budgets as fractions of the world's feature scale (sets eps_grid)",
     )
     norm: Norm = field(Norm.l2, identity="always", description="threat model of the evaluation attack")
     steps: int = field(20, identity="always", ge=1, description="PGD steps")

@@ -24,6 +24,7 @@ from robinherit.evaluation.robust import robust_eval
 from robinherit.models.encoder import encoder_builder
 from robinherit.models.two_layer import LinearHead
 from robinherit.runs.provenance import git_commit, versions
+from robinherit.runs.relative_budget import resolved
 from robinherit.seeding import generator
 from robinherit.training import stacked as batched
 from robinherit.training.heads import train_head
@@ -35,7 +36,9 @@ Result = tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]  # (record, art
 
 
 def run_experiment(cfg: ExperimentConfig, progress: Progress | None = None) -> Result:
-    """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store."""
+    """Run one seed of ``cfg``; returns the result record and artifacts (encoder weights) for the store. Budgets
+    given as fractions of the world's scale are resolved first (``robinherit.runs.relative_budget``)."""
+    cfg = resolved(cfg)
     return finish_experiment(cfg, *pretrain_alone(cfg, progress))
 
 

@@ -30,6 +30,7 @@ from robinherit.data.sources import DataSource
 from robinherit.errors import NonFiniteLossError
 from robinherit.runs import experiment
 from robinherit.runs.experiment import Progress, Result
+from robinherit.runs.relative_budget import resolved
 from robinherit.runs.store import ResultStore
 from robinherit.training.allocator import keep_freed_memory
 from robinherit.training.optim import PretrainLog
@@ -224,6 +225,7 @@ def run_many_or_load(
     failure is raised after every other run has finished and been stored. ``on_record(record, from_store)`` is
     called in input order as records become available.
     """
+    cfgs = [resolved(c) for c in cfgs]  # budgets given as fractions of the world's scale have their run's id
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
     from_store = [False] * len(cfgs)
     ids = [cfg.config_hash() for cfg in cfgs]

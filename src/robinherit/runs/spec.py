@@ -29,6 +29,7 @@ from robinherit.config import (
 )
 from robinherit.errors import ConfigError
 from robinherit.paths import merge_paths
+from robinherit.runs.relative_budget import resolved
 from robinherit.seeding import derive_seed
 
 
@@ -201,7 +202,7 @@ class Sweep:
         for point in self.points():
             raw = merge_paths(base, {**self.spec.set, **point})
             for seed in self.spec.seeds:
-                cfg = _build(raw | {"seed": seed}, point)
+                cfg = resolved(_build(raw | {"seed": seed}, point))  # a fractional budget: its absolute run
                 out.setdefault(cfg.config_hash(), cfg)
         return list(out.values())
 

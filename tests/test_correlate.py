@@ -86,4 +86,4 @@ def test_a_few_constant_resamples_leave_the_interval_finite_and_list_valued_grou
     c = correlate(recs, X, Y, color_by="data.pretrain_classes", resamples=400)
     assert np.isfinite(c.ci95).all() and c.ci95[0] <= c.rho <= c.ci95[1]
     files = scatter(c, tmp_path / "s.png", color_by="data.pretrain_classes")  # a list per run: one colour each
-    assert [f.name for f in files] == ["s.png", "s.svg"] and all(f.stat().st_size > 0 for f in files)
+    assert [f.name for f in files] == ["s.png", "s.svg", "s.pdf"] and all(f.stat().st_size > 0 for f in files)

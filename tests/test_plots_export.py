@@ -112,7 +112,8 @@ def test_plot_writes_png_and_svg(tmp_path, records, kind):
         kind=kind,
         out=tmp_path / "figs" / "phase.png",
     )
-    assert [f.name for f in files] == ["phase.png", "phase.svg"]
+    assert [f.name for f in files] == ["phase.png", "phase.svg", "phase.pdf"]
+    assert files[2].read_bytes()[:5] == b"%PDF-"
     assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in files[1].read_text()[:2000]
     assert len(cells) == 6
@@ -214,3 +215,31 @@ def test_symlog_axis_takes_zero_and_log_axis_refuses_it(tmp_path, records, monke
     assert "symlog" in scales  # the axis really is symlog, not silently left linear
     with pytest.raises(PlotError, match="symlog"):
         plot(kept, x="pretrain.eps", y="purification.top1_share_mean", xscale="log", out=tmp_path / "l")
+
+
+def test_plot_labels_axes_with_field_descriptions_prints_at_300_dpi_and_clips_bands(tmp_path, records):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    seen = {}
+    real_save = plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):  # the axes and bands as drawn, before the figure is closed
+        ax = fig.axes[0]
+        seen.update(xlabel=ax.get_xlabel(), ylabel=ax.get_ylabel())
+        seen["bands"] = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
+        return real_save(fig, *args, **kwargs)
+
+    plt.Figure.savefig = spy
+    try:
+        files, _ = plot(records, x="pretrain.eps", y="downstream.clean_head.robust_acc.0.25", hue="model.threshold",
+                        out=tmp_path / "p", ylabel="robust accuracy")  # fmt: skip
+    finally:
+        plt.Figure.savefig = real_save
+    assert seen["xlabel"] == "adversarial budget during pre-training (0 = clean) (pretrain.eps)"
+    assert seen["ylabel"] == "robust accuracy"
+    assert all(v.min() >= 0 and v.max() <= 1 for v in seen["bands"])
+    assert Image.open(files[0]).info["dpi"][0] == pytest.approx(300, abs=1)

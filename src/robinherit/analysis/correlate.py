@@ -123,7 +123,7 @@ def scatter(c: Correlation, out: str | Path, *, color_by: str | None = None, tit
         for i, v in enumerate(values):
             sel = np.array([g == v for g in groups])
             ax.scatter(pts[sel, 0], pts[sel, 1], s=28, color=cmap(i), label=f"{color_by} = {v}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
     else:
         ax.scatter(pts[:, 0], pts[:, 1], s=28, color="#2c7fb8")
     ax.set_xlabel(c.x)

@@ -200,8 +200,12 @@ def plot(
     out: str | Path,
     title: str | None = None,
     xscale: XScale | str = XScale.linear,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
 ) -> tuple[list[Path], list[Cell]]:
-    """Draw the diagram and save ``out`` as .png and .svg; returns the files and the plotted cells."""
+    """Draw the diagram and save ``out`` as a 300-dpi .png, .svg and .pdf; returns the files and the plotted cells.
+    Axes are labelled with the config fields' descriptions (``config --explain``) unless ``xlabel``/``ylabel``
+    say otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed on a cluster node
@@ -216,33 +220,46 @@ def plot(
     fig, ax = plt.subplots(figsize=(6.0, 4.2), layout="constrained")
     if kind == Kind.line:
         _draw_line(ax, cells, hue, xscale)
-        ax.set_xlabel(x)
-        ax.set_ylabel(y)
+        ax.set_xlabel(xlabel or axis_label(x))
+        ax.set_ylabel(ylabel or axis_label(y))
         ax.grid(alpha=0.3)
         subtitle = f"mean and {interval.value} over {seeds_txt} seeds"
     else:
         _draw_heatmap(fig, ax, cells, y)
-        ax.set_xlabel(x)
-        ax.set_ylabel(hue or "")
+        ax.set_xlabel(xlabel or axis_label(x))
+        ax.set_ylabel(ylabel or (axis_label(hue) if hue else ""))
         subtitle = f"mean over {seeds_txt} seeds (cell text: mean, {interval.value} below)"
     ax.set_title((title + "\n" if title else "") + subtitle, fontsize=10)
     return save_figure(fig, out), cells
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")
+FIGURE_DPI = 300  # a raster a paper can print; the SVG and PDF are vectors
+
+
 def save_figure(fig: Any, out: str | Path) -> list[Path]:
-    """``fig`` as ``out``.png (150 dpi) and ``out``.svg (a .png or .svg suffix on ``out`` is dropped first), its
-    folder made; the figure is closed. Returns the two paths."""
+    """``fig`` as ``out``.png (300 dpi), ``out``.svg and ``out``.pdf (a .png, .svg or .pdf suffix on ``out`` is
+    dropped first), its folder made; the figure is closed. Returns the paths."""
     import matplotlib.pyplot as plt
 
     stem = Path(out)
-    stem = stem.with_suffix("") if stem.suffix.lower() in {".png", ".svg"} else stem
+    stem = stem.with_suffix("") if stem.suffix.lower().lstrip(".") in FIGURE_FORMATS else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
-    files = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    # each format written beside its final name and renamed over it: a full disk leaves the old figure whole
-    replace_file(files[0], lambda tmp: fig.savefig(tmp, dpi=150, format="png"))
-    replace_file(files[1], lambda tmp: fig.savefig(tmp, format="svg"))
+    files = [stem.with_suffix(f".{fmt}") for fmt in FIGURE_FORMATS]
+    for path, fmt in zip(files, FIGURE_FORMATS, strict=True):
+        # each written beside its final name and renamed over it: a full disk leaves the old figure whole
+        replace_file(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=FIGURE_DPI, format=fmt))
     plt.close(fig)
     return files
+
+
+def axis_label(path: str) -> str:
+    """An axis label for a config path or metric: the field's description with the path beside it (a metric, which
+    has no description, keeps its path)."""
+    from robinherit.config.io import describe_path
+
+    text = describe_path(path)
+    return f"{text} ({path.removeprefix('config.')})" if text else path
 
 
 def _draw_line(ax: Any, cells: list[Cell], hue: str | None, xscale: XScale) -> None:
@@ -257,7 +274,10 @@ def _draw_line(ax: Any, cells: list[Cell], hue: str | None, xscale: XScale) -> N
         pos = [c.x if numeric else xs_all.index(c.x) for c in cs]
         label = f"{hue}={_fmt(h)}" if hue else None
         (line,) = ax.plot(pos, [c.mean for c in cs], marker="o", label=label)
-        ax.fill_between(pos, [c.low for c in cs], [c.high for c in cs], color=line.get_color(), alpha=0.2)
+        low, high = [c.low for c in cs], [c.high for c in cs]
+        if all(0 <= c.mean <= 1 for c in cells):  # a share or an accuracy: its band cannot leave [0, 1]
+            low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+        ax.fill_between(pos, low, high, color=line.get_color(), alpha=0.2)
     if not numeric:
         ax.set_xticks(range(len(xs_all)), [_fmt(v) for v in xs_all])
     elif xscale == XScale.log:
@@ -291,4 +311,4 @@ def _draw_heatmap(fig: Any, ax: Any, cells: list[Cell], y: str) -> None:
     for (i, j), c in by_pos.items():
         text = f"{c.mean:.2f}\n[{c.low:.2f}, {c.high:.2f}]" if c.n > 1 else f"{c.mean:.2f}"
         color = "black" if c.mean > mid else "white"  # viridis is light at the top
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)

@@ -157,10 +157,12 @@ def plot(
     xscale: str = typer.Option("linear", help="x axis of a line plot: linear, log, symlog or category"),
     where: list[str] = typer.Option([], "--where", help="keep runs with PATH=VALUE, e.g. pretrain.method=supervised"),
     store: Path | None = typer.Option(None, help="store of a sweep spec (default: the spec's store)"),
-    out_file: Path | None = typer.Option(None, "--out", help="output stem; .png and .svg are written"),
+    out_file: Path | None = typer.Option(None, "--out", help="output stem; .png (300 dpi), .svg and .pdf are written"),
     title: str | None = typer.Option(None, help="figure title"),
+    xlabel: str | None = typer.Option(None, "--xlabel", help="x axis label (default: the config field's description)"),
+    ylabel: str | None = typer.Option(None, "--ylabel", help="y axis label (default: the field's description or path)"),
 ) -> None:
-    """Phase diagram of a metric over config paths, with mean and interval over seeds (PNG and SVG)."""
+    """Phase diagram of a metric over config paths, with mean and interval over seeds (PNG, SVG and PDF)."""
     from robinherit.analysis.plots import Interval, Kind, XScale, filter_records
     from robinherit.analysis.plots import plot as draw
     from robinherit.runs.sweep import records_of
@@ -171,7 +173,10 @@ def plot(
     records, _ = records_of(source, store)
     records = filter_records(records, where)
     stem = out_file or Path("results/figures") / "_".join(p.replace(".", "-") for p in (y, x, hue) if p)
-    files, cells = draw(records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title, xscale=xscale)
+    files, cells = draw(
+        records, x=x, y=y, hue=hue, kind=kind, interval=interval, out=stem, title=title, xscale=xscale,
+        xlabel=xlabel, ylabel=ylabel,
+    )  # fmt: skip
     out.print(
         f"{len(records)} runs, {len(cells)} points -> {', '.join(map(str, files))}", highlight=False, soft_wrap=True
     )

@@ -147,6 +147,31 @@ def with_updates(cfg: ExperimentConfig, **paths: Any) -> ExperimentConfig:
     return build_config(raw)
 
 
+def describe_path(path: str) -> str | None:
+    """The description a config path's field declares (what ``config --explain`` shows), for axis labels; None for
+    a path that is no config field (a metric, say). ``config.pretrain.eps`` and ``pretrain.eps`` alike."""
+    parts = path.removeprefix("config.").split(".")
+    model: Any = ExperimentConfig
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None
+        info = fields[part]
+        if i == len(parts) - 1:
+            return info.description
+        ann = info.annotation
+        sections = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if part == "data":  # a union on data.source: the synthetic world's section first, then real data's
+            sections = [DataConfig, RealDataConfig]
+            found = next((s for s in sections if parts[i + 1] in s.model_fields), None)
+            model = found
+            continue
+        if not sections:
+            return None
+        model = sections[0]
+    return None
+
+
 def explain_config(cfg: ExperimentConfig) -> list[tuple[str, str, str, str, str]]:
     """(path, type, value, default, description) for every setting of ``cfg``, in the order of the config
     models: the field descriptions written here are what ``robinherit config --explain`` shows."""

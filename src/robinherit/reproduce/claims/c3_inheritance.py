@@ -106,7 +106,7 @@ def robust_curves(family: str, recs: dict[str, list[dict]]) -> tuple[bytes, str]
     ax.set_xlabel("l2 attack budget eps (PGD with restarts); bars: 95% interval over seeds")
     ax.set_ylabel("downstream robust accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7.5, frameon=False)
+    ax.legend(fontsize=8, frameon=False)
     caption = (
         f"Downstream robust accuracy against the attack budget after {family} pre-training (mean and 95% interval "
         f"over seeds): a clean head on adversarially pre-trained features keeps {ref['at']:.2f} at eps {EPS_REF}, "

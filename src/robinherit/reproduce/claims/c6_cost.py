@@ -250,7 +250,7 @@ def versus_e2e(at_runs: list[dict], e2e: list[dict]) -> tuple[bytes, str]:
     ax.set_xlabel("l2 attack budget eps (PGD with restarts); bars: 95% interval over seeds")
     ax.set_ylabel("downstream robust accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7.5, frameon=False)
+    ax.legend(fontsize=8, frameon=False)
     caption = (
         "Downstream robust accuracy against the attack budget (mean and 95% interval over seeds): a clean head on "
         f"adversarially pre-trained features ({np.interp(EPS_REF, x, mean_inh):.2f} at eps {EPS_REF}) tracks "

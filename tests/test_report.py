@@ -126,3 +126,19 @@ def test_html_escapes_everything_from_the_results(result, tmp_path):
         ("a < b & c > d", "a &lt; b &amp; c &gt; d"),
     ):
         assert escaped in page and raw not in page
+
+
+def test_report_figures_are_written_as_300_dpi_png_svg_and_pdf(tmp_path):
+    from PIL import Image
+
+    from robinherit.reproduce.figures import plt, png
+    from robinherit.reproduce.report import write_figure_files
+    from robinherit.reproduce.spec import Figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    files = write_figure_files([Figure("Claim 3: inheritance", png(fig), "a caption")], tmp_path)
+    assert [f.name for f in files] == ["01-claim-3-inheritance.png", "01-claim-3-inheritance.svg",
+                                       "01-claim-3-inheritance.pdf"]  # fmt: skip
+    assert Image.open(files[0]).info["dpi"][0] == pytest.approx(300, abs=1)
+    assert files[2].read_bytes()[:5] == b"%PDF-" and b"<svg" in files[1].read_bytes()[:2000]

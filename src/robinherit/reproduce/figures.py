@@ -25,11 +25,24 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=axis), t_half_width(values, axis=axis)
 
 
-def png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+class Rendered(bytes):
+    """A figure's 300-dpi PNG (what the self-contained report embeds), with its SVG and PDF beside it (what the
+    report writes as files for a paper). A bytes subclass, so every claim's ``png(fig)`` stays what it was."""
+
+    svg: bytes
+    pdf: bytes
+
+
+def png(fig: plt.Figure) -> Rendered:
+    def render(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=300, bbox_inches="tight")
+        return buf.getvalue()
+
+    out = Rendered(render("png"))
+    out.svg, out.pdf = render("svg"), render("pdf")
     plt.close(fig)
-    return buf.getvalue()
+    return out
 
 
 __all__ = ["ARM_LABELS", "COLORS", "mean_ci", "plt", "png"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from robinherit.outputs import write_text
+from robinherit.outputs import replace_file, write_text
 from robinherit.reproduce import CLAIMS, Figure, ReproduceResult
 from robinherit.reproduce.timing import html as timing_html
 from robinherit.reproduce.timing import markdown as timing_markdown
@@ -117,7 +118,21 @@ def write_report(result: ReproduceResult, store: ResultStore, out_dir: Path) -> 
     write_text(md_path, _markdown(result, summary, warnings, figs))
     html_path = out_dir / "report.html"
     write_text(html_path, _html(result, summary, warnings, figs))
+    write_figure_files(figs, out_dir / "figures")
     return html_path, md_path
+
+
+def write_figure_files(figs: list, folder: Path) -> list[Path]:
+    """Every figure of the report as ``NN-title.png`` (300 dpi), ``.svg`` and ``.pdf`` in ``folder``, each replaced
+    atomically."""
+    paths = []
+    for i, f in enumerate(figs, 1):
+        slug = re.sub(r"[^a-z0-9]+", "-", f.title.lower()).strip("-")[:60]
+        for ext in ("png", "svg", "pdf"):
+            data = f.png if ext == "png" else getattr(f.png, ext, None)
+            if data is not None:
+                paths.append(replace_file(folder / f"{i:02d}-{slug}.{ext}", lambda tmp, d=data: tmp.write_bytes(d)))
+    return paths
 
 
 def _markdown(result: ReproduceResult, summary: str, warnings: list[str], figs: list) -> str:

@@ -243,3 +243,13 @@ def test_plot_labels_axes_with_field_descriptions_prints_at_300_dpi_and_clips_ba
     assert seen["ylabel"] == "robust accuracy"
     assert all(v.min() >= 0 and v.max() <= 1 for v in seen["bands"])
     assert Image.open(files[0]).info["dpi"][0] == pytest.approx(300, abs=1)
+
+
+def test_the_runs_table_shows_where_a_run_differs_from_the_others():
+    from robinherit.analysis.tables import settings_that_differ
+
+    def rec(run_id, seed, steps, eps):
+        return {"run_id": run_id, "config": {"seed": seed, "pretrain": {"steps": steps, "eps": eps}}}
+
+    got = settings_that_differ([rec("a", 0, 2000, 0.25), rec("b", 1, 2000, 0.0), rec("c", 0, 200, 0.25)])
+    assert got == {"a": "-", "b": "-", "c": "pretrain.steps=200"}  # seeds and budgets have columns of their own

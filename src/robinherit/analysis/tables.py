@@ -5,10 +5,13 @@ record layout of ``robinherit.runs.experiment`` (and of ``reproduce``'s claims a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
 from rich.table import Column, Table
+
+from robinherit.paths import flatten
 
 
 def summary_line(rec: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +68,8 @@ def runs_table(records: list[dict[str, Any]]) -> Table:
     """One row per stored run: id, seed, pre-training, purity, the clean head's clean and robust accuracy, time."""
     # run ids are what `show` takes: never wrap or cut them, let the robust column wrap instead
     run_id_col = Column("run_id", no_wrap=True, min_width=16)
-    table = Table(run_id_col, "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s")
+    table = Table(run_id_col, "seed", "method", "eps", "top-1", "clean", "robust (clean head, per eps)", "s", "differs")
+    differs = settings_that_differ(records)
     for rec in records:
         cfg = rec["config"]
         ch = rec["downstream"].get("clean_head") or next(iter(rec["downstream"].values()))
@@ -81,8 +85,33 @@ def runs_table(records: list[dict[str, Any]]) -> Table:
             f"{ch['clean_acc']:.3f}",
             rob,
             f"{rec['timing_s']['total']:.1f}",
+            differs[rec["run_id"]],
         )
     return table
+
+
+# what every row already shows, or what never changes a run's numbers
+_SHOWN = {"seed", "pretrain.method", "pretrain.eps", "data.root", "plugins", "device"}
+
+
+def settings_that_differ(records: list[dict[str, Any]]) -> dict[str, str]:
+    """Per run id, the settings in which the run differs from the most common value among ``records`` (so a
+    200-step run among default ones says ``pretrain.steps=200``), beyond what the table shows already."""
+    flat = {r["run_id"]: flatten(r["config"]) for r in records}
+    paths = sorted({p for f in flat.values() for p in f} - _SHOWN)
+    common = {}
+    for p in paths:
+        values = [json.dumps(f.get(p), sort_keys=True) for f in flat.values()]
+        common[p] = max(set(values), key=values.count)
+    out = {}
+    for run_id, f in flat.items():
+        diff = [f"{p}={_short(f.get(p))}" for p in paths if json.dumps(f.get(p), sort_keys=True) != common[p]]
+        out[run_id] = " ".join(diff) if diff else "-"
+    return out
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 def claims_table(claims: list[dict[str, Any]]) -> Table:

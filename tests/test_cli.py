@@ -321,3 +321,13 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(micro_yaml_module: Path, tmp_pa
     res = invoke("run", micro_yaml_module, "--store", tmp_path / "r.db")
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.stderr and "rerun the same command to resume" in res.stderr
+
+
+def test_more_than_a_thousand_runs_ask_for_yes(micro_yaml_module: Path, tmp_path):
+    spec = tmp_path / "big.yaml"
+    spec.write_text(yaml.safe_dump({"base": str(micro_yaml_module), "grid": {"model.width": list(range(1, 402))},
+                                    "seeds": 3}))  # fmt: skip
+    store = tmp_path / "r.db"
+    assert_user_error(invoke("sweep", spec, "--store", store), "1,203 runs", "--yes")
+    assert_user_error(invoke("run", micro_yaml_module, "--seeds", "0-1000", "--store", store), "1,001 runs", "--yes")
+    assert not store.exists()

@@ -41,6 +41,7 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="print one JSON record per seed, nothing else"),
     store: Path = typer.Option(DEFAULT_STORE, help="results store (SQLite file)"),
     force: bool = typer.Option(False, help="run again even if the store has this config and seed"),
+    yes: bool = typer.Option(False, "--yes", help="run more than 1,000 seeds"),
 ) -> None:
     """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
@@ -50,6 +51,8 @@ def run(
 
     cfg = load_config(config, set_)
     seed_list = parse_seeds(seeds) or [cfg.seed]
+    if len(seed_list) > 1000 and not yes:
+        raise fail(f"--seeds '{seeds}' asks for {len(seed_list):,} runs, more than 1,000; rerun with --yes to run them")
     require_devices([cfg.device])
     check_fits([cfg])
     db = ResultStore(store)  # opened first: a bad store fails before any compute

@@ -88,6 +88,10 @@ def reproduce(
     out.print(f"wrote {claims_path}, {html_path}, {md_path}")
 
 
+# a sweep or run of more runs than this asks for --yes: a typo in a grid or a seed range should not start days of work
+MANY_RUNS = 1000
+
+
 @app.command()
 @user_errors
 def sweep(
@@ -106,6 +110,7 @@ def sweep(
     set_: list[str] = typer.Option(
         [], "--set", help="override a config path in every run, e.g. --set device=cuda (not a path the spec sweeps)"
     ),
+    yes: bool = typer.Option(False, "--yes", help=f"run a sweep of more than {MANY_RUNS:,} runs"),
 ) -> None:
     """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
     from robinherit.runs.store import ResultStore
@@ -120,6 +125,11 @@ def sweep(
     db_path = store or sw.spec.store or DEFAULT_STORE
     if not dry_run and backend_kind == Backend.local:  # a Ray cluster's GPUs are its workers', not this machine's
         require_devices(c.device for c in cfgs)
+    if not dry_run and len(cfgs) > MANY_RUNS and not yes:
+        raise fail(
+            f"sweep '{sw.spec.name}' expands to {len(cfgs):,} runs, more than {MANY_RUNS:,}; check it with --dry-run, "
+            "then rerun with --yes to run them all"
+        )
     db = ResultStore(db_path)
     if dry_run:
         stored = db.run_ids()

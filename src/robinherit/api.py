@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robinherit.analysis.export import flatten_record
-from robinherit.config import ExperimentConfig, build_config, load_config, with_updates
+from robinherit.config import ExperimentConfig, as_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.records import eps_key
 from robinherit.runs.budget import check_fits
@@ -126,15 +126,8 @@ def run(
     (``pretrain__eps=0``), or ``updates={"pretrain.eps": 0}`` (the command line's ``--set``). ``store=None``
     keeps nothing; ``force`` reruns what the store has. Configs that share shapes are pre-trained as one stack
     (the same results, faster)."""
-    if isinstance(config, ExperimentConfig):
-        cfg = config
-    elif isinstance(config, Mapping):
-        cfg = build_config(dict(config))
-    else:
-        cfg = load_config(config)
     paths = {**dict(updates or {}), **{k.replace("__", "."): v for k, v in overrides.items()}}
-    if paths:
-        cfg = with_updates(cfg, **paths)
+    cfg = as_config(dict(config) if isinstance(config, Mapping) else config, paths)
     seed_list = _seed_list(seeds, cfg.seed)
     cfgs = [with_updates(cfg, seed=s) for s in seed_list]
     check_fits(cfgs)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robinherit.config import ExperimentConfig, HeadKind, build_config, load_config, with_updates
+from robinherit.config import ExperimentConfig, HeadKind, as_config, build_config
 from robinherit.config.identity import digest, run_identity
 from robinherit.data.sources import DataSource, build_source
 from robinherit.errors import ConfigError
@@ -106,13 +106,7 @@ def audit_config(
     data: str | Path | Mapping[str, Any] | ExperimentConfig, updates: Mapping[str, Any]
 ) -> ExperimentConfig:
     """The settings of an audit: a config (its data, downstream and eval sections are what the audit reads)."""
-    if isinstance(data, ExperimentConfig):
-        cfg = data
-    elif isinstance(data, Mapping):
-        cfg = build_config(dict(data))
-    else:
-        cfg = load_config(data)
-    return with_updates(cfg, **dict(updates)) if updates else cfg
+    return as_config(dict(data) if isinstance(data, Mapping) else data, dict(updates))
 
 
 def feature_dim_of(encoder: nn.Module, source: DataSource, x: Tensor) -> int:

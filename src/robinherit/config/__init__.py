@@ -40,6 +40,7 @@ from robinherit.config.identity import (
     torch_device_type,
 )
 from robinherit.config.io import (
+    as_config,
     build_config,
     explain_config,
     load_config,
@@ -97,6 +98,7 @@ __all__ = [
     "Relabel",
     "Sparsity",
     "Values",
+    "as_config",
     "build_config",
     "deep_merge",
     "device_field",

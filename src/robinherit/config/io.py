@@ -139,6 +139,20 @@ def load_config(
     return build_config(raw)
 
 
+def as_config(
+    config: str | Path | dict[str, Any] | ExperimentConfig, updates: dict[str, Any] | None = None
+) -> ExperimentConfig:
+    """A config from what a caller holds (a YAML path, a shipped config's name, a dict of sections or a config),
+    with dotted-path ``updates`` applied: what ``robinherit.run`` and ``robinherit.audit`` take."""
+    if isinstance(config, ExperimentConfig):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = build_config(dict(config))
+    else:
+        cfg = load_config(config)
+    return with_updates(cfg, **updates) if updates else cfg
+
+
 def with_updates(cfg: ExperimentConfig, **paths: Any) -> ExperimentConfig:
     """A copy of ``cfg`` with dotted-path updates, validated again: ``with_updates(c, **{"pretrain.eps": 0})``."""
     raw = cfg.model_dump(mode="json")

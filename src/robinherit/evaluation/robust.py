@@ -348,15 +348,17 @@ def robust_eval(
         return out
     correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
     kw = dict(norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, margin=margin_fn)
+    attacks = [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names]
     if not ecfg.per_attack:
         masks, broken = cascade(model, x, y, names, res.robust_mask, seed, tag, kw)
-        return {
-            **out,
-            "robust_acc": accuracies(masks),
-            "pgd_robust_acc": dict(res.robust_acc),
-            "cascade_broken": broken,
-            "attacks": [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names],
-        }
+        return {**out, "robust_acc": accuracies(masks), "pgd_robust_acc": dict(res.robust_acc),
+                "cascade_broken": broken, "attacks": attacks}  # fmt: skip
+    return {**out, **_every_attack_on_every_example(model, x, y, names, ecfg, res, correct, seed, tag, kw, out)}
+
+
+def _every_attack_on_every_example(model, x, y, names, ecfg, res, correct, seed, tag, kw, out) -> dict[str, Any]:
+    """``eval.per_attack``: every attack on every example, with each attack's own robust accuracy, all of them
+    together, and warnings where they are weaker than PGD or than a certificate."""
     per_attack, aa_masks = all_on_all(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
     pgd_acc = dict(res.robust_acc)
     aa_acc = accuracies(aa_masks)
@@ -366,7 +368,6 @@ def robust_eval(
     # evaluate() already checked the certificates against PGD; here only against the other attacks
     _unsound_warning(res.certified_mask, aa_masks, out["warnings"])
     return {
-        **out,
         "robust_acc": worst_acc,
         "pgd_robust_acc": pgd_acc,
         "autoattack_robust_acc": aa_acc,

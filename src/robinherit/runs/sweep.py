@@ -57,48 +57,61 @@ def run_sweep(
     if on_progress:
         on_progress(report)
 
-    mine: set[str] = set()  # runs this sweep has claimed in the store and not yet stored or given up
-    elsewhere: list[ExperimentConfig] = []  # runs another live process is computing
-
-    def pending() -> Iterator[ExperimentConfig]:
-        for cfg in todo:
-            run_id = cfg.config_hash()
-            if store.has(run_id):  # finished by a concurrent sweep since we looked
-                report.taken += 1
-                if on_progress:
-                    on_progress(report)
-                continue
-            if not store.take_lease(run_id):  # being computed by another process: wait for it instead
-                elsewhere.append(cfg)
-                continue
-            mine.add(run_id)
-            yield cfg
-
-    def on_result(cfg: ExperimentConfig, result: Result | None, error: str | None) -> None:
-        if result is None:
-            report.failed.append((cfg.config_hash(), error or "unknown error"))
-        else:
-            record, artifacts = result
-            store.put(record, artifacts)
-            report.ran += 1
-        store.release_lease(cfg.config_hash())
-        mine.discard(cfg.config_hash())
-        if on_progress:
-            on_progress(report)
-
+    claims = _Claims(store, report, on_progress)
     try:
         while todo:
             if backend == Backend.local:
                 workers = workers or os.cpu_count() or 1  # run_local's default, resolved here for spread
-            BACKENDS[backend](
-                pending(), on_result, workers=workers, address=address, batch=spread(todo, batch, workers)
-            )
-            todo = by_encoder(_wait_for_others(store, elsewhere, report, on_progress))
-            elsewhere.clear()
+            units = spread(todo, batch, workers)
+            BACKENDS[backend](claims.pending(todo), claims.on_result, workers=workers, address=address, batch=units)
+            todo = by_encoder(_wait_for_others(store, claims.elsewhere, report, on_progress))
+            claims.elsewhere.clear()
     finally:
-        for run_id in mine:  # interrupted: what this sweep claimed and did not finish is free for the next one
-            store.release_lease(run_id)
+        claims.release_all()  # interrupted: what this sweep claimed and did not finish is free for the next one
     return report
+
+
+@dataclass
+class _Claims:
+    """A sweep's claims on runs in a shared store: it hands a worker only runs it could claim, and notes the ones a
+    live process holds, to wait for."""
+
+    store: ResultStore
+    report: SweepReport
+    on_progress: Callable[[SweepReport], None] | None
+    mine: set[str] = field(default_factory=set)  # claimed, not yet stored or given up
+    elsewhere: list[ExperimentConfig] = field(default_factory=list)  # being computed by another process
+
+    def pending(self, todo: list[ExperimentConfig]) -> Iterator[ExperimentConfig]:
+        for cfg in todo:
+            run_id = cfg.config_hash()
+            if self.store.has(run_id):  # finished by a concurrent sweep since we looked
+                self.report.taken += 1
+                self._progress()
+            elif not self.store.take_lease(run_id):  # being computed by another process: wait for it instead
+                self.elsewhere.append(cfg)
+            else:
+                self.mine.add(run_id)
+                yield cfg
+
+    def on_result(self, cfg: ExperimentConfig, result: Result | None, error: str | None) -> None:
+        if result is None:
+            self.report.failed.append((cfg.config_hash(), error or "unknown error"))
+        else:
+            record, artifacts = result
+            self.store.put(record, artifacts)
+            self.report.ran += 1
+        self.store.release_lease(cfg.config_hash())
+        self.mine.discard(cfg.config_hash())
+        self._progress()
+
+    def release_all(self) -> None:
+        for run_id in self.mine:
+            self.store.release_lease(run_id)
+
+    def _progress(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.report)
 
 
 def _wait_for_others(

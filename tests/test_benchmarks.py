@@ -149,7 +149,8 @@ def test_realdata_two_layer_toolkit_step_is_the_reference_step(monkeypatch):
 
 def test_realdata_cnn_toolkit_step_is_the_reference_step():
     """The toolkit's CNN path (the generic loop: autograd PGD and training step) and the reference CNN, from the same
-    init, batches and random starts: the same weights after two steps (measured bit for bit; asserted to 1e-7)."""
+    init, batches and random starts: the same weights after two steps up to float rounding (the toolkit's CNN keeps
+    its maps channels-last, whose kernels sum in another order: 5e-6 measured)."""
     ds = realdata_step.random_images(128)
     cfg = realdata_step.config("cnn", **{"pretrain.batch_size": 16})
     source = realdata_step.source_for(cfg, ds)
@@ -159,7 +160,7 @@ def test_realdata_cnn_toolkit_step_is_the_reference_step():
     names = [k for k in toolkit.state_dict() if k not in ("b", "center")]
     assert names == [k for k in ref.state_dict() if k not in ("b", "center")]
     for t, r in zip(trained_weights(toolkit), trained_weights(ref), strict=True):
-        torch.testing.assert_close(t, r, rtol=0, atol=1e-7)
+        torch.testing.assert_close(t, r, rtol=0, atol=2e-5)
     assert float((trained_weights(toolkit)[-2] - trained_weights(clean)[-2]).abs().max()) > cfg.pretrain.lr
 
 

@@ -44,6 +44,15 @@ def _stored_ids_predate_file_fingerprints(monkeypatch):
     from robinherit.config.schema import EvalConfig
 
     monkeypatch.setattr(EvalConfig.model_fields["per_attack"], "json_schema_extra", identity_module._Declared("never"))
+    # And the conv encoder's channels-last maps, which moved a conv run's numbers by rounding (numerics kind
+    # real_conv); here conv runs are versioned as before, by method.
+    monkeypatch.setattr(
+        identity_module,
+        "numerics_kind",
+        lambda cfg: (
+            "synthetic" if not cfg.is_real else "real_contrastive" if cfg.pretrain.method == "contrastive" else "real"
+        ),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STORED))
@@ -158,3 +167,4 @@ def test_the_cascade_changed_only_the_ids_of_runs_with_attacks_beside_pgd(monkey
     assert _stored_config("contrastive").config_hash() == STORED["contrastive"]["config_hash"]
     with_aa = _stored_config("digits_class_split_autoattack")
     assert with_aa.config_hash() != STORED["digits_class_split_autoattack"]["config_hash"]
+    assert _stored_config("digits_conv").config_hash() != STORED["digits_conv"]["config_hash"]  # channels-last

@@ -57,7 +57,9 @@ class ConvNet(nn.Module):
             nn.init.zeros_(layer.bias)
             layers += [layer, nn.ReLU()]
             c = out_ch
-        self.convs = nn.Sequential(*layers)
+        # channels-last: small-channel convolutions on the CPU are memory-bound in the default layout, and oneDNN's
+        # channels-last kernels took 0.55-0.85x of the time of a PGD-3 training step (the same maps up to rounding)
+        self.convs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, *self.image_shape)).numel()
         self.fc = nn.utils.skip_init(nn.Linear, flat, cfg.width, bias=False)
@@ -91,7 +93,8 @@ class ConvNet(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         if self.center is not None:
             x = x - self.center
-        maps = self.convs(x.reshape(x.shape[0], *self.image_shape))  # (n, C, H', W')
+        images = x.reshape(x.shape[0], *self.image_shape).contiguous(memory_format=torch.channels_last)
+        maps = self.convs(images)  # (n, C, H', W'), stored channels-last
         u = self.fc(maps.flatten(1))  # (n, width)
         if self.cfg.normalize_rows:
             u = u / row_norms(self.fc.weight).squeeze(-1)

@@ -57,10 +57,12 @@ class Claim:
     side_condition: str | None = None
     side_ok: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    decision: bool | None = None  # the claim's own verdict on its effect (spec.Statistic.decision); None: lo > 0
 
     def to_dict(self) -> dict[str, Any]:
         effect, (lo, hi), p = paired_stats(self.differences)
-        passed = bool(lo > 0 and self.side_ok)
+        effect_ok = lo > 0 if self.decision is None else self.decision
+        passed = bool(effect_ok and self.side_ok)
         return {
             "id": self.id,
             "claim": self.number,

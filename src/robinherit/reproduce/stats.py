@@ -4,7 +4,9 @@ The claims are those of Xing, Lin, Song, Xu, Zeng, Cheng, "Better Representation
 Pre-Training: A Theoretical Perspective" (AISTATS 2024, arXiv 2401.15248), listed in docs/theory.md. The same seed
 gives both arms the same dictionary, tasks and data, so each seed contributes one difference in the claimed
 direction: ``effect`` is their mean, ``ci95`` a t interval over seeds, ``p_value`` a one-sided one-sample t
-test. A claim passes only when its interval excludes zero in the claimed direction and its side condition holds.
+test. A claim passes only when its interval excludes zero in the claimed direction and its side condition holds,
+unless it decides its effect itself where there is no number to compare (``decision``; claim 4 when every head on
+clean features is degenerate).
 """
 
 from __future__ import annotations

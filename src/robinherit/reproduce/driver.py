@@ -241,6 +241,7 @@ def claim_row(spec: ClaimSpec, ev: Evidence, tick: Tick) -> dict[str, Any]:
         side_condition=side.text if side else None,
         side_ok=side.ok if side else True,
         details=stat.details,
+        decision=stat.decision,
     ).to_dict()
 
 

@@ -67,6 +67,9 @@ class Statistic:
     per_seed: dict[str, list[float]]
     differences: list[float]
     details: dict[str, Any] = field(default_factory=dict)
+    # The claim's own verdict on its effect, where "the 95% interval excludes 0" cannot give it (claim 4 when no head
+    # on clean features is non-degenerate: no number to compare, and nothing robust there); None: the interval decides.
+    decision: bool | None = None
 
 
 @dataclass(frozen=True)

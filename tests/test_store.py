@@ -329,3 +329,16 @@ def test_a_lease_goes_to_one_holder_and_is_taken_over_when_its_holder_died(tmp_p
     assert db.take_lease("r2") is True and db.take_lease("r2", f"{host}:1") is False  # held by this live process
     db.put(record("r3"))
     assert db.take_lease("r3") is False  # a stored run is never computed again
+
+
+def test_a_hand_edited_row_is_one_error_naming_it(tmp_path: Path):
+    path = tmp_path / "runs.db"
+    ResultStore(path).put(record())
+    con = sqlite3.connect(path)
+    con.execute("UPDATE runs SET result = '{not json'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match=r"abc123.*not valid JSON"):
+        ResultStore(path, read_only=True).get("abc123")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        ResultStore(path, read_only=True).runs()

@@ -38,8 +38,8 @@ NUMERICS_VERSION = 3
 # sampler and the contrastive step, so a supervised real-data run (which draws no codes) computes what it did at 2
 # and keeps its id, and stores of real-data studies stay valid. Bump every kind a change reaches.
 NUMERICS_BY_KIND = {"synthetic": NUMERICS_VERSION, "real": 2, "real_contrastive": 3, "real_conv": 4}
-# 4: the conv encoder keeps its maps channels-last (another summation order of the same convolutions), so a conv
-# run's numbers moved by float rounding; other kinds compute what they did.
+# 4 (real_conv): the conv encoder keeps its maps channels-last (another summation order of the same
+# convolutions), so a conv run's numbers moved by float rounding; other kinds compute what they did.
 
 
 @dataclass(frozen=True)

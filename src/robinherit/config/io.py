@@ -122,9 +122,15 @@ def resolve_path(path: str | Path, kind: str = "configs") -> Path:
 def load_yaml(path: str | Path, kind: str = "configs") -> dict[str, Any]:
     p = resolve_path(path, kind)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file '{p}' is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"config file '{p}' cannot be read ({err.strerror or err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping of sections (data, model, ...), not {type(raw)}")
     return raw

@@ -279,7 +279,7 @@ class ResultStore:
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         row = self._retry(lambda con: con.execute("SELECT result FROM runs WHERE run_id = ?", (run_id,)).fetchone())
-        return None if row is None else json.loads(row[0])
+        return None if row is None else _decode(row[0], self.path, f"run '{run_id}'")
 
     def has(self, run_id: str) -> bool:
         return self._retry(
@@ -316,7 +316,7 @@ class ResultStore:
 
     def runs(self) -> list[dict[str, Any]]:
         rows = self._retry(lambda con: con.execute("SELECT result FROM runs ORDER BY created_at").fetchall())
-        return [json.loads(r[0]) for r in rows]
+        return [_decode(r[0], self.path, "run") for r in rows]
 
     def artifact(self, run_id: str, name: str) -> dict[str, np.ndarray] | None:
         row = self._retry(
@@ -334,7 +334,7 @@ class ResultStore:
         row = self._retry(
             lambda con: con.execute("SELECT value FROM aux WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         )
-        return None if row is None else json.loads(row[0])
+        return None if row is None else _decode(row[0], self.path, f"derived result '{kind}/{key}'")
 
     def aux_keys(self) -> set[tuple[str, str]]:
         """(kind, key) of every stored derived result."""
@@ -397,7 +397,7 @@ class ResultStore:
         )
         if len(rows) > 1:
             raise StoreError(f"run id prefix '{prefix}' matches {len(rows)} runs; type more characters")
-        return json.loads(rows[0][0]) if rows else None
+        return _decode(rows[0][0], self.path, f"run '{prefix}'") if rows else None
 
 
 def lease_holder() -> str:
@@ -418,6 +418,17 @@ def holder_alive(holder: str, taken_at: float, stale_s: float = LEASE_STALE_S) -
     except PermissionError:  # alive, owned by another user
         return True
     return True
+
+
+def _decode(text: str, path: Path, what: str) -> Any:
+    """A stored JSON value; a row edited by hand into something else is a StoreError naming it, not a traceback."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise StoreError(
+            f"results store '{path}' holds a {what} that is not valid JSON ({err}); the row was edited or damaged. "
+            "Nothing was changed; fix or delete that row (its run id is the key), or pass --store with another path"
+        ) from None
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> bytes:

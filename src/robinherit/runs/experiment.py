@@ -157,7 +157,7 @@ def finish_experiment(
 
 
 def source_like(cfg: ExperimentConfig, known_cfg: ExperimentConfig, known: DataSource) -> DataSource:
-    """``cfg``'s source, lent the data set ``known`` (``known_cfg``'s) has read already."""
+    """``cfg``'s source, given the data set ``known`` (``known_cfg``'s) has read already."""
     return build_sources([cfg], known=[(known_cfg, known)])[0]
 
 

@@ -133,7 +133,7 @@ def unit_measures(
     seed: int = 0,
     clip: tuple[float, float] | None = None,
     max_units: int = 64,
-    max_points: int = 200,
+    max_points: int = 100,
 ) -> dict[str, float]:
     """The four measures, summarised for a record: means over units (medians for the feature count)."""
     g = torch.Generator(device=x.device).manual_seed(seed)

@@ -132,3 +132,24 @@ def test_weights_that_do_not_fit_are_a_config_error(setup: Path):
     torch.save({"0.weight": torch.zeros(3, 3)}, weights)
     with pytest.raises(ConfigError, match="do not fit the encoder"):
         robinherit.audit(f"{setup / 'user.py'}:make", setup / "micro.yaml", weights=weights, store=None)
+
+
+def test_a_classifier_given_beside_the_encoder_is_evaluated_on_its_logits(setup: Path):
+    from torch import nn
+
+    class Classifier(nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.features = encoder  # a features attribute, as many models have: the audit must not read it
+            self.fc = nn.Linear(6, 4)
+            with torch.no_grad():  # always class 0: what its logits say, whatever the features are
+                self.fc.weight.zero_()
+                self.fc.bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+
+        def forward(self, x):
+            return self.fc(self.features(x))
+
+    enc = _user_module(setup)
+    rec = robinherit.audit(enc, setup / "micro.yaml", classifier=Classifier(enc), store=None)
+    assert set(rec.pretrain.robust_acc) == {"0", "0.5", "2"} and rec.pretrain.majority_share == 1.0
+    assert rec.encoder.classifier_sha256 is not None

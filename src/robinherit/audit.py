@@ -50,16 +50,19 @@ class AuditedEncoder(nn.Module):
 
     capabilities = frozenset()
 
-    def __init__(self, module: nn.Module, image_shape: tuple[int, int, int] | None, feature_dim: int):
+    def __init__(
+        self, module: nn.Module, image_shape: tuple[int, int, int] | None, feature_dim: int, forward: bool = False
+    ):
         super().__init__()
         self.module = module
         self.image_shape = image_shape
         self.feature_dim = feature_dim
+        self.read_forward = forward  # a classifier: its logits, never a ``features`` it may also have
         self.head = nn.Identity()  # no pre-training head: only features are audited
 
     def features(self, x: Tensor) -> Tensor:
         xin = x if self.image_shape is None else x.reshape(x.shape[0], *self.image_shape)
-        read = getattr(self.module, "features", None)
+        read = None if self.read_forward else getattr(self.module, "features", None)
         return read(xin) if callable(read) else self.module(xin)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,7 +170,7 @@ def run_audit(
         evals = {f"{k.value}_head": evaluate_model(cfg, h, test, source, k.value) for k, h in heads.items()}
         record: dict[str, Any] = {"downstream": evals}
         if classifier is not None:
-            model = AuditedEncoder(classifier, source.image_shape, 0) if wrap else classifier
+            model = AuditedEncoder(classifier, source.image_shape, 0, forward=True) if wrap else classifier
             record["pretrain"] = evaluate_model(cfg, model, pre_test, source, "pretrain")
         units = _units(cfg, enc, test, source.clip)
     _check_untouched(encoder, before)

@@ -20,7 +20,6 @@ from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, as_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.records import eps_key
-from robinherit.runs.budget import check_fits
 from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
 
@@ -130,6 +129,5 @@ def run(
     cfg = as_config(dict(config) if isinstance(config, Mapping) else config, paths)
     seed_list = _seed_list(seeds, cfg.seed)
     cfgs = [with_updates(cfg, seed=s) for s in seed_list]
-    check_fits(cfgs)
     db = store if isinstance(store, ResultStore) or store is None else ResultStore(store)
     return Records(Record(r) for r in run_many_or_load(cfgs, db, force=force))

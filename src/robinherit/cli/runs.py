@@ -45,7 +45,6 @@ def run(
 ) -> None:
     """Run one experiment per seed on any data source (answered from the store when it already has it)."""
     from robinherit.config import load_config, with_updates
-    from robinherit.runs.budget import check_fits
     from robinherit.runs.schedule import run_or_load
     from robinherit.runs.store import ResultStore
 
@@ -54,7 +53,6 @@ def run(
     if len(seed_list) > 1000 and not yes:
         raise fail(f"--seeds '{seeds}' asks for {len(seed_list):,} runs, more than 1,000; rerun with --yes to run them")
     require_devices([cfg.device])
-    check_fits([cfg])
     db = ResultStore(store)  # opened first: a bad store fails before any compute
     with progress_bar(json_out) as bar:
         for seed in seed_list:

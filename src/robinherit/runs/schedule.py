@@ -29,6 +29,7 @@ from robinherit.config import ExperimentConfig
 from robinherit.data.sources import DataSource
 from robinherit.errors import NonFiniteLossError
 from robinherit.runs import experiment
+from robinherit.runs.budget import check_fits
 from robinherit.runs.experiment import Progress, Result
 from robinherit.runs.relative_budget import resolved
 from robinherit.runs.store import ResultStore
@@ -226,6 +227,7 @@ def run_many_or_load(
     called in input order as records become available.
     """
     cfgs = [resolved(c) for c in cfgs]  # budgets given as fractions of the world's scale have their run's id
+    check_fits(cfgs)  # before anything is computed or stored
     out: list[dict[str, Any] | None] = [None] * len(cfgs)
     from_store = [False] * len(cfgs)
     ids = [cfg.config_hash() for cfg in cfgs]

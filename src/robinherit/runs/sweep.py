@@ -19,6 +19,7 @@ from typing import Any
 
 from robinherit.config import ExperimentConfig
 from robinherit.runs.backends import BACKENDS, KILLED, Backend, SweepError, run_local, run_ray
+from robinherit.runs.budget import check_fits
 from robinherit.runs.pool import GroupResult, Result, error_text, execute, local_pool, shared_pools
 from robinherit.runs.schedule import BATCH, by_encoder, spread
 from robinherit.runs.schedule import work_units as groups
@@ -52,6 +53,7 @@ def run_sweep(
     A failing run (say, a diverging loss) is reported and the others go on; nothing is stored for it.
     """
     backend = Backend(backend)
+    check_fits(cfgs)  # on the driver, before any worker starts
     if getattr(mp.current_process(), "_inheriting", False):
         # a spawned worker importing a script that starts a sweep at its top level (no main guard): stop here, as
         # starting a pool would, and the driver names the guard; waiting on the driver's claims would hang both

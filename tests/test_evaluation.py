@@ -246,3 +246,45 @@ def test_the_cascade_equals_every_attack_on_every_example_where_attacks_are_dete
     assert out[True]["pgd_robust_acc"] == out[False]["pgd_robust_acc"]
     assert set(out[True]["per_attack_robust_acc"]["0.3"]) == {"det-a", "det-b"}  # the diagnostics report each
     assert any(v > 0 for b in out[False]["cascade_broken"].values() for v in b.values())
+
+
+def _mlp_and_data(n: int = 50, d: int = 12, classes: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, classes))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.rand(n, d, generator=g)
+    return model.requires_grad_(False), x, model(x).argmax(1)  # labels the model gets right, for attacks to break
+
+
+def test_chunked_evaluation_equals_one_batch_for_linf_pgd() -> None:
+    # l-inf PGD with one random start draws its starts row by row from one generator, so attacking 50 examples in
+    # chunks of 16 (the last one short) must give what one batch gives, example by example
+    model, x, y = _mlp_and_data()
+    kw = dict(eps_grid=(0.0, 0.01, 0.05), norm=Norm.linf, steps=5, restarts=1, clip=(0.0, 1.0), certify=False)
+    whole = evaluate(model, x, y, class_margin, g=torch.Generator().manual_seed(0), **kw)
+    chunked = evaluate(model, x, y, class_margin, g=torch.Generator().manual_seed(0), batch_size=16, **kw)
+    assert 0 < whole.robust_acc["0.05"] < whole.robust_acc["0.01"] < 1  # the attack has work to do
+    for k in whole.robust_mask:
+        assert torch.equal(whole.robust_mask[k], chunked.robust_mask[k])
+    assert whole.checks["vanishing_grad_share"] == chunked.checks["vanishing_grad_share"]
+    assert whole.checks["flip_eps"] == chunked.checks["flip_eps"]
+
+
+def test_chunks_cover_every_example_once_and_seed_chunks_apart() -> None:
+    from robinherit.evaluation.worst_case import chunk_seed, chunks, in_chunks
+
+    assert chunks(10, None) == [slice(0, 10)] and chunks(10, 10) == [slice(0, 10)]
+    assert [(s.start, s.stop) for s in chunks(10, 4)] == [(0, 4), (4, 8), (8, 10)]
+    assert chunk_seed(7, 0) == 7 and len({chunk_seed(7, i) for i in range(5)}) == 5
+    seen: list[tuple[int, int]] = []
+
+    def attack(model, x, y, *, seed, eps):
+        seen.append((int(x[0, 0]), seed))
+        return x[:, 0] % 2 == 0  # a fake attack: "still correct" for even rows
+
+    x = torch.arange(10.0).unsqueeze(1)
+    ok = in_chunks(attack, None, x, torch.zeros(10), 7, 4, eps=0.1)
+    assert ok.tolist() == [i % 2 == 0 for i in range(10)]
+    assert seen == [(0, 7), (4, chunk_seed(7, 1)), (8, chunk_seed(7, 2))]

@@ -135,6 +135,23 @@ def test_protocols() -> None:
         make_tasks(ds, bad)
 
 
+def test_class_split_label_free_pretraining_sees_every_image() -> None:
+    ds = _toy_dataset()
+    base = build_config({"data": {"source": "digits"}, "eval": {"n_test": None}})
+    split = {"data.protocol": "class_split", "data.pretrain_classes": [0, 1, 2, 3, 4, 5, 6, 7]}
+    every = {**split, "data.pretrain_all_images": True}
+    con = make_tasks(ds, with_updates(base, **every, **{"pretrain.method": "contrastive"}))
+    # label-free pre-training reads every training image, the held-out classes' included; the heads only 8-9
+    assert torch.equal(con.x_pre, ds.x_train) and set(con.y_tr.tolist()) == {0, 1} and con.n_down == 2
+    assert con.x_tr.shape[0] == int((ds.y_train >= 8).sum())
+    # supervised pre-training reads labels, so it keeps to the seen classes: the setting is inert there
+    sup = make_tasks(ds, with_updates(base, **every))
+    assert sup.x_pre.shape[0] == int((ds.y_train < 8).sum())
+    assert with_updates(base, **every).config_hash() == with_updates(base, **split).config_hash()
+    con_cfg = with_updates(base, **split, **{"pretrain.method": "contrastive"})
+    assert with_updates(con_cfg, **{"data.pretrain_all_images": True}).config_hash() != con_cfg.config_hash()
+
+
 def test_protocol_registry_covers_enum() -> None:
     assert set(sources.PROTOCOLS) == set(Protocol) and set(sources.RELABELS) == set(Relabel)
 

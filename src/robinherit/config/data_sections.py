@@ -118,3 +118,10 @@ class RealDataConfig(Strict):
         identity=inert.not_class_split,
         description="class_split: classes seen in pre-training (default: the lower half)",
     )
+    pretrain_all_images: bool = field(
+        False,
+        identity=inert.not_label_free_split,
+        description="class_split with label-free (contrastive) pre-training: pre-train on every training image, "
+        "held-out classes included, without their labels; the heads still see only the held-out classes. "
+        "Supervised pre-training reads labels, so it always keeps to the seen classes (inert there)",
+    )

@@ -61,3 +61,7 @@ def not_relabel(c: Any) -> bool:
 
 def not_class_split(c: Any) -> bool:
     return c.data.protocol != Protocol.class_split
+
+
+def not_label_free_split(c: Any) -> bool:
+    return not_class_split(c) or c.pretrain.method != Method.contrastive

@@ -23,7 +23,7 @@ from typing import Protocol as TypingProtocol
 import torch
 from torch import Tensor, nn
 
-from robinherit.config import ExperimentConfig, Protocol, RealDataConfig, Relabel
+from robinherit.config import ExperimentConfig, Method, Protocol, RealDataConfig, Relabel
 from robinherit.data.datasets import ArrayDataset, LoadSpec, load_dataset
 from robinherit.errors import ConfigError
 from robinherit.evaluation import purity as purification
@@ -156,7 +156,7 @@ def fixed_subset(x: Tensor, y: Tensor, cap: int | None, name: str) -> tuple[Tens
     return x[idx], y[idx]
 
 
-def _same_task(ds: ArrayDataset, xtr, ytr, xte, yte, dcfg: RealDataConfig) -> TaskSplit:
+def _same_task(ds: ArrayDataset, xtr, ytr, xte, yte, cfg: ExperimentConfig) -> TaskSplit:
     return TaskSplit(xtr, ytr, ds.n_classes, xtr, ytr, xte, yte, ds.n_classes, xte, yte)
 
 
@@ -166,12 +166,13 @@ RELABELS: dict[Relabel, Callable[[Tensor, int], Tensor]] = {
 }
 
 
-def _relabel(ds: ArrayDataset, xtr, ytr, xte, yte, dcfg: RealDataConfig) -> TaskSplit:
-    f = RELABELS[dcfg.relabel]
+def _relabel(ds: ArrayDataset, xtr, ytr, xte, yte, cfg: ExperimentConfig) -> TaskSplit:
+    f = RELABELS[cfg.data.relabel]
     return TaskSplit(xtr, ytr, ds.n_classes, xtr, f(ytr, ds.n_classes), xte, f(yte, ds.n_classes), 2, xte, yte)
 
 
-def _class_split(ds: ArrayDataset, xtr, ytr, xte, yte, dcfg: RealDataConfig) -> TaskSplit:
+def _class_split(ds: ArrayDataset, xtr, ytr, xte, yte, cfg: ExperimentConfig) -> TaskSplit:
+    dcfg = cfg.data
     seen = sorted(dcfg.pretrain_classes) if dcfg.pretrain_classes else list(range(ds.n_classes // 2))
     rest = [c for c in range(ds.n_classes) if c not in seen]
     if any(c < 0 or c >= ds.n_classes for c in seen) or len(seen) < 2 or len(rest) < 2:
@@ -186,7 +187,10 @@ def _class_split(ds: ArrayDataset, xtr, ytr, xte, yte, dcfg: RealDataConfig) -> 
         keep = lut[y] >= 0
         return x[keep], lut[y[keep]]
 
-    x_pre, y_pre = remap(xtr, ytr, seen)
+    # label-free pre-training may see every image, as it never reads a label; supervised pre-training keeps to the
+    # seen classes whatever the setting
+    all_images = dcfg.pretrain_all_images and cfg.pretrain.method == Method.contrastive
+    x_pre, y_pre = (xtr, ytr) if all_images else remap(xtr, ytr, seen)
     x_tr, y_tr = remap(xtr, ytr, rest)
     x_te, y_te = remap(xte, yte, rest)
     x_te_pre, y_te_pre = remap(xte, yte, seen)
@@ -208,7 +212,7 @@ def make_tasks(ds: ArrayDataset, cfg: ExperimentConfig) -> TaskSplit:
     """The protocol's splits of ``ds`` (training examples capped by ``data.n_train``, test by ``eval.n_test``)."""
     xtr, ytr = fixed_subset(ds.x_train, ds.y_train, cfg.data.n_train, f"{ds.name}-train")
     xte, yte = fixed_subset(ds.x_test, ds.y_test, cfg.eval.n_test, f"{ds.name}-test")
-    return PROTOCOLS[cfg.data.protocol](ds, xtr, ytr, xte, yte, cfg.data)
+    return PROTOCOLS[cfg.data.protocol](ds, xtr, ytr, xte, yte, cfg)
 
 
 # ---------------------------------------------------------------- real data: the source

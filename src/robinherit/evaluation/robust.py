@@ -31,7 +31,7 @@ from robinherit.attacks.gradient import _flat_norm, input_grad, pgd
 from robinherit.config import EvalConfig, Norm
 from robinherit.errors import ConfigError
 from robinherit.evaluation.certify import certified_accuracy, certifier_for
-from robinherit.evaluation.worst_case import accuracies, all_on_all, cascade, cumulative_masks
+from robinherit.evaluation.worst_case import accuracies, all_on_all, cascade, chunks, cumulative_masks
 from robinherit.ops.closed_form import fused_loss
 from robinherit.records import eps_key
 
@@ -87,15 +87,20 @@ class EvalResult:
 
 
 def flip_radii(
-    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, margin_fn: MarginFn, norm: Norm, chunk: int = 1024
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    margin_fn: MarginFn,
+    norm: Norm,
+    chunk: int = 1024,
+    batch_size: int | None = None,
 ) -> Tensor:
     """(n,) distance from each example to the nearest test input the model does not give the example's label.
 
     That input is itself a perturbation of the example which the model gets wrong, so no example is robust at
     an eps >= its radius (inf when every test input gets the example's label).
     """
-    with torch.no_grad():
-        logits = model(x)
+    logits = forward(model, x, batch_size)
     labels, which = torch.unique(y, dim=0, return_inverse=True)  # few distinct labels: one pass per label
     p = 2.0 if Norm(norm) == Norm.l2 else float("inf")
     flat = x.reshape(x.shape[0], -1)
@@ -128,24 +133,27 @@ def evaluate(
     zero_grad_warn_share: float = 0.5,
     certify: bool = True,
     flip_check: bool = True,
+    batch_size: int | None = None,
 ) -> EvalResult:
     """Clean accuracy and robust accuracy at each eps of ``eps_grid`` (PGD-``steps``, ``restarts`` restarts).
 
     With ``certify`` and a two-layer network with a linear head (``robinherit.evaluation.certify.certifier_for``), also
     certified accuracy at each eps. ``flip_check`` runs one more attack, at the flip radius (module docstring).
+    ``batch_size`` attacks the examples that many at a time, in order, from the one generator ``g``: an l-inf
+    attack with one random start draws the same starts as on all of them at once.
     """
     norm = Norm(norm)
     warnings: list[str] = []
     checks: dict[str, Any] = {}
-    attack_loss = _attack_loss(model, margin_fn, y)
-    attack = partial(_attack, model, margin_fn, attack_loss, x, y, norm, steps, restarts, g, clip, warnings)
-    with torch.no_grad():
-        correct = margin_fn(model(x), y) > 0
+    parts = chunks(len(x), batch_size)
+    losses = [_attack_loss(model, margin_fn, y[s]) for s in parts]
+    attack = partial(_attack, model, margin_fn, losses, parts, x, y, norm, steps, restarts, g, clip, warnings)
+    correct = margin_fn(forward(model, x, batch_size), y) > 0
     clean_acc = float(correct.float().mean())
-    _gradient_masking_check(attack_loss, x, correct, zero_grad_warn_share, warnings, checks)
+    _gradient_masking_check(losses, parts, x, correct, zero_grad_warn_share, warnings, checks)
     robust, masks = _robust_curve(attack, correct, eps_grid, clean_acc, warnings)
     if flip_check:
-        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks)
+        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks, batch_size)
     certified, cert_masks = (
         _certificates(model, margin_fn, norm, x, y, eps_grid, masks, warnings) if certify else (None, {})
     )
@@ -159,26 +167,36 @@ def _attack_loss(model: Callable[[Tensor], Tensor], margin_fn: MarginFn, y: Tens
     return fused if fused is not None else (lambda xa: -margin_fn(model(xa), y))
 
 
-def _attack(
-    model, margin_fn, attack_loss, x, y, norm, steps, restarts, g, clip, warnings: list[str], eps: float
-) -> Tensor:
-    """(n,) still correct after PGD at ``eps``. With restarts, the first starts at x (l2 steps of 2.5 eps / steps
-    from a random start orthogonal to the best direction fall a few percent short of the worst case) and the
-    others at random points."""
-    x_adv = pgd(
-        attack_loss, x, eps=eps, norm=norm, steps=steps, restarts=restarts, random_init=restarts == 1, generator=g,
-        clip=clip,
-    )  # fmt: skip
-    dist = _flat_norm(x_adv - x, norm).flatten()
-    if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
-        warnings.append(f"perturbation outside the eps={eps:g} ball (max {float(dist.max()):.4g})")
+def forward(model: Callable[[Tensor], Tensor], x: Tensor, batch_size: int | None) -> Tensor:
+    """``model(x)`` without a graph, ``batch_size`` examples at a time."""
     with torch.no_grad():
-        return margin_fn(model(x_adv), y) > 0
+        outs = [model(x[s]) for s in chunks(len(x), batch_size)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def _gradient_masking_check(attack_loss, x, correct, warn_share, warnings: list[str], checks: dict) -> None:
+def _attack(
+    model, margin_fn, losses, parts, x, y, norm, steps, restarts, g, clip, warnings: list[str], eps: float
+) -> Tensor:
+    """(n,) still correct after PGD at ``eps``, chunk by chunk (``parts``, each with its loss). With restarts, the
+    first starts at x (l2 steps of 2.5 eps / steps from a random start orthogonal to the best direction fall a few
+    percent short of the worst case) and the others at random points."""
+    ok = []
+    for loss, s in zip(losses, parts, strict=True):
+        x_adv = pgd(
+            loss, x[s], eps=eps, norm=norm, steps=steps, restarts=restarts, random_init=restarts == 1, generator=g,
+            clip=clip,
+        )  # fmt: skip
+        dist = _flat_norm(x_adv - x[s], norm).flatten()
+        if bool((dist > eps * (1 + 1e-5) + 1e-7).any()):
+            warnings.append(f"perturbation outside the eps={eps:g} ball (max {float(dist.max()):.4g})")
+        with torch.no_grad():
+            ok.append(margin_fn(model(x_adv), y[s]) > 0)
+    return ok[0] if len(ok) == 1 else torch.cat(ok)
+
+
+def _gradient_masking_check(losses, parts, x, correct, warn_share, warnings: list[str], checks: dict) -> None:
     """An attack that follows the gradient cannot move examples whose gradient vanishes: say how many do."""
-    _, grad = input_grad(attack_loss, x)
+    grad = torch.cat([input_grad(loss, x[s])[1] for loss, s in zip(losses, parts, strict=True)])
     vanishing = (_flat_norm(grad, Norm.l2).flatten() <= VANISHING_GRAD)[correct]  # only examples to break
     zero_share = float(vanishing.float().mean()) if vanishing.numel() else 0.0
     checks["vanishing_grad_share"] = zero_share
@@ -240,9 +258,10 @@ def _flip_check(
     attack: Callable[[float], Tensor],
     warnings: list[str],
     checks: dict[str, Any],
+    batch_size: int | None = None,
 ) -> None:
     """Robust accuracy must be ~0 where a known input flips every example; PGD must find what that input shows."""
-    radii = flip_radii(model, x, y, margin_fn, norm)
+    radii = flip_radii(model, x, y, margin_fn, norm, batch_size=batch_size)
     finite = correct & torch.isfinite(radii)
     if not bool(finite.any()):
         checks["flip_eps"] = None
@@ -289,13 +308,12 @@ def prediction_balance(logits: Tensor, y: Tensor, clean_acc: float) -> dict[str,
     return {"majority_share": majority, "class_prior": prior, "degenerate": bool(degenerate)}
 
 
-def _balance_of(model: nn.Module, x: Tensor, y: Tensor, out: dict[str, Any]) -> dict[str, Any]:
+def _balance_of(model: nn.Module, x: Tensor, y: Tensor, out: dict[str, Any], batch_size=None) -> dict[str, Any]:
     """:func:`prediction_balance` for a classifier on class labels (n,), with a self-check warning when degenerate;
     nothing for multi-label targets (n, K), whose outputs are K separate decisions."""
     if y.dim() != 1:
         return {}
-    with torch.no_grad():
-        balance = prediction_balance(model(x), y, out["clean_acc"])
+    balance = prediction_balance(forward(model, x, batch_size), y, out["clean_acc"])
     if balance["degenerate"]:
         out["warnings"].append(
             f"degenerate classifier: {balance['majority_share']:.0%} of its predictions are one class and its clean "
@@ -340,17 +358,22 @@ def robust_eval(
         restarts=ecfg.restarts,
         g=g,
         clip=clip,
+        batch_size=ecfg.batch_size,
     )
     out = res.to_dict()
-    out.update(_balance_of(model, x, y, out))
+    out.update(_balance_of(model, x, y, out, ecfg.batch_size))
     names = attack_names(ecfg, n_classes)
     if not names:
         return out
-    correct = res.robust_mask[eps_key(0.0)] if eps_key(0.0) in res.robust_mask else margin_fn(model(x), y) > 0
+    correct = (
+        res.robust_mask[eps_key(0.0)]
+        if eps_key(0.0) in res.robust_mask
+        else margin_fn(forward(model, x, ecfg.batch_size), y) > 0
+    )
     kw = dict(norm=ecfg.norm, n_classes=n_classes, image_shape=image_shape, ecfg=ecfg, margin=margin_fn)
     attacks = [f"pgd-{ecfg.steps}x{ecfg.restarts}", *names]
     if not ecfg.per_attack:
-        masks, broken = cascade(model, x, y, names, res.robust_mask, seed, tag, kw)
+        masks, broken = cascade(model, x, y, names, res.robust_mask, seed, tag, kw, ecfg.batch_size)
         return {**out, "robust_acc": accuracies(masks), "pgd_robust_acc": dict(res.robust_acc),
                 "cascade_broken": broken, "attacks": attacks}  # fmt: skip
     return {**out, **_every_attack_on_every_example(model, x, y, names, ecfg, res, correct, seed, tag, kw, out)}
@@ -359,7 +382,7 @@ def robust_eval(
 def _every_attack_on_every_example(model, x, y, names, ecfg, res, correct, seed, tag, kw, out) -> dict[str, Any]:
     """``eval.per_attack``: every attack on every example, with each attack's own robust accuracy, all of them
     together, and warnings where they are weaker than PGD or than a certificate."""
-    per_attack, aa_masks = all_on_all(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw)
+    per_attack, aa_masks = all_on_all(model, x, y, names, ecfg.eps_grid, correct, seed, tag, kw, ecfg.batch_size)
     pgd_acc = dict(res.robust_acc)
     aa_acc = accuracies(aa_masks)
     worst_masks = {k: res.robust_mask[k] & aa_masks[k] for k in aa_masks}  # both masks are cumulative already

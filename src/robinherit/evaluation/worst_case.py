@@ -8,11 +8,34 @@ import operator
 from collections.abc import Callable
 from functools import reduce
 
+import torch
 from torch import Tensor
 
 from robinherit.records import eps_key
 from robinherit.registry import EVAL_ATTACKS
 from robinherit.seeding import derive_seed
+
+
+def chunks(n: int, size: int | None) -> list[slice]:
+    """Slices of ``range(n)`` of at most ``size`` (one slice of everything when ``size`` is None or >= n)."""
+    if not size or size >= n:
+        return [slice(0, n)]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def chunk_seed(seed: int, i: int) -> int:
+    """The seed of an attack's ``i``-th chunk: the attack's own seed for the first, so a test set that fits in one
+    chunk draws what it drew unchunked, and distinct seeds for the others (a reseeding attack would otherwise
+    repeat the first chunk's draws on every chunk)."""
+    return seed if i == 0 else derive_seed(seed, f"chunk-{i}")
+
+
+def in_chunks(attack, model, x: Tensor, y: Tensor, seed: int, batch_size: int | None, **kw) -> Tensor:
+    """``attack(model, x, y, seed=..., **kw) -> (n,) still correct``, run on chunks of ``batch_size`` examples."""
+    parts = [
+        attack(model, x[s], y[s], seed=chunk_seed(seed, i), **kw) for i, s in enumerate(chunks(len(x), batch_size))
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def cumulative_masks(correct: Tensor, eps_grid, attack: Callable[[float], Tensor]) -> tuple[dict[str, Tensor], int]:
@@ -38,7 +61,7 @@ def accuracies(masks: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(m.float().mean()) for k, m in masks.items()}
 
 
-def cascade(model, x, y, names, pgd_masks: dict[str, Tensor], seed: int, tag: str, kw: dict):
+def cascade(model, x, y, names, pgd_masks: dict[str, Tensor], seed: int, tag: str, kw: dict, batch_size=None):
     """AutoAttack's protocol (Croce & Hein 2020): after PGD, each further attack runs only on the examples still
     correct at this budget and every smaller one, so the per-example worst case over all attacks comes at a fraction
     of running each on every example. Returns the cumulative masks per eps key (PGD's, narrowed by every attack) and
@@ -59,7 +82,10 @@ def cascade(model, x, y, names, pgd_masks: dict[str, Tensor], seed: int, tag: st
                 if len(idx) == 0:
                     broken[key][name] = 0
                     continue
-                ok = EVAL_ATTACKS[name](model, x[idx], y[idx], eps=float(key), seed=_aa_seed(seed, tag, key), **kw)
+                attack = EVAL_ATTACKS[name]
+                ok = in_chunks(
+                    attack, model, x[idx], y[idx], _aa_seed(seed, tag, key), batch_size, eps=float(key), **kw
+                )
                 alive[idx] = ok
                 broken[key][name] = int((~ok).sum())
         masks[key] = alive
@@ -72,14 +98,15 @@ def _aa_seed(seed: int, tag: str, key: str) -> int:
     return derive_seed(seed, f"aa-{tag}-{key}")
 
 
-def all_on_all(model, x, y, names, eps_grid, correct, seed: int, tag: str, kw: dict):
+def all_on_all(model, x, y, names, eps_grid, correct, seed: int, tag: str, kw: dict, batch_size=None):
     """Per eps: each extra attack's robust accuracy, and the examples that every one of them (at this eps and every
     smaller one) left correct -- cumulative over budgets (:func:`cumulative_masks`), as PGD's curve."""
     per_attack: dict[str, dict[str, float]] = {}
 
     def every_attack(eps: float) -> Tensor:
         key = eps_key(eps)
-        ok = {n: EVAL_ATTACKS[n](model, x, y, eps=eps, seed=_aa_seed(seed, tag, key), **kw) for n in names}
+        aa_seed = _aa_seed(seed, tag, key)
+        ok = {n: in_chunks(EVAL_ATTACKS[n], model, x, y, aa_seed, batch_size, eps=eps, **kw) for n in names}
         per_attack[key] = {n: float((m & correct).float().mean()) for n, m in ok.items()}
         return reduce(operator.and_, ok.values())
 

@@ -4,6 +4,10 @@ t-interval over seeds, with paired differences where the claim is a difference:
     .venv/bin/python scripts/fmnist_study.py dial        # sweeps/fashion_mnist_head_dial.yaml
     .venv/bin/python scripts/fmnist_study.py transfer    # sweeps/fashion_mnist_transfer.yaml
     .venv/bin/python scripts/fmnist_study.py purity      # sweeps/fashion_mnist_purity.yaml
+    .venv/bin/python scripts/fmnist_study.py contrastive # sweeps/fashion_mnist_{,cnn_}contrastive.yaml
+    .venv/bin/python scripts/fmnist_study.py units       # the purity sweeps of both encoders and the contrastive
+                                                         # ones: which unit measure predicts inheritance (+ figure)
+    .venv/bin/python scripts/fmnist_study.py sources     # sweeps/fashion_mnist_transfer_sources.yaml
 
 Each reads the runs its sweep stored (run the sweep first: `robinherit sweep fashion_mnist_head_dial`) and
 prints Markdown. Robust accuracy is at l-inf 0.1 (``--eps``), the record's ``robust_acc``: PGD-20, or the
@@ -13,14 +17,34 @@ per-example worst case of PGD and AutoAttack's components where the config ran t
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from robinherit.analysis.correlate import correlate
 from robinherit.analysis.plots import _hashable, axis_value
 from robinherit.analysis.stats import t_interval
+from robinherit.config import build_config
+from robinherit.data.sources import build_source
+from robinherit.evaluation.units import unit_measures
 from robinherit.records import eps_key
+from robinherit.runs.experiment import frozen_encoder
+from robinherit.runs.store import ResultStore
 from robinherit.runs.sweep import records_of
+
+PURITY_SWEEPS = {"two-layer": "sweeps/fashion_mnist_purity.yaml", "CNN": "sweeps/fashion_mnist_cnn_purity.yaml"}
+CONTRASTIVE_SWEEPS = {
+    "two-layer": "sweeps/fashion_mnist_contrastive.yaml",
+    "CNN": "sweeps/fashion_mnist_cnn_contrastive.yaml",
+}
+MEASURES = {
+    "purification.top1_share_mean": "learned-dictionary top-1 share",
+    "units.class_selectivity_mean": "class selectivity",
+    "units.feature_count_median": "activation-dictionary feature count",
+    "units.unit_shift_mean": "per-unit shift (robustness of single units)",
+    "units.representation_shift": "representation shift",
+}
 
 
 def interval(values: list[float]) -> str:
@@ -148,12 +172,179 @@ def purity(key: str) -> None:
     print(f"AT runs only (eps > 0): rho = {c.rho:+.3f} [{c.ci95[0]:+.3f}, {c.ci95[1]:+.3f}], {c.n} runs")
 
 
+def with_units(spec: str, eps: float) -> list[dict[str, Any]]:
+    """The sweep's records, each with ``units``: the unit measures of its frozen encoder on the first 100 test
+    images at l-inf ``eps`` (``robinherit.evaluation.units.unit_measures``, as ``robinherit audit`` reports them).
+    Measured once per run and kept beside the store (``<store>.units.json``), keyed by run id and budget."""
+    records, store = records_of(spec)
+    cache_path = Path(f"{store}.units.json")
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    db = ResultStore(store, read_only=True)
+    for r in records:
+        key = f"{r['run_id']}@{eps:g}"
+        if key not in cache:
+            cfg = build_config(r["config"])
+            encoder = frozen_encoder(cfg, db.artifact(r["run_id"], "encoder"))
+            source = build_source(cfg)
+            _, test = source.test_splits(cfg)
+            cache[key] = unit_measures(
+                encoder.features, test.x, test.y, eps=eps, norm=cfg.eval.norm, seed=cfg.seed, clip=source.clip
+            )
+            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        r["units"] = cache[key]
+    return records
+
+
+def contrastive(key: str) -> None:
+    print(
+        f"| encoder | pre-training | SLF clean | SLF robust {key} | ALF clean | ALF robust {key} | ALF - SLF | "
+        f"representation shift {key} |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    diffs: dict[tuple[str, str], list[float]] = {}
+    for enc, spec in CONTRASTIVE_SWEEPS.items():
+        records = with_units(spec, float(key))
+        groups = by(records, "pretrain.eps", "pretrain.adversarial_view")
+        seen: set[str] = set()
+        arms: dict[str, list[dict[str, Any]]] = {}
+        for (eps, view), rs in groups.items():
+            ids = ",".join(r["run_id"] for r in rs)
+            if ids in seen:  # clean pre-training: the view setting is inert, the same runs twice
+                continue
+            seen.add(ids)
+            arm = "clean" if eps == 0 else f"AT {eps:g}, {view} view{'s' if view == 'both' else ''}"
+            arms[arm] = rs
+            slf = [head(r, "clean", key) for r in rs]
+            alf = [head(r, "adversarial", key) for r in rs]
+            print(
+                f"| {enc} | {arm} | {interval([a for a, _ in slf])} | {interval([b for _, b in slf])} | "
+                f"{interval([a for a, _ in alf])} | {interval([b for _, b in alf])} | "
+                f"{interval([b2 - b1 for (_, b1), (_, b2) in zip(slf, alf, strict=True)])} | "
+                f"{interval([r['units']['representation_shift'] for r in rs])} |"
+            )
+        for arm, rs in arms.items():
+            if arm != "clean":
+                pairs = zip(rs, arms["clean"], strict=True)
+                diffs[(enc, arm)] = [head(a, "clean", key)[1] - head(c, "clean", key)[1] for a, c in pairs]
+    print(f"\nSLF robust {key}, adversarial minus clean contrastive pre-training (paired, 95% t-interval):\n")
+    print("| encoder | AT arm | difference | interval |")
+    print("|---|---|---|---|")
+    for (enc, arm), d in diffs.items():
+        mean, low, high = t_interval(d)
+        print(f"| {enc} | {arm} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+
+
+def units(key: str) -> None:
+    y = f"downstream.clean_head.robust_acc.{key}"
+    print("| runs | measure | rho, all runs [95% bootstrap] | rho, AT runs only [95% bootstrap] | n all / AT |")
+    print("|---|---|---|---|---|")
+    pooled: dict[str, list[dict[str, Any]]] = {}
+    for enc, spec in PURITY_SWEEPS.items():
+        records = with_units(spec, float(key))
+        pooled[f"{enc} purity sweep"] = records
+        _unit_rows(f"{enc}, AT budgets 0-0.15", records, y)
+    contrastive_runs = [r for spec in CONTRASTIVE_SWEEPS.values() for r in with_units(spec, float(key))]
+    _unit_rows("contrastive (both encoders)", contrastive_runs, y)
+    print()
+    for label, records in pooled.items():
+        groups = by(records, "pretrain.eps")
+        print(f"{label}: per AT budget, mean over seeds")
+        print(f"| AT eps | SLF robust {key} | " + " | ".join(MEASURES.values()) + " |")
+        print("|---|---|" + "---|" * len(MEASURES))
+        for (eps,), rs in groups.items():
+            cells = [interval([axis_value(r, m) for r in rs]) for m in MEASURES]
+            print(f"| {eps:g} | {interval([head(r, 'clean', key)[1] for r in rs])} | " + " | ".join(cells) + " |")
+        print()
+    _units_figure(pooled, y)
+
+
+def _unit_rows(label: str, records: list[dict[str, Any]], y: str) -> None:
+    at = [r for r in records if r["config"]["pretrain"]["eps"] > 0]
+    for m, name in MEASURES.items():
+        if any(axis_value(r, m) is None for r in records):
+            continue
+        c, ca = correlate(records, m, y), correlate(at, m, y)
+        print(
+            f"| {label} | {name} | {c.rho:+.2f} [{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}] | "
+            f"{ca.rho:+.2f} [{ca.ci95[0]:+.2f}, {ca.ci95[1]:+.2f}] | {c.n} / {ca.n} |"
+        )
+
+
+def _units_figure(pooled: dict[str, list[dict[str, Any]]], y: str) -> None:
+    """One panel per unit measure: each run's measure against its SLF robust accuracy, by encoder, coloured by the
+    AT budget (docs/figures/fmnist_units.{png,svg,pdf})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from robinherit.analysis.plots import save_figure
+
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.2 * len(MEASURES), 3.2), sharey=True)
+    markers = dict(zip(pooled, "os", strict=False))
+    for ax, (m, name) in zip(axes, MEASURES.items(), strict=True):
+        for label, records in pooled.items():
+            xs = [axis_value(r, m) for r in records]
+            ys = [axis_value(r, y) for r in records]
+            cs = [r["config"]["pretrain"]["eps"] for r in records]
+            sc = ax.scatter(xs, ys, c=cs, cmap="viridis", marker=markers[label], label=label, vmin=0, vmax=0.15)
+        ax.set_xlabel(name, fontsize=8)
+    axes[0].set_ylabel(f"SLF robust accuracy, l-inf {y.rsplit('.', 2)[-2]}.{y.rsplit('.', 1)[-1]}")
+    axes[0].legend(fontsize=7)
+    fig.colorbar(sc, ax=axes, label="AT budget (l-inf)")
+    for path in save_figure(fig, "docs/figures/fmnist_units"):
+        print(f"figure: {path}")
+    plt.close(fig)
+
+
+def sources(key: str) -> None:
+    records, _ = records_of("sweeps/fashion_mnist_transfer_sources.yaml")
+    groups = by(records, "data.pretrain_classes", "pretrain.method", "pretrain.eps")
+    print(f"| held-out classes | pre-training | on | SLF clean | SLF robust {key} | seeds |")
+    print("|---|---|---|---|---|---|")
+    for (seen, method, eps), rs in groups.items():
+        held = [c for c in range(10) if c not in seen]
+        on = "every training image, no labels" if method == "contrastive" else f"classes {seen[0]}-{seen[-1]}"
+        slf = [head(r, "clean", key) for r in rs]
+        print(
+            f"| {held[0]}-{held[-1]} | {method}, {'clean' if eps == 0 else f'AT {eps:g}'} | {on} | "
+            f"{interval([a for a, _ in slf])} | {interval([b for _, b in slf])} | {len(rs)} |"
+        )
+    print(f"\nSLF robust {key} on the held-out classes, paired over seeds (95% t-interval):\n")
+    print("| held-out | comparison | difference | interval |")
+    print("|---|---|---|---|")
+    for seen in sorted({k[0] for k in groups}):
+        held = [c for c in range(10) if c not in seen]
+
+        def slf(method: str, eps: float, seen=seen) -> list[float]:
+            return [head(r, "clean", key)[1] for r in groups[(seen, method, eps)]]
+
+        for label, a, b in (
+            ("supervised AT - supervised clean", slf("supervised", 0.1), slf("supervised", 0.0)),
+            ("contrastive AT - contrastive clean", slf("contrastive", 0.1), slf("contrastive", 0.0)),
+            ("contrastive AT (all images) - supervised AT (seen classes)", slf("contrastive", 0.1),
+             slf("supervised", 0.1)),
+        ):  # fmt: skip
+            mean, low, high = t_interval([u - v for u, v in zip(a, b, strict=True)])
+            print(f"| {held[0]}-{held[-1]} | {label} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+
+
+STUDIES = {
+    "dial": dial,
+    "transfer": transfer,
+    "purity": purity,
+    "contrastive": contrastive,
+    "units": units,
+    "sources": sources,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("study", choices=["dial", "transfer", "purity"])
+    ap.add_argument("study", choices=list(STUDIES))
     ap.add_argument("--eps", type=float, default=0.1, help="the budget of the robust accuracies (default 0.1)")
     args = ap.parse_args(argv)
-    {"dial": dial, "transfer": transfer, "purity": purity}[args.study](eps_key(args.eps))
+    STUDIES[args.study](eps_key(args.eps))
     return 0
 
 

@@ -36,7 +36,7 @@ from robinherit.config.identity import digest, run_identity
 from robinherit.data.sources import DataSource, build_source
 from robinherit.errors import ConfigError
 from robinherit.evaluation.units import unit_measures
-from robinherit.runs.experiment import evaluate_model, fit_head, frozen_encoder
+from robinherit.runs.experiment import evaluate_heads, evaluate_model, fit_head, frozen_encoder
 from robinherit.runs.provenance import git_commit, versions
 from robinherit.runs.store import ResultStore
 
@@ -167,7 +167,7 @@ def run_audit(
             enc = AuditedEncoder(encoder, source.image_shape, feature_dim_of(encoder, source, test.x[:2].to(dev)))
         heads = {kind: fit_head(cfg, enc, source, kind, train) for kind in cfg.downstream.heads}
         t_heads = time.perf_counter()
-        evals = {f"{k.value}_head": evaluate_model(cfg, h, test, source, k.value) for k, h in heads.items()}
+        evals = evaluate_heads(cfg, enc, heads, test, source)
         record: dict[str, Any] = {"downstream": evals}
         if classifier is not None:
             model = AuditedEncoder(classifier, source.image_shape, 0, forward=True) if wrap else classifier

@@ -76,6 +76,8 @@ class EvalResult:
     certified_mask: dict[str, Tensor] = field(default_factory=dict, repr=False)
     # the numbers behind the self-checks (gradient share, flip radius, ...)
     checks: dict[str, Any] = field(default_factory=dict)
+    # (n, K) outputs on the clean inputs; not part of the stored record
+    clean_logits: Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"clean_acc": self.clean_acc, "robust_acc": self.robust_acc}
@@ -93,14 +95,14 @@ def flip_radii(
     margin_fn: MarginFn,
     norm: Norm,
     chunk: int = 1024,
-    batch_size: int | None = None,
+    logits: Tensor | None = None,
 ) -> Tensor:
     """(n,) distance from each example to the nearest test input the model does not give the example's label.
 
     That input is itself a perturbation of the example which the model gets wrong, so no example is robust at
     an eps >= its radius (inf when every test input gets the example's label).
     """
-    logits = forward(model, x, batch_size)
+    logits = forward(model, x, None) if logits is None else logits  # (n, K) on the clean inputs
     labels, which = torch.unique(y, dim=0, return_inverse=True)  # few distinct labels: one pass per label
     p = 2.0 if Norm(norm) == Norm.l2 else float("inf")
     flat = x.reshape(x.shape[0], -1)
@@ -134,6 +136,7 @@ def evaluate(
     certify: bool = True,
     flip_check: bool = True,
     batch_size: int | None = None,
+    clean_logits: Tensor | None = None,
 ) -> EvalResult:
     """Clean accuracy and robust accuracy at each eps of ``eps_grid`` (PGD-``steps``, ``restarts`` restarts).
 
@@ -148,16 +151,17 @@ def evaluate(
     parts = chunks(len(x), batch_size)
     losses = [_attack_loss(model, margin_fn, y[s]) for s in parts]
     attack = partial(_attack, model, margin_fn, losses, parts, x, y, norm, steps, restarts, g, clip, warnings)
-    correct = margin_fn(forward(model, x, batch_size), y) > 0
+    logits = forward(model, x, batch_size) if clean_logits is None else clean_logits
+    correct = margin_fn(logits, y) > 0
     clean_acc = float(correct.float().mean())
     _gradient_masking_check(losses, parts, x, correct, zero_grad_warn_share, warnings, checks)
     robust, masks = _robust_curve(attack, correct, eps_grid, clean_acc, warnings)
     if flip_check:
-        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks, batch_size)
+        _flip_check(model, x, y, margin_fn, norm, correct, masks, attack, warnings, checks, logits)
     certified, cert_masks = (
         _certificates(model, margin_fn, norm, x, y, eps_grid, masks, warnings) if certify else (None, {})
     )
-    return EvalResult(clean_acc, robust, warnings, masks, certified, cert_masks, checks)
+    return EvalResult(clean_acc, robust, warnings, masks, certified, cert_masks, checks, logits)
 
 
 def _attack_loss(model: Callable[[Tensor], Tensor], margin_fn: MarginFn, y: Tensor) -> Callable[[Tensor], Tensor]:
@@ -258,10 +262,10 @@ def _flip_check(
     attack: Callable[[float], Tensor],
     warnings: list[str],
     checks: dict[str, Any],
-    batch_size: int | None = None,
+    logits: Tensor,
 ) -> None:
     """Robust accuracy must be ~0 where a known input flips every example; PGD must find what that input shows."""
-    radii = flip_radii(model, x, y, margin_fn, norm, batch_size=batch_size)
+    radii = flip_radii(model, x, y, margin_fn, norm, logits=logits)
     finite = correct & torch.isfinite(radii)
     if not bool(finite.any()):
         checks["flip_eps"] = None
@@ -308,12 +312,12 @@ def prediction_balance(logits: Tensor, y: Tensor, clean_acc: float) -> dict[str,
     return {"majority_share": majority, "class_prior": prior, "degenerate": bool(degenerate)}
 
 
-def _balance_of(model: nn.Module, x: Tensor, y: Tensor, out: dict[str, Any], batch_size=None) -> dict[str, Any]:
+def _balance_of(logits: Tensor, y: Tensor, out: dict[str, Any]) -> dict[str, Any]:
     """:func:`prediction_balance` for a classifier on class labels (n,), with a self-check warning when degenerate;
     nothing for multi-label targets (n, K), whose outputs are K separate decisions."""
     if y.dim() != 1:
         return {}
-    balance = prediction_balance(forward(model, x, batch_size), y, out["clean_acc"])
+    balance = prediction_balance(logits, y, out["clean_acc"])
     if balance["degenerate"]:
         out["warnings"].append(
             f"degenerate classifier: {balance['majority_share']:.0%} of its predictions are one class and its clean "
@@ -336,6 +340,7 @@ def robust_eval(
     seed: int,
     tag: str,
     clip: tuple[float, float] | None = None,
+    clean_logits: Tensor | None = None,
 ) -> dict[str, Any]:
     """The record of one model's evaluation on ``eval.eps_grid``: :func:`evaluate` (PGD, self-checks, certified
     accuracy where the model is certifiable) and the attacks of :func:`attack_names` (AutoAttack's components with
@@ -345,7 +350,8 @@ def robust_eval(
     (an example broken at a smaller eps counts as broken at every larger one); ``pgd_robust_acc`` and
     ``autoattack_robust_acc`` (every attack beside PGD together) keep each family's own numbers. Those attacks are
     meant to be stronger than PGD, so a robust accuracy above PGD's means one is not working on that model: that
-    becomes a warning.
+    becomes a warning. ``clean_logits``: the model's outputs on ``x`` where the caller has them (heads that share
+    an encoder share its clean forward pass).
     """
     res = evaluate(
         model,
@@ -359,9 +365,10 @@ def robust_eval(
         g=g,
         clip=clip,
         batch_size=ecfg.batch_size,
+        clean_logits=clean_logits,
     )
     out = res.to_dict()
-    out.update(_balance_of(model, x, y, out, ecfg.batch_size))
+    out.update(_balance_of(res.clean_logits, y, out))
     names = attack_names(ecfg, n_classes)
     if not names:
         return out
@@ -421,5 +428,6 @@ __all__ = [
     "eps_key",
     "evaluate",
     "flip_radii",
+    "forward",
     "robust_eval",
 ]

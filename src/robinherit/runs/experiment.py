@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from robinherit.config import ExperimentConfig, HeadKind, Method, build_config
 from robinherit.data.sources import DataSource, Split, build_source, build_sources
-from robinherit.evaluation.robust import robust_eval
+from robinherit.evaluation.robust import forward, robust_eval
 from robinherit.models.encoder import encoder_builder
 from robinherit.models.two_layer import LinearHead
 from robinherit.runs.provenance import git_commit, versions
@@ -101,7 +101,12 @@ def fit_head(
 
 
 def evaluate_model(
-    cfg: ExperimentConfig, model: nn.Module, split: Split, source: DataSource, tag: str
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    split: Split,
+    source: DataSource,
+    tag: str,
+    clean_logits: Tensor | None = None,
 ) -> dict[str, Any]:
     """Clean, robust (PGD, and AutoAttack where configured) and certified accuracy of ``model`` on ``split``."""
     dev = torch.device(cfg.device)
@@ -117,7 +122,24 @@ def evaluate_model(
         seed=cfg.seed,
         tag=tag,
         clip=source.clip,
+        clean_logits=clean_logits,
     )
+
+
+def evaluate_heads(
+    cfg: ExperimentConfig, encoder: nn.Module, heads: dict[HeadKind, nn.Module], split: Split, source: DataSource
+) -> dict[str, dict[str, Any]]:
+    """Every head's evaluation; linear heads on ``encoder`` share one clean forward pass of it over the test split
+    (their attacks differ, so only the clean pass is shared)."""
+    dev = torch.device(cfg.device)
+    linear = [h for h in heads.values() if isinstance(h, LinearHead) and h.encoder is encoder]
+    feats = forward(encoder.features, split.x.to(dev), cfg.eval.batch_size) if linear else None
+    return {
+        f"{k.value}_head": evaluate_model(
+            cfg, h, split, source, k.value, clean_logits=h.linear(feats) if h in linear else None
+        )
+        for k, h in heads.items()
+    }
 
 
 def finish_experiment(
@@ -133,7 +155,7 @@ def finish_experiment(
 
     pre_test, down_test = source.test_splits(cfg)
     pre_eval = evaluate_model(cfg, model, pre_test, source, "pretrain")
-    head_evals = {f"{k.value}_head": evaluate_model(cfg, h, down_test, source, k.value) for k, h in heads.items()}
+    head_evals = evaluate_heads(cfg, model, heads, down_test, source)
     t_eval = time.perf_counter()
 
     record = {

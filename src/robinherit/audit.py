@@ -226,11 +226,11 @@ def audit(
     cls_sha = None if classifier is None else state_sha256(classifier)
     run_id = audit_id(cfg, state_sha256(module), cls_sha)
     if db is not None and not force and (hit := db.get(run_id)) is not None:
-        return Record(hit)
+        return Record(hit, store=db)
     rec = run_audit(module, cfg, classifier=classifier, wrap=wrap)
     if db is not None:
         db.put(rec)
-    return Record(rec)
+    return Record(rec, store=db)
 
 
 def audit_sweep(

@@ -112,7 +112,8 @@ def sweep(
     ),
     yes: bool = typer.Option(False, "--yes", help=f"run a sweep of more than {MANY_RUNS:,} runs"),
 ) -> None:
-    """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
+    """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume); a spec with
+    `audit:` audits its encoder once per point instead."""
     from robinherit.runs.store import ResultStore
     from robinherit.runs.sweep import Backend, load_sweep, run_sweep
 

@@ -38,3 +38,50 @@ def test_a_run_too_large_for_the_machine_is_refused_before_anything_runs(tmp_pat
     check_fits([small], memory=2**30)  # the default world fits in 1 GiB
     with pytest.raises(ConfigError, match=r"data\.d=30000"):
         check_fits([wide], memory=24 * 2**30)
+
+
+def test_a_stored_runs_record_loads_its_encoder_and_heads_from_its_store(tmp_path):
+    import torch
+
+    from conftest import MICRO
+
+    store = tmp_path / "runs.db"
+    (rec,) = robinherit.run(MICRO, seeds=[0], store=store)
+    encoder, heads = robinherit.load(rec.run_id, store=store)
+    for loaded in (rec, robinherit.Records.read(store)[0]):  # as run, and as read back from the store
+        enc = loaded.encoder()
+        assert isinstance(enc, torch.nn.Module) and not any(m.training for m in enc.modules())
+        assert enc.state_dict().keys() == encoder.state_dict().keys()
+        assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in enc.state_dict().items())
+    mine = rec.heads()
+    assert set(mine) == set(heads) == {"clean_head", "adversarial_head"}
+    for name, head in mine.items():
+        assert not head.training
+        assert all(torch.equal(v, heads[name].state_dict()[k]) for k, v in head.state_dict().items())
+    # fields named like the loaders stay fields in the sections that hold them
+    assert rec.config.model.encoder == MICRO.get("model", {}).get("encoder", "two_layer")
+    assert rec.config.downstream.heads == ["clean", "adversarial"]
+
+
+def test_an_audit_record_reads_its_encoder_section_and_refuses_to_rebuild_the_module(tmp_path):
+    from conftest import MICRO
+
+    store = tmp_path / "runs.db"
+    (run,) = robinherit.run(MICRO, seeds=[0], store=store)
+    rec = robinherit.audit(run.run_id, store=store)
+    assert rec.kind == "audit" and len(rec.encoder.sha256) == 64 and rec.encoder["feature_dim"] == 8
+    assert rec["encoder"]["class"] == rec.encoder["class"]
+    with pytest.raises(ConfigError, match=r"is an audit: .*use the module you audited"):
+        rec.encoder()
+    with pytest.raises(ConfigError, match=r"is an audit"):
+        rec.heads()
+
+
+def test_a_record_without_a_store_names_the_fix():
+    rec = Record({"run_id": "0123abcd", "seed": 0, "config": {}})
+    with pytest.raises(ConfigError, match=r"does not know its results store.*robinherit\.load\('0123abcd', store="):
+        rec.encoder()
+    with pytest.raises(AttributeError, match="has no field 'sha256'"):
+        _ = rec.encoder.sha256
+    with pytest.raises(AttributeError, match="has no field 'encoder'"):
+        _ = Record({"a": 1}).encoder

@@ -5,6 +5,7 @@
     recs[0].purification.top1_share_mean          # attribute access into the record
     recs[0].downstream.clean_head.robust_acc["0.25"]
     recs.to_frame()                                # one row per run (pandas), the columns of `robinherit export`
+    recs[0].encoder(), recs[0].heads()             # the run's encoder and heads as modules, from its store
 
 Runs go through the same store as the command line (answered from it when they are there), so a notebook and
 ``robinherit run`` share results.
@@ -12,27 +13,78 @@ Runs go through the same store as the command line (answered from it when they a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from robinherit.analysis.export import flatten_record
 from robinherit.config import ExperimentConfig, as_config, with_updates
 from robinherit.errors import ConfigError
 from robinherit.records import eps_key
+from robinherit.runs.audit_target import load, load_encoder
 from robinherit.runs.schedule import run_many_or_load
 from robinherit.runs.store import ResultStore
+
+
+class _Loader:
+    """A method of a whole record that loads modules from the record's store, under a name that a field of its own
+    takes first: ``rec.config.model.encoder`` reads the field, ``rec.heads()`` loads. An audit record's ``encoder``
+    section is read and called alike: ``rec.encoder.sha256``, ``rec.encoder()``."""
+
+    def __init__(self, load: Callable[[Record], Any]):
+        self.load = load
+        self.name = load.__name__.strip("_")
+
+    def __get__(self, rec: Record | None, owner: type | None = None) -> Any:
+        if rec is None:
+            return self
+        value = rec._data.get(self.name)
+        if value is not None and not isinstance(value, dict):
+            return value
+        if value is None and "run_id" not in rec._data:
+            raise AttributeError(self.name)  # a section: __getattr__ names its fields
+        return _CallableSection(value or {}, lambda: self.load(rec))
 
 
 class Record(Mapping[str, Any]):
     """A result record (or one of its sections) with attribute access: ``rec.pretrain.robust_acc``. Keys that are
     not identifiers (eps keys such as "0.25") are read by indexing; ``dict(rec)`` / ``rec.to_dict()`` give the
-    plain JSON data."""
+    plain JSON data. A whole record knows the store it came from (``store``), so ``rec.encoder()`` and
+    ``rec.heads()`` give a run's pre-trained encoder and its heads as modules in eval mode."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_store")
 
-    def __init__(self, data: Mapping[str, Any]):
+    def __init__(self, data: Mapping[str, Any], store: str | Path | ResultStore | None = None):
         object.__setattr__(self, "_data", dict(data))
+        object.__setattr__(self, "_store", store.path if isinstance(store, ResultStore) else store)
+
+    def _encoder(self) -> nn.Module:
+        """The run's pre-trained encoder, in eval mode, from the store's encoder weights."""
+        return load_encoder(self._data["run_id"], self._known_store("encoder"))
+
+    def _heads(self) -> dict[str, nn.Module]:
+        """The run's heads, retrained as the run trained them (as ``robinherit.load``), in eval mode."""
+        return load(self._data["run_id"], self._known_store("heads"))[1]
+
+    encoder = _Loader(_encoder)
+    heads = _Loader(_heads)
+
+    def _known_store(self, what: str) -> Path:
+        run_id = self._data["run_id"]
+        if self._data.get("kind") == "audit":
+            raise ConfigError(
+                f"record {run_id} is an audit: the store keeps its numbers, not the module it audited, so its {what} "
+                "cannot be rebuilt from the record; use the module you audited (encoder.sha256 identifies its "
+                "weights), or load a stored run's with robinherit.load(run_id, store=...)"
+            )
+        if self._store is None:
+            raise ConfigError(
+                f"record {run_id} does not know its results store (made with store=None, or from a plain dict); "
+                f"load its {what} with robinherit.load('{run_id}', store=PATH) from the store that holds the run"
+            )
+        return Path(self._store)
 
     def __getitem__(self, key: str | float) -> Any:
         # budgets are stored under their text form ("0.25"); a float or int key reads the same entry
@@ -56,7 +108,8 @@ class Record(Mapping[str, Any]):
         return len(self._data)
 
     def __dir__(self) -> list[str]:
-        return [k for k in self._data if k.isidentifier()]
+        loaders = ["encoder", "heads"] if "run_id" in self._data else []
+        return sorted({*(k for k in self._data if k.isidentifier()), *loaders})
 
     def __repr__(self) -> str:
         if "run_id" in self._data:
@@ -71,11 +124,30 @@ def _wrap(value: Any) -> Any:
     return Record(value) if isinstance(value, dict) else value
 
 
+class _CallableSection(Record):
+    """A record's section that is also a loader: ``rec.encoder.sha256`` reads, ``rec.encoder()`` loads."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, data: Mapping[str, Any], call: Callable[[], Any]):
+        super().__init__(data)
+        object.__setattr__(self, "_call", call)
+
+    def __call__(self) -> Any:
+        return self._call()
+
+
 class Records(list):
     """The records of one call, in seed order, with ``to_frame()`` for pandas (``a + b`` stays a ``Records``)."""
 
     def __add__(self, other: list) -> Records:
         return Records([*self, *other])
+
+    @classmethod
+    def read(cls, store: str | Path = "results/runs.db") -> Records:
+        """Every record of a results store (runs and audits), each knowing the store: ``rec.encoder()`` loads."""
+        db = ResultStore(store, read_only=True)
+        return cls(Record(r, store=db.path) for r in db.runs())
 
     def to_frame(self) -> Any:
         """One row per run: ``run_id``, ``seed``, ``config.*`` and the metrics as dotted-path columns."""
@@ -130,4 +202,4 @@ def run(
     seed_list = _seed_list(seeds, cfg.seed)
     cfgs = [with_updates(cfg, seed=s) for s in seed_list]
     db = store if isinstance(store, ResultStore) or store is None else ResultStore(store)
-    return Records(Record(r) for r in run_many_or_load(cfgs, db, force=force))
+    return Records(Record(r, store=db) for r in run_many_or_load(cfgs, db, force=force))

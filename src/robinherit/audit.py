@@ -19,11 +19,10 @@ the weights (sha256 of the state dict) and the resolved settings, so a repeat is
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
+import sys
 import time
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,16 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robinherit.config import ExperimentConfig, HeadKind, as_config, build_config
-from robinherit.config.identity import digest, run_identity
+from robinherit.config import ExperimentConfig
 from robinherit.data.sources import DataSource, build_source
 from robinherit.errors import ConfigError
 from robinherit.evaluation.units import unit_measures
-from robinherit.runs.experiment import evaluate_heads, evaluate_model, fit_head, frozen_encoder
+from robinherit.runs.audit_target import (
+    AUDIT_VERSION,
+    audit_config,
+    audit_id,
+    audit_points,
+    load,
+    load_encoder,
+    resolve_encoder,
+    state_sha256,
+)
+from robinherit.runs.experiment import evaluate_heads, evaluate_model, fit_head
 from robinherit.runs.provenance import git_commit, versions
+from robinherit.runs.spec import Sweep
 from robinherit.runs.store import ResultStore
-
-AUDIT_VERSION = 1  # bumped when a change of code changes an audit's numbers
+from robinherit.runs.sweep import SweepReport
 
 
 class AuditedEncoder(nn.Module):
@@ -75,16 +83,6 @@ class AuditedEncoder(nn.Module):
         return None
 
 
-def state_sha256(module: nn.Module) -> str:
-    """sha256 of a module's state dict: names, dtypes, shapes and raw bytes, in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
 @contextmanager
 def left_as_it_was(*modules: nn.Module | None) -> Iterator[None]:
     """Eval mode and gradients off inside the block; every submodule's mode and every parameter's gradient flag
@@ -103,13 +101,6 @@ def left_as_it_was(*modules: nn.Module | None) -> Iterator[None]:
         for pairs in flags:
             for p, flag in pairs:
                 p.requires_grad_(flag)
-
-
-def audit_config(
-    data: str | Path | Mapping[str, Any] | ExperimentConfig, updates: Mapping[str, Any]
-) -> ExperimentConfig:
-    """The settings of an audit: a config (its data, downstream and eval sections are what the audit reads)."""
-    return as_config(dict(data) if isinstance(data, Mapping) else data, dict(updates))
 
 
 def feature_dim_of(encoder: nn.Module, source: DataSource, x: Tensor) -> int:
@@ -137,15 +128,6 @@ def _convention(source: DataSource) -> str:
         return f"flat inputs (n, {source.d})"
     c, h, w = source.image_shape
     return f"images (n, {c}, {h}, {w}) in [0, 1]"
-
-
-def audit_id(cfg: ExperimentConfig, encoder_sha: str, classifier_sha: str | None) -> str:
-    """An audit's id: its weights' hashes and what its numbers depend on (the data, heads and evaluation settings,
-    the seed, the device type), never the pre-training settings of the config it borrowed them from."""
-    identity = run_identity(cfg)
-    for section in ("pretrain", "model"):
-        identity.pop(section, None)
-    return digest({"audit": AUDIT_VERSION, "encoder": encoder_sha, "classifier": classifier_sha, **identity})
 
 
 def run_audit(
@@ -244,115 +226,69 @@ def audit(
     cls_sha = None if classifier is None else state_sha256(classifier)
     run_id = audit_id(cfg, state_sha256(module), cls_sha)
     if db is not None and not force and (hit := db.get(run_id)) is not None:
-        return Record(hit)
+        return Record(hit, store=db)
     rec = run_audit(module, cfg, classifier=classifier, wrap=wrap)
     if db is not None:
         db.put(rec)
-    return Record(rec)
+    return Record(rec, store=db)
 
 
-def resolve_encoder(
-    spec: nn.Module | str, data: Any, weights: str | Path | None, db: ResultStore | None
-) -> tuple[nn.Module, Any, bool]:
-    """(module, the config its data comes from, whether the module takes the user's input convention)."""
-    if isinstance(spec, nn.Module):
-        _load_weights(spec, weights)
-        return spec, _need_data(data), True
-    if not isinstance(spec, str) or not spec:
-        raise ConfigError(
-            f"encoder {spec!r} is neither a module nor a spec; give path/file.py:callable, "
-            "package.module:callable, a registered encoder name with --weights, or a stored run id"
-        )
-    if ":" in spec:
-        module = _from_callable(spec)
-        _load_weights(module, weights)
-        return module, _need_data(data), True
-    from robinherit.registry import ENCODERS
-
-    if spec in ENCODERS:
-        if weights is None:
-            raise ConfigError(f"encoder '{spec}' is a registered architecture: give its weights with --weights FILE")
-        cfg = audit_config(_need_data(data), {"model.encoder": spec})
-        module = frozen_encoder(cfg, None)
-        _load_weights(module, weights)
-        return module, cfg, False
-    return _from_store(spec, data, db)
-
-
-def _need_data(data: Any) -> Any:
-    if data is None:
-        raise ConfigError(
-            "give the data to audit on: --data NAME (a shipped config such as fashion_mnist or digits, or a YAML file)"
-        )
-    return data
-
-
-def _from_callable(spec: str) -> nn.Module:
-    """``path/file.py:callable`` or ``package.module:callable``, called with no arguments."""
-    where, _, name = spec.rpartition(":")
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise ConfigError(f"encoder file '{where}' does not exist; give path/to/file.py:callable")
-            loader = importlib.util.spec_from_file_location(f"robinherit_audit_{path.stem}", path)
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
+def audit_sweep(
+    sweep: Sweep,
+    store: ResultStore,
+    *,
+    force: bool = False,
+    on_progress: Callable[[SweepReport], None] | None = None,
+) -> SweepReport:
+    """Every audit of an audit sweep (a spec with ``audit:`` instead of ``base:``) that ``store`` lacks, one after
+    another in this process: no pool, since every point audits the one module resolved here and an audit's heads
+    and attacks are small next to a pre-training. Each record is stored as soon as it is made, under the id of the
+    equivalent ``robinherit audit`` call, so a repeat or an interrupted sweep is answered from the store. An audit
+    that fails is reported and the others go on; a bad setting (ConfigError) stops the sweep."""
+    module, wrap, points = audit_points(sweep, store)
+    stored = set() if force else store.run_ids()
+    report = SweepReport(total=len(points), skipped=sum(run_id in stored for _, run_id in points))
+    if on_progress:
+        on_progress(report)
+    for cfg, run_id in points:
+        if run_id in stored:
+            continue
+        try:
+            rec = run_audit(module, cfg, wrap=wrap)
+        except ConfigError:
+            raise
+        except Exception as err:  # one point's failure (say, a diverging head) must not lose the others
+            report.failed.append((run_id, f"{type(err).__name__}: {err}"))
         else:
-            module = importlib.import_module(where)
-    except ConfigError:
-        raise
-    except Exception as err:  # the user's file: anything it raises on import is theirs to fix
-        raise ConfigError(f"encoder spec '{spec}': importing '{where}' failed ({type(err).__name__}: {err})") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"encoder spec '{spec}': '{where}' has no callable '{name}'; give path/file.py:callable")
-    out = fn()
-    if not isinstance(out, nn.Module):
-        raise ConfigError(f"encoder spec '{spec}': {name}() returned {type(out).__name__}, not a torch nn.Module")
-    return out
+            store.put(rec)
+            report.ran += 1
+        if on_progress:
+            on_progress(report)
+    return report
 
 
-def _load_weights(module: nn.Module, weights: str | Path | None) -> None:
-    """A state dict from ``weights`` (read with ``weights_only``: tensors only, nothing in the file runs)."""
-    if weights is None:
-        return
-    path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(f"weights file '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "state_dict" in state:
-            state = state["state_dict"]
-        module.load_state_dict(state)
-    except Exception as err:  # a file of other weights, or not a state dict: the user's to fix
-        raise ConfigError(
-            f"weights '{path}' do not fit the encoder ({type(err).__name__}: {str(err).splitlines()[0]}); give the "
-            "state dict saved from this architecture (torch.save(model.state_dict(), path))"
-        ) from None
+class _CallableModule(types.ModuleType):
+    """``robinherit.audit`` names this module and its ``audit`` function both, and importing the module (``from
+    robinherit.audit import audit_sweep``) leaves the module on the package: calling it audits, so
+    ``robinherit.audit(...)`` works whichever of the two the package holds."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return audit(*args, **kwargs)
 
 
-def _from_store(run_id: str, data: Any, db: ResultStore | None) -> tuple[nn.Module, Any, bool]:
-    if db is None:
-        raise ConfigError(f"'{run_id}' is no file:callable spec or encoder name, and without a store no run id")
-    rec = db.find(run_id)
-    weights = None if rec is None else db.artifact(rec["run_id"], "encoder")
-    if rec is None or weights is None or rec.get("kind") == "audit":
-        raise ConfigError(
-            f"'{run_id}' is no file:callable spec, no registered encoder and no stored run in '{db.path}'; give "
-            "path/file.py:callable, package.module:callable, an encoder name with --weights, or a run id from "
-            "`robinherit runs`"
-        )
-    cfg = build_config(rec["config"])
-    module = frozen_encoder(cfg, weights)
-    return module, (cfg if data is None else data), False
+sys.modules[__name__].__class__ = _CallableModule
 
-
-def load(run_id: str, store: str | Path | ResultStore = "results/runs.db") -> tuple[nn.Module, dict[str, nn.Module]]:
-    """A stored run's pre-trained encoder and its heads (retrained exactly as the run trained them: every stage is
-    a pure function of the seed), as modules in eval mode: ``encoder, heads = robinherit.load(run_id)``."""
-    db = store if isinstance(store, ResultStore) else ResultStore(store, read_only=True)
-    encoder, cfg, _ = _from_store(run_id, None, db)
-    source = build_source(cfg)
-    heads = {f"{k.value}_head": fit_head(cfg, encoder, source, HeadKind(k)).eval() for k in cfg.downstream.heads}
-    return encoder.eval(), heads
+__all__ = [
+    "AUDIT_VERSION",
+    "AuditedEncoder",
+    "audit",
+    "audit_config",
+    "audit_id",
+    "audit_sweep",
+    "left_as_it_was",
+    "load",
+    "load_encoder",
+    "resolve_encoder",
+    "run_audit",
+    "state_sha256",
+]

@@ -112,7 +112,8 @@ def sweep(
     ),
     yes: bool = typer.Option(False, "--yes", help=f"run a sweep of more than {MANY_RUNS:,} runs"),
 ) -> None:
-    """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume)."""
+    """Run a sweep: every grid/random point x seed not yet in the store (killed sweeps resume); a spec with
+    `audit:` audits its encoder once per point instead."""
     from robinherit.runs.store import ResultStore
     from robinherit.runs.sweep import Backend, load_sweep, run_sweep
 
@@ -121,8 +122,13 @@ def sweep(
     except ValueError:
         raise fail(f"--backend '{backend}' is not one of: {', '.join(b.value for b in Backend)}") from None
     sw = load_sweep(spec).with_overrides(set_)
-    cfgs = sw.configs()  # every point validated before the store is touched or anything runs
     db_path = store or sw.spec.store or DEFAULT_STORE
+    if sw.spec.audit is not None:
+        if backend_kind != Backend.local:
+            raise fail(f"--backend {backend}: an audit sweep's audits run in this process, one after another")
+        _audit_sweep(sw, db_path, dry_run=dry_run, quiet=quiet)
+        return
+    cfgs = sw.configs()  # every point validated before the store is touched or anything runs
     if not dry_run and backend_kind == Backend.local:  # a Ray cluster's GPUs are its workers', not this machine's
         require_devices(c.device for c in cfgs)
     if not dry_run and len(cfgs) > MANY_RUNS and not yes:
@@ -153,6 +159,37 @@ def sweep(
         for run_id, err in rep.failed:
             console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
         raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
+
+
+def _audit_sweep(sw: Any, db_path: Path, *, dry_run: bool, quiet: bool) -> None:
+    """An audit sweep: one audit of the spec's encoder per point, in this process (``robinherit.audit.audit_sweep``)."""
+    from robinherit.audit import audit_sweep
+    from robinherit.runs.audit_target import audit_points
+    from robinherit.runs.store import ResultStore
+
+    db = ResultStore(db_path)
+    _, _, points = audit_points(sw, db)  # the encoder and every point checked before anything runs
+    if dry_run:
+        stored = db.run_ids()
+        for cfg, run_id in points:
+            point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
+            mark = "stored" if run_id in stored else "to audit"
+            out.print(f"{run_id}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
+        out.print(f"{len(points)} audits, {sum(i in stored for _, i in points)} stored, in {db_path}")
+        return
+    require_devices(cfg.device for cfg, _ in points)
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(sw.spec.name, total=len(points))
+
+        def on_progress(rep: Any) -> None:
+            bar.update(task, completed=rep.skipped + rep.ran + len(rep.failed))
+
+        rep = audit_sweep(sw, db, on_progress=on_progress)
+    out.print(sweep_summary(sw.spec.name, rep, db_path), highlight=False, soft_wrap=True)
+    if rep.failed:
+        for run_id, err in rep.failed:
+            console.print(f"[red]audit {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
+        raise fail(f"{len(rep.failed)} of {rep.total} audits failed (nothing stored for them); fix and rerun to resume")
 
 
 @app.command()

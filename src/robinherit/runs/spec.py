@@ -1,4 +1,5 @@
-"""A sweep's spec: many runs of one base config over a grid and/or random ranges of config paths, times seeds.
+"""A sweep's spec: many runs of one base config over a grid and/or random ranges of config paths, times seeds; or,
+with ``audit:`` instead of ``base:``, many audits of one encoder over the audit's settings.
 
 A spec (YAML, validated by :class:`SweepSpec`) expands to a list of :class:`ExperimentConfig` in a fixed order
 (:meth:`Sweep.configs`); each run's identity is ``cfg.config_hash()``, so expanding the same spec twice gives the
@@ -108,13 +109,42 @@ def _tidy(vals: np.ndarray, integer: bool) -> list[Any]:
     return [float(f"{float(v):.6g}") for v in vals]
 
 
+class AuditTarget(_Spec):
+    """The encoder an audit sweep audits, as ``robinherit audit`` takes it; paths relative to the spec file (or,
+    where nothing is there, to the working directory)."""
+
+    encoder: str = Field(
+        ..., min_length=1, description="file.py:callable, package.module:callable, an encoder name or a run id"
+    )
+    weights: Path | None = Field(None, description="a state dict for the encoder (torch.save)")
+    data: str | None = Field(None, description="config whose data, downstream and eval settings the audit takes")
+
+
+# What an audit reads of its config: the encoder is given, so pre-training and model settings mean nothing to it.
+AUDIT_SECTIONS = ("data", "downstream", "eval")
+AUDIT_FIELDS = ("seed", "device")
+
+
+def audit_path_problem(path: str, where: str) -> str | None:
+    """The paragraph that refuses ``path`` (of the spec's ``where``) in an audit sweep, or None when an audit
+    reads it."""
+    if path in AUDIT_FIELDS or (path.split(".")[0] in AUDIT_SECTIONS and "." in path):
+        return None
+    return (
+        f"{where} path '{path}' is no setting of an audit: an audit reads only the data, downstream and eval sections, "
+        "seed and device of its config (its encoder is given, not pre-trained); vary data.*, downstream.* or eval.* "
+        "paths (or device), or give `base:` instead of `audit:` to sweep runs that pre-train"
+    )
+
+
 class SweepSpec(_Spec):
-    """What to run: ``base`` config, fixed ``set`` overrides, a ``grid`` (Cartesian product), ``samples`` random
-    draws from ``random`` ranges (crossed with the grid), and ``seeds``."""
+    """What to run: a ``base`` config (or an encoder to ``audit``), fixed ``set`` overrides, a ``grid`` (Cartesian
+    product), ``samples`` random draws from ``random`` ranges (crossed with the grid), and ``seeds``."""
 
     name: str = Field("sweep", description="label for progress and figures")
     description: str = ""
-    base: Path = Field(..., description="base config YAML, relative to the spec file")
+    base: Path | None = Field(None, description="base config YAML, relative to the spec file")
+    audit: AuditTarget | None = Field(None, description="an encoder to audit at every point, instead of a base")
     set: dict[str, Any] = Field(default_factory=dict, description="fixed overrides: config path -> value")
     grid: dict[str, tuple[Any, ...] | Span] = Field(default_factory=dict, description="config path -> values")
     random: dict[str, RandomRange] = Field(default_factory=dict, description="config path -> random range")
@@ -135,6 +165,15 @@ class SweepSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_axes(self) -> SweepSpec:
+        if (self.base is None) == (self.audit is None):
+            raise ValueError(
+                "give either `base:` (a config to run at every point) or `audit:` (an encoder to audit), not "
+                f"{'both' if self.base is not None else 'neither'}"
+            )
+        if self.audit is not None:
+            for where, paths in (("set", self.set), ("grid", self.grid), ("random", self.random)):
+                if problem := next(filter(None, (audit_path_problem(p, where) for p in paths)), None):
+                    raise ValueError(problem)
         for where in (self.set, self.grid, self.random):
             if "seed" in where:
                 raise ValueError("'seed' is swept with the 'seeds' key, not in set/grid/random")
@@ -154,10 +193,12 @@ class SweepSpec(_Spec):
 
 @dataclass(frozen=True)
 class Sweep:
-    """A loaded spec with its base config resolved: ``configs()`` lists the runs, in a fixed order."""
+    """A loaded spec with its base config resolved: ``configs()`` lists the runs, in a fixed order. An audit sweep's
+    base is its ``audit.data`` config; None where the encoder is a stored run whose own config gives the settings
+    (``robinherit.runs.audit_target.audit_points`` resolves it from the store)."""
 
     spec: SweepSpec
-    base: ExperimentConfig
+    base: ExperimentConfig | None
     source: Path | None = None
 
     def points(self) -> list[dict[str, Any]]:
@@ -185,10 +226,14 @@ class Sweep:
                 )
             if path == "seed":
                 raise ConfigError("--set seed: a sweep's seeds are its spec's 'seeds' key; edit that instead")
+            if self.spec.audit is not None and (problem := audit_path_problem(path, "--set")):
+                raise ConfigError(problem)
             extra[path] = value
         if not extra:
             return self
         spec = self.spec.model_copy(update={"set": {**self.spec.set, **extra}})
+        if self.base is None:  # a stored run's settings: checked where they are read, before anything runs
+            return replace(self, spec=spec)
         try:  # a bad path or value fails here, named, before any point is expanded
             build_config(merge_paths(self.base.model_dump(mode="json"), spec.set))
         except ConfigError as err:
@@ -196,13 +241,21 @@ class Sweep:
         return replace(self, spec=spec)
 
     def configs(self) -> list[ExperimentConfig]:
-        """Configs of all runs (points x seeds), each validated; duplicates (same hash) kept once."""
+        """Configs of all runs (points x seeds), each validated; duplicates (same hash) kept once. An audit sweep's
+        configs are built as ``robinherit audit`` builds its own (no budget resolution), so both share ids."""
+        if self.base is None:
+            raise ConfigError(
+                f"sweep '{self.spec.name}' audits a stored run with that run's settings; its points are known only "
+                "with the store (robinherit.runs.audit_target.audit_points), or give the spec's audit a `data:` config"
+            )
         base = self.base.model_dump(mode="json")
         out: dict[str, ExperimentConfig] = {}
         for point in self.points():
             raw = merge_paths(base, {**self.spec.set, **point})
             for seed in self.spec.seeds:
-                cfg = resolved(_build(raw | {"seed": seed}, point))  # a fractional budget: its absolute run
+                cfg = _build(raw | {"seed": seed}, point)
+                if self.spec.audit is None:
+                    cfg = resolved(cfg)  # a fractional budget: its absolute run
                 out.setdefault(cfg.config_hash(), cfg)
         return list(out.values())
 
@@ -216,31 +269,42 @@ def _build(raw: dict[str, Any], point: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a spec file; the base config path is taken relative to the spec's folder."""
+    """Read and validate a spec file; the base config path (an audit's data config) is taken relative to the spec's
+    folder."""
     path = resolve_path(path, "sweeps")
     raw = load_yaml(path, "sweeps")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid sweep spec '{path}': {_fmt(err)}") from None
-    base_path = spec.base if spec.base.is_absolute() else path.parent / spec.base
-    if not base_path.is_file() and len(spec.base.parts) == 1:
-        base_path = spec.base  # a shipped config's name, e.g. `base: digits`
+    if spec.audit is not None:
+        data = spec.audit.data
+        base = None if data is None else _config_near(path, Path(data), "audit data")
+        return Sweep(spec=spec, base=base, source=path)
+    assert spec.base is not None  # the spec's validator asks for one of base and audit
+    return Sweep(spec=spec, base=_config_near(path, spec.base, "base"), source=path)
+
+
+def _config_near(spec_path: Path, config: Path, what: str) -> ExperimentConfig:
+    """A config named by a spec: a file relative to the spec's folder, or a shipped config's name."""
+    found = config if config.is_absolute() else spec_path.parent / config
+    if not found.is_file() and len(config.parts) == 1:
+        found = config  # a shipped config's name, e.g. `base: digits`
     try:
-        base_path = resolve_path(base_path)
+        found = resolve_path(found)
     except ConfigError:
         raise ConfigError(
-            f"sweep spec '{path}': base config '{spec.base}' not found (looked for '{base_path}'; the path is "
+            f"sweep spec '{spec_path}': {what} config '{config}' not found (looked for '{found}'; the path is "
             "relative to the spec file, or the name of a shipped config)"
         ) from None
-    base = load_config(base_path)
-    return Sweep(spec=spec, base=base, source=path)
+    return load_config(found)
 
 
-def sweep_from_dict(raw: dict[str, Any], base: ExperimentConfig) -> Sweep:
-    """A sweep over an in-memory base config (tests, notebooks); ``raw['base']`` is ignored."""
+def sweep_from_dict(raw: dict[str, Any], base: ExperimentConfig | None) -> Sweep:
+    """A sweep over an in-memory base config (tests, notebooks); ``raw['base']`` (an audit's ``data``) is ignored:
+    ``base`` is the config."""
     try:
-        spec = SweepSpec.model_validate({"base": "<memory>", **raw})
+        spec = SweepSpec.model_validate(raw if "audit" in raw else {"base": "<memory>", **raw})
     except ValidationError as err:
         raise ConfigError(f"invalid sweep spec: {_fmt(err)}") from None
     return Sweep(spec=spec, base=base)
@@ -251,7 +315,8 @@ def _fmt(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'; valid keys: {', '.join(SweepSpec.model_fields)}")
+            model = AuditTarget if loc.startswith("audit.") else SweepSpec
+            parts.append(f"unknown key '{loc}'; valid keys: {', '.join(model.model_fields)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"'{loc}': {msg}" if loc else msg)

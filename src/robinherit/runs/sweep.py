@@ -151,7 +151,8 @@ def _wait_for_others(
 
 def records_of(source: str | Path, store: str | Path | None = None) -> tuple[list[dict[str, Any]], Path]:
     """Records to plot or export: a store file gives all its runs; a sweep spec (``.yaml``) gives the runs of
-    that sweep found in ``store`` (default: the spec's ``store``). Returns ``(records, store path)``."""
+    that sweep found in ``store`` (default: the spec's ``store``), an audit sweep's audits included (its encoder is
+    resolved to find them: their ids hash its weights). Returns ``(records, store path)``."""
     source = Path(source)
     if source.suffix.lower() in {".yaml", ".yml"}:
         sweep = load_sweep(source)
@@ -161,7 +162,12 @@ def records_of(source: str | Path, store: str | Path | None = None) -> tuple[lis
                 f"sweep spec '{source}' names no store; pass --store (the file `robinherit sweep` wrote to)"
             )
         db = _open_existing(db_path)
-        ids = [c.config_hash() for c in sweep.configs()]
+        if sweep.spec.audit is not None:
+            from robinherit.runs.audit_target import audit_points  # torch and the models: only where needed
+
+            ids = [run_id for _, run_id in audit_points(sweep, db)[2]]
+        else:
+            ids = [c.config_hash() for c in sweep.configs()]
         records = [r for r in (db.get(i) for i in ids) if r is not None]
         return records, db_path
     db = _open_existing(source)

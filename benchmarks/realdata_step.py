@@ -295,8 +295,9 @@ def ratios(rows: list[dict]) -> dict:
 
 
 def compiled_fields(rows: list[dict], warm_s: float | None, error: str | None) -> dict:
-    """The compiled path's summary, and its row: timed like the others, or, where compiling failed, the error.
-    ``compile_s`` is the warm-up's wall time less its steps at the timed rate: what compiling itself took."""
+    """The compiled path's summary. Its row was timed like the others and gains ``compile_s``: the warm-up's wall
+    time less its steps at the timed rate, what compiling itself took. Where compiling failed, a row with the error
+    is appended to ``rows`` instead."""
     if error is not None:
         rows.append({"model": "cnn", "path": "compiled", "error": error})
         return {"compiled_cnn_samples_per_s": None, "compiled_cnn_gflops": None, "ratio_cnn_compiled": None,

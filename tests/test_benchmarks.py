@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import contrastive_step, realdata_step, timing, train_step
+from benchmarks import contrastive_step, realdata_eval, realdata_step, timing, train_step
 
 from robinherit.config import ExperimentConfig, with_updates
 from robinherit.runs.experiment import build_encoder
@@ -86,8 +86,12 @@ def test_contrastive_step_times_every_path():
     assert all(0 < v < float("inf") for v in best.values())
 
 
-def test_realdata_step_reports_four_rows_and_two_ratios(capsys):
-    sizes = ["--steps", "1", "--two-layer-steps", "2", "--repeats", "2", "--batch-size", "8", "--n-train", "64"]
+REALDATA_SMOKE = ["--steps", "1", "--two-layer-steps", "2", "--repeats", "2", "--batch-size", "8", "--n-train", "64"]
+
+
+def test_realdata_step_reports_four_rows_and_two_ratios(capsys, monkeypatch):
+    monkeypatch.setattr(realdata_step, "matmul_peak", lambda seconds=1.0: (50.0, 60.0))
+    sizes = REALDATA_SMOKE
     realdata_step.main(["--json", *sizes])
     out = json.loads(capsys.readouterr().out)
     assert [(r["model"], r["path"], r["steps_per_round"]) for r in out["rows"]] == [
@@ -107,6 +111,117 @@ def test_realdata_step_reports_four_rows_and_two_ratios(capsys):
     for r in out["rows"]:  # the best round is the one reported
         assert r["seconds_per_step"] == min(r["rounds_seconds_per_step"])
     assert out["batch_size"] == 8 and out["input_shape"] == [1, 28, 28] and out["steps"] == {"two_layer": 2, "cnn": 1}
+    # GFLOP/s of each path from its family's counted step, and their share of the peak measured in the run
+    assert out["matmul_peak_gflops"] == 50.0 and out["matmul_peak_gflops_by_cpu_time"] == 60.0
+    for r in out["rows"]:
+        assert r["gflops"] == pytest.approx(r["samples_per_s"] * out["flops_per_sample"][r["model"]] / 1e9)
+        assert r["share_of_peak"] == pytest.approx(r["gflops"] / 50.0)
+    for family, row in (("two_layer", out["rows"][1]), ("cnn", out["rows"][3])):
+        assert out[f"toolkit_{family}_gflops"] == row["gflops"] > 0
+    assert "compile_s" not in out  # the compiled path only with --compile
+
+
+def test_realdata_step_counts_every_product_of_the_adversarial_step():
+    """One step's FLOPs per example: PGD-3's forwards and input gradients, the forward that scores the last iterate,
+    and the training step's forward and backward (every weight gradient; input gradients above the first layer)."""
+    ds = realdata_step.random_images(32)
+    counted = {}
+    for family in ("two_layer", "cnn"):
+        cfg = realdata_step.config(family, **{"pretrain.batch_size": 8})
+        counted[family] = realdata_step.flops_per_sample(cfg, realdata_step.source_for(cfg, ds))
+    a = realdata_step.config("cnn").pretrain.attack_steps
+    head = 2 * 64 * 10  # the CNN's 64 features -> 10 classes
+    layers = [2 * 16 * 9 * 28 * 28, 2 * 32 * 16 * 9 * 14 * 14, 2 * 32 * 14 * 14 * 64, head]  # conv, conv, fc, head
+    assert counted["cnn"] == (2 * a + 4) * sum(layers) - layers[0]
+    two_layer = [2 * 784 * 128, 2 * 128 * 10]
+    assert counted["two_layer"] == (2 * a + 3) * sum(two_layer) + two_layer[1]
+
+
+def test_realdata_step_times_a_compiled_path_and_survives_a_failed_compile(capsys, monkeypatch):
+    """Compiling for real takes tens of seconds; an identity stands in for torch.compile (the path's plumbing is
+    what is tested), then a compiler that fails at the first call, as inductor does without a C compiler."""
+    monkeypatch.setattr(realdata_step, "matmul_peak", lambda seconds=1.0: (50.0, 50.0))
+    wrapped = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: wrapped.append(fn) or fn)
+    realdata_step.main(["--json", "--compile", *REALDATA_SMOKE])
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["path"]) for r in out["rows"]][2:] == [
+        ("cnn", p) for p in ("reference", "toolkit", "compiled")
+    ]
+    row = out["rows"][-1]
+    assert wrapped and all(fn.__name__ == "forward" for fn in wrapped)  # the reference CNN's forward, wrapped
+    assert out["compile_error"] is None and out["compile_s"] == row["compile_s"] >= 0
+    assert out["compiled_cnn_samples_per_s"] == row["samples_per_s"] and out["compiled_cnn_gflops"] == row["gflops"]
+    assert out["ratio_cnn_compiled"] == pytest.approx(row["samples_per_s"] / out["reference_cnn_samples_per_s"])
+    assert len(row["rounds_seconds_per_step"]) == 2  # timed in the rounds like the other paths
+
+    def failing(fn, **kw):
+        def run(*args, **kwargs):
+            raise RuntimeError("no C compiler found\ncompiler output follows")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing)
+    realdata_step.main(["--json", "--compile", *REALDATA_SMOKE])
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][-1] == {"model": "cnn", "path": "compiled", "error": "RuntimeError: no C compiler found"}
+    assert out["compile_error"] == "RuntimeError: no C compiler found" and out["compiled_cnn_samples_per_s"] is None
+    assert all(r["samples_per_s"] > 0 for r in out["rows"][:4])  # the other paths ran on
+    realdata_step.main(["--compile", *REALDATA_SMOKE])
+    text = capsys.readouterr().out
+    assert "cnn        compiled   could not compile, path skipped: RuntimeError: no C compiler found" in text
+    assert "cnn: toolkit / reference" in text and "compiled / reference" not in text
+
+
+def test_realdata_eval_times_three_pairs_and_checks_the_chunked_evaluation(capsys):
+    sizes = ["--n-test", "40", "--eval-batch-size", "15", "--pretrain-steps", "3", "--n-train", "200"]
+    realdata_eval.main(["--json", "--repeats", "1", *sizes])
+    out = json.loads(capsys.readouterr().out)
+    for name in ("cascade", "clean head", "chunked eval"):
+        r = out[name]
+        assert r["toolkit_s"] > 0 and r["reference_s"] > 0 and len(r["ratio_rounds"]) == 1
+        assert r["ratio"] == pytest.approx(r["reference_s"] / r["toolkit_s"])
+    c = out["chunked eval"]
+    assert c["n_test"] == 40 and c["batch_size"] == 15 and out["n_test"] == 40
+    assert set(c["robust_acc"]) == set(c["pgd_robust_acc"]) == {"toolkit", "reference"}
+    assert set(c["robust_acc"]["toolkit"]) == set(c["binomial_se"]) == {"0", "0.1"}
+    assert c["pgd_equal"] and c["worst_case_within_one_se"]
+
+
+def test_chunked_evaluation_agrees_with_the_whole_one():
+    """At a budget where PGD leaves some examples correct (so AutoAttack's components run on them, a seed per
+    chunk), the evaluation in chunks of 25 gives PGD's robust accuracy of the evaluation on all 60 at once."""
+    args = realdata_eval.parse(
+        ["--n-test", "60", "--eval-batch-size", "25", "--pretrain-steps", "30", "--n-train", "300"]
+    )
+    s = realdata_eval.setup(args)
+    s.cfg = with_updates(s.cfg, **{"eval.eps_grid": [0, 0.005]})
+    records: dict = {}
+    for run in realdata_eval.chunked_pair(s, records):
+        run(1)
+    agree = realdata_eval.agreement(records["toolkit"], records["reference"], 60)
+    pgd = agree["pgd_robust_acc"]["reference"]
+    assert 0 < pgd["0.005"] < pgd["0"]  # not vacuous: some examples broken, some left
+    assert agree["pgd_equal"] and agree["worst_case_within_one_se"]
+
+
+def test_chunked_agreement_flags_what_differs():
+    def record(clean, pgd, worst):
+        return {
+            "clean_acc": clean,
+            "pgd_robust_acc": {"0": clean, "0.1": pgd},
+            "robust_acc": {"0": clean, "0.1": worst},
+        }
+
+    agreement = realdata_eval.agreement
+    same = agreement(record(0.8, 0.5, 0.4), record(0.8, 0.5, 0.4), 100)
+    assert same["pgd_equal"] and same["worst_case_within_one_se"]
+    assert same["binomial_se"]["0.1"] == pytest.approx(math.sqrt(0.4 * 0.6 / 100))
+    assert not agreement(record(0.8, 0.51, 0.4), record(0.8, 0.5, 0.4), 100)["pgd_equal"]
+    assert not agreement(record(0.81, 0.5, 0.4), record(0.8, 0.5, 0.4), 100)["pgd_equal"]
+    # worst cases 0.04 apart on 100 examples: within one standard error (0.049); 0.1 apart: not
+    assert agreement(record(0.8, 0.5, 0.42), record(0.8, 0.5, 0.38), 100)["worst_case_within_one_se"]
+    assert not agreement(record(0.8, 0.5, 0.45), record(0.8, 0.5, 0.35), 100)["worst_case_within_one_se"]
 
 
 def trained_weights(model, skip=("b", "center")) -> list:

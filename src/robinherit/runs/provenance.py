@@ -8,9 +8,18 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
+
+def versions() -> dict[str, str]:
+    """The software a record was computed with, and torch's CPU thread count: multi-threaded reductions sum in
+    another order with another count, so a run's numbers are bit for bit the same only at the same count (1 and 2
+    threads give runs whose robust accuracies differ by a few test examples after hundreds of training steps)."""
+    return {**_packages(), "torch_threads": str(torch.get_num_threads())}
+
 
 @functools.cache
-def versions() -> dict[str, str]:
+def _packages() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("robinherit", "torch", "numpy", "pydantic", "scikit-learn"):
         try:

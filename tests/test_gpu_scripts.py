@@ -1,4 +1,5 @@
-"""The prepared GPU scripts (``scripts/gpu_perf.sh``, the throughput check, and ``scripts/gpu_study.sh``) and their
+"""The prepared GPU scripts (``scripts/gpu_perf.sh``, the throughput check, ``scripts/gpu_realdata.sh``, real data
+with the flagship config and a ResNet-18, and ``scripts/gpu_study.sh``) and their
 helpers, checked without a GPU: time on a GPU machine is scarce, so a renamed flag, a wrong spec or a package the GPU
 machine lacks must show up here, not there."""
 
@@ -18,13 +19,18 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root holds benchmarks/
 
-from benchmarks import gpu_report, train_step
+from benchmarks import gpu_realdata_report, gpu_report, train_step
 
 from robinherit.cli import app
+from robinherit.config import AutoAttackSet, load_config, parse_overrides
+from robinherit.data.datasets import LoadSpec, load_dataset
+from robinherit.paths import flatten
+from robinherit.runs.audit_target import audit_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 GPU_PERF = (SCRIPTS / "gpu_perf.sh").read_text()
+GPU_REALDATA = (SCRIPTS / "gpu_realdata.sh").read_text()
 
 
 def _joined(script: str) -> list[str]:
@@ -32,7 +38,7 @@ def _joined(script: str) -> list[str]:
     return script.replace("\\\n", " ").splitlines()
 
 
-@pytest.mark.parametrize("name", ["gpu_perf.sh", "gpu_study.sh", "device_prep.sh", "device_env.sh"])
+@pytest.mark.parametrize("name", ["gpu_perf.sh", "gpu_realdata.sh", "gpu_study.sh", "device_prep.sh", "device_env.sh"])
 def test_script_is_valid_bash(name):
     done = subprocess.run(["bash", "-n", str(SCRIPTS / name)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -143,3 +149,101 @@ def test_gpu_report_pairs_rows_of_the_same_config_only():
     gpu["rows"].append({**large, "samples_per_s": 50.0})
     assert [r["gpu_over_cpu"] for r in gpu_report.ratio_rows(cpu, gpu)] == [3.0, 5.0]
     assert gpu_report.format_table(cpu, gpu).splitlines()[-1].split()[:2] == ["large", "reference"]
+
+
+def _calls(script: str, command: str) -> list[tuple[str, list[str]]]:
+    """(line, words after `"${RH[@]}" COMMAND`) for each call of a robinherit command, shell variables as text."""
+    marker = f'"${{RH[@]}}" {command} '
+    return [(line, shlex.split(line.split(marker, 1)[1])) for line in _joined(script) if marker in line]
+
+
+def _parsed(command: str, words: list[str], tmp_path: Path) -> dict:
+    """The command's options as the CLI parses them (an unknown flag fails here), the script's folders in tmp_path."""
+    from typer.main import get_command
+
+    words = [w.replace("$cifar", str(tmp_path / "cifar")).replace("$work", str(tmp_path)) for w in words]
+    return get_command(app).commands[command].make_context(command, words).params
+
+
+def _defaults(script: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"^(\w+)=\$\{\1:-(\d+)\}", script, re.M)}
+
+
+def test_gpu_realdata_runs_are_the_flagship_and_a_short_resnet18_on_the_gpu(tmp_path):
+    (_, flagship_words), (_, resnet_words) = _calls(GPU_REALDATA, "run")
+    configs = []
+    for words in (flagship_words, resnet_words):
+        params = _parsed("run", words, tmp_path)
+        assert params["json_out"] and params["seeds"] == "0"
+        configs.append(load_config(params["config"], params["set_"]))
+    flagship, resnet = configs
+    shipped = load_config("fashion_mnist")
+    assert flagship.device == "cuda" and flagship.eval.n_test is None  # all 10,000 test images
+    assert flagship.eval.autoattack == AutoAttackSet.standard
+    for section in ("pretrain", "downstream", "model", "data"):  # the flagship as shipped apart from the three above
+        assert getattr(flagship, section) == getattr(shipped, section)
+    assert (resnet.device, resnet.model.encoder, resnet.data.source) == ("cuda", "resnet18", "cifar10")
+    assert resnet.data.root == str(tmp_path / "cifar") and resnet.pretrain.steps == 50
+    per_file = _defaults(GPU_REALDATA)["CIFAR_PER_BATCH"]  # the random files hold 5 x this to train on, this to test
+    assert resnet.downstream.n_train <= 5 * per_file and resnet.eval.n_test == 200 <= per_file
+
+
+def test_gpu_realdata_audits_the_stored_resnet18_run_on_the_gpu(tmp_path):
+    (_, run_words), *_ = [c for c in _calls(GPU_REALDATA, "run") if "cifar10_resnet18" in c[0]]
+    [(_, audit_words)] = _calls(GPU_REALDATA, "audit")
+    run, audit = _parsed("run", run_words, tmp_path), _parsed("audit", audit_words, tmp_path)
+    assert audit["encoder"] == "$run_id" and audit["json_out"]
+    assert audit["store"] == run["store"]  # the audit reads the run from the store the run wrote
+    cfg = audit_config(load_config(run["config"], run["set_"]), flatten(parse_overrides(audit["set_"])))
+    assert cfg.device == "cuda"
+
+
+def test_gpu_realdata_cuts_every_step_and_fits_nine_minutes():
+    limits = {k: v for k, v in _defaults(GPU_REALDATA).items() if k.endswith("_TIMEOUT")}
+    assert limits["FLAGSHIP_TIMEOUT"] == 360
+    steps = [line.strip() for line in _joined(GPU_REALDATA) if line.strip().startswith("step ")]
+    assert len(steps) == len(_calls(GPU_REALDATA, "run")) + len(_calls(GPU_REALDATA, "audit")) == 3
+    assert all('"${RH[@]}"' in s and shlex.split(s)[2].strip("$") in limits for s in steps)
+    # each step may run 5 s past its limit before the kill; 20 s are left for the setup and the summary
+    assert sum(limits.values()) + 5 * len(steps) + 20 <= 9 * 60
+
+
+def test_gpu_realdata_random_cifar_files_load_with_the_cifar10_loader(tmp_path):
+    snippet = re.search(r"<< 'EOF'.*?\n(.*?\n)EOF\n", GPU_REALDATA, re.S).group(1)
+    done = subprocess.run([sys.executable, "-", str(tmp_path), "3"], input=snippet, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ds = load_dataset("cifar10", LoadSpec(root=tmp_path))
+    assert ds.x_train.shape == (15, 3072) and ds.x_test.shape == (3, 3072) and ds.image_shape == (3, 32, 32)
+    assert float(ds.x_train.min()) >= 0 and float(ds.x_train.max()) <= 1 and float(ds.x_train.std()) > 0.2
+    assert set(ds.y_train.tolist()) | set(ds.y_test.tolist()) <= set(range(10))
+
+
+def _row(clean: float, robust: float) -> dict:
+    return {"clean_acc": clean, "robust_acc": {"0": clean, "0.1": robust}, "attacks": ["pgd-20x1"]}
+
+
+def test_gpu_realdata_report_gives_every_time_and_accuracy_and_names_a_stopped_step(tmp_path):
+    (tmp_path / "steps.txt").write_text(
+        "flagship exit 0, 200.6 s wall\nresnet exit 124 (stopped at 75 s), 75.1 s wall\n"
+        "audit not run: the ResNet-18 run wrote no record\n"
+    )
+    (tmp_path / "flagship.time").write_text("200.58 s wall, 3000000 KB peak memory\n")
+    record = {
+        "run_id": "abc",
+        "config": {"device": "cuda"},
+        "dataset": {"name": "fashion_mnist", "n_test": 10000, "n_downstream_train": 5000},
+        "timing_s": {"pretrain": 10.1, "downstream": 5.3, "eval": 180.3, "total": 195.7},
+        "pretrain": _row(0.8, 0.61),
+        "downstream": {"clean_head": _row(0.75, 0.55), "adversarial_head": _row(0.74, 0.6)},
+    }
+    (tmp_path / "flagship.json").write_text(json.dumps(record) + "\n")
+    (tmp_path / "resnet.json").write_text("")
+    (tmp_path / "resnet.err").write_text("Terminated\n")
+    text = gpu_realdata_report.summary(tmp_path)
+    flagship, resnet, audit, skipped = text.split("\n\n")[1:]
+    assert "flagship exit 0, 200.6 s wall" in flagship and "200.58 s wall, 3000000 KB peak" in flagship
+    assert "pretrain 10.1 s, downstream 5.3 s, eval 180.3 s, total 195.7 s" in flagship
+    rows = {line.split()[0]: line.split()[-2:] for line in flagship.splitlines()[-4:-1]}
+    assert rows == {"pre-trained": ["0.8000", "0.6100"], "SLF": ["0.7500", "0.5500"], "ALF": ["0.7400", "0.6000"]}
+    assert "stopped at 75 s" in resnet and "no record (last error line: Terminated)" in resnet
+    assert "not run" in audit and skipped == "audit not run: the ResNet-18 run wrote no record"

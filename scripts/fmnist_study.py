@@ -8,6 +8,8 @@ t-interval over seeds, with paired differences where the claim is a difference:
     .venv/bin/python scripts/fmnist_study.py units       # the purity sweeps of both encoders and the contrastive
                                                          # ones: which unit measure predicts inheritance (+ figure)
     .venv/bin/python scripts/fmnist_study.py sources     # sweeps/fashion_mnist_transfer_sources.yaml
+    .venv/bin/python scripts/fmnist_study.py head-dial   # the clean head's norm bound on the AT contrastive
+                                                         # encoders of both sweeps: can a clean head close ALF - SLF?
 
 Each reads the runs its sweep stored (run the sweep first: `robinherit sweep fashion_mnist_head_dial`) and
 prints Markdown. Robust accuracy is at l-inf 0.1 (``--eps``), the record's ``robust_acc``: PGD-20, or the
@@ -329,6 +331,46 @@ def sources(key: str) -> None:
             print(f"| {held[0]}-{held[-1]} | {label} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |")
 
 
+DIAL_DECAYS = (0.0, 0.01, 0.1, 1.0)
+
+
+def head_dial(key: str) -> None:
+    """SLF robust accuracy on the AT (one view) contrastive encoders as the clean head's weight decay varies, beside
+    ALF's: the heads are trained and evaluated exactly as in the run (``fit_head``, ``evaluate_model``), one per
+    decay, and kept beside the store (``<store>.dial.json``)."""
+    print(f"| encoder | seed | ALF robust {key} | " + " | ".join(f"SLF robust {key}, decay {d:g}" for d in DIAL_DECAYS))
+    print("|---|---|---|" + "---|" * len(DIAL_DECAYS))
+    for enc, spec in CONTRASTIVE_SWEEPS.items():
+        records, store = records_of(spec)
+        at = {r["run_id"]: r for r in records if r["config"]["pretrain"]["eps"] > 0}
+        at = [r for r in at.values() if r["config"]["pretrain"]["adversarial_view"] == "one"]
+        cache_path = Path(f"{store}.dial.json")
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        db = ResultStore(store, read_only=True)
+        for r in sorted(at, key=lambda r: r["seed"]):
+            row = []
+            for decay in DIAL_DECAYS:
+                cache_key = f"{r['run_id']}@{decay:g}"
+                if cache_key not in cache:
+                    cache[cache_key] = _slf_at(r, db, decay, key)
+                    cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+                row.append(f"{cache[cache_key]:.3f}")
+            alf = head(r, "adversarial", key)[1]
+            print(f"| {enc} | {r['seed']} | {alf:.3f} | " + " | ".join(row) + " |")
+
+
+def _slf_at(record: dict[str, Any], db: ResultStore, decay: float, key: str) -> float:
+    from robinherit.config import HeadKind, with_updates
+    from robinherit.runs.experiment import evaluate_model, fit_head
+
+    cfg = with_updates(build_config(record["config"]), **{"downstream.weight_decay": decay})
+    encoder = frozen_encoder(cfg, db.artifact(record["run_id"], "encoder"))
+    source = build_source(cfg)
+    h = fit_head(cfg, encoder, source, HeadKind.clean)
+    _, test = source.test_splits(cfg)
+    return float(evaluate_model(cfg, h, test, source, "clean")["robust_acc"][key])
+
+
 STUDIES = {
     "dial": dial,
     "transfer": transfer,
@@ -336,6 +378,7 @@ STUDIES = {
     "contrastive": contrastive,
     "units": units,
     "sources": sources,
+    "head-dial": head_dial,
 }
 
 

@@ -338,7 +338,8 @@ def head_dial(key: str) -> None:
     """SLF robust accuracy on the AT (one view) contrastive encoders as the clean head's weight decay varies, beside
     ALF's: the heads are trained and evaluated exactly as in the run (``fit_head``, ``evaluate_model``), one per
     decay, and kept beside the store (``<store>.dial.json``)."""
-    print(f"| encoder | seed | ALF robust {key} | " + " | ".join(f"SLF robust {key}, decay {d:g}" for d in DIAL_DECAYS))
+    print(f"SLF clean / robust {key} per weight decay of the clean head; ALF clean / robust {key} as run\n")
+    print("| encoder | seed | ALF | " + " | ".join(f"SLF, decay {d:g}" for d in DIAL_DECAYS) + " |")
     print("|---|---|---|" + "---|" * len(DIAL_DECAYS))
     for enc, spec in CONTRASTIVE_SWEEPS.items():
         records, store = records_of(spec)
@@ -351,15 +352,15 @@ def head_dial(key: str) -> None:
             row = []
             for decay in DIAL_DECAYS:
                 cache_key = f"{r['run_id']}@{decay:g}"
-                if cache_key not in cache:
+                if not isinstance(cache.get(cache_key), dict):
                     cache[cache_key] = _slf_at(r, db, decay, key)
                     cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-                row.append(f"{cache[cache_key]:.3f}")
-            alf = head(r, "adversarial", key)[1]
-            print(f"| {enc} | {r['seed']} | {alf:.3f} | " + " | ".join(row) + " |")
+                row.append(f"{cache[cache_key]['clean']:.3f} / {cache[cache_key]['robust']:.3f}")
+            alf = head(r, "adversarial", key)
+            print(f"| {enc} | {r['seed']} | {alf[0]:.3f} / {alf[1]:.3f} | " + " | ".join(row) + " |")
 
 
-def _slf_at(record: dict[str, Any], db: ResultStore, decay: float, key: str) -> float:
+def _slf_at(record: dict[str, Any], db: ResultStore, decay: float, key: str) -> dict[str, float]:
     from robinherit.config import HeadKind, with_updates
     from robinherit.runs.experiment import evaluate_model, fit_head
 
@@ -368,7 +369,8 @@ def _slf_at(record: dict[str, Any], db: ResultStore, decay: float, key: str) -> 
     source = build_source(cfg)
     h = fit_head(cfg, encoder, source, HeadKind.clean)
     _, test = source.test_splits(cfg)
-    return float(evaluate_model(cfg, h, test, source, "clean")["robust_acc"][key])
+    out = evaluate_model(cfg, h, test, source, "clean")
+    return {"clean": float(out["clean_acc"]), "robust": float(out["robust_acc"][key])}
 
 
 STUDIES = {

@@ -247,6 +247,8 @@ def units(key: str) -> None:
         _unit_rows(f"{enc}, AT budgets 0-0.15", records, y)
     contrastive_runs = [r for spec in CONTRASTIVE_SWEEPS.values() for r in with_units(spec, float(key))]
     _unit_rows("contrastive (both encoders)", contrastive_runs, y)
+    for enc, spec in CONTRASTIVE_SWEEPS.items():
+        _unit_rows(f"contrastive, {enc}", with_units(spec, float(key)), y)
     print()
     for label, records in pooled.items():
         groups = by(records, "pretrain.eps")
@@ -257,7 +259,10 @@ def units(key: str) -> None:
             cells = [interval([axis_value(r, m) for r in rs]) for m in MEASURES]
             print(f"| {eps:g} | {interval([head(r, 'clean', key)[1] for r in rs])} | " + " | ".join(cells) + " |")
         print()
-    _units_figure(pooled, y)
+    figure_runs = dict(pooled)
+    for enc, spec in CONTRASTIVE_SWEEPS.items():  # each run once (the clean arm is stored under both views)
+        figure_runs[f"{enc} contrastive"] = list({r["run_id"]: r for r in with_units(spec, float(key))}.values())
+    _units_figure(figure_runs, y)
 
 
 def _unit_rows(label: str, records: list[dict[str, Any]], y: str) -> None:
@@ -272,9 +277,18 @@ def _unit_rows(label: str, records: list[dict[str, Any]], y: str) -> None:
         )
 
 
+SHORT = {
+    "purification.top1_share_mean": "first-layer top-1 share\n(learned dictionary)",
+    "units.class_selectivity_mean": "class selectivity",
+    "units.feature_count_median": "feature count\n(activation dictionary)",
+    "units.unit_shift_mean": "unit shift\n(one unit attacked)",
+    "units.representation_shift": "representation shift",
+}
+
+
 def _units_figure(pooled: dict[str, list[dict[str, Any]]], y: str) -> None:
-    """One panel per unit measure: each run's measure against its SLF robust accuracy, by encoder, coloured by the
-    AT budget (docs/figures/fmnist_units.{png,svg,pdf})."""
+    """One panel per unit measure: each run's measure against its SLF robust accuracy, by family and encoder,
+    coloured by the AT budget (docs/figures/fmnist_units.{png,svg,pdf})."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,21 +296,22 @@ def _units_figure(pooled: dict[str, list[dict[str, Any]]], y: str) -> None:
 
     from robinherit.analysis.plots import save_figure
 
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(3.2 * len(MEASURES), 3.2), sharey=True)
-    markers = dict(zip(pooled, "os", strict=False))
-    for ax, (m, name) in zip(axes, MEASURES.items(), strict=True):
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(2.9 * len(MEASURES), 3.3), sharey=True, layout="constrained")
+    markers = dict(zip(pooled, "os^v", strict=False))
+    for ax, m in zip(axes, MEASURES, strict=True):
         for label, records in pooled.items():
             xs = [axis_value(r, m) for r in records]
             ys = [axis_value(r, y) for r in records]
             cs = [r["config"]["pretrain"]["eps"] for r in records]
-            sc = ax.scatter(xs, ys, c=cs, cmap="viridis", marker=markers[label], label=label, vmin=0, vmax=0.15)
-        ax.set_xlabel(name, fontsize=8)
-    axes[0].set_ylabel(f"SLF robust accuracy, l-inf {y.rsplit('.', 2)[-2]}.{y.rsplit('.', 1)[-1]}")
-    axes[0].legend(fontsize=7)
-    fig.colorbar(sc, ax=axes, label="AT budget (l-inf)")
+            sc = ax.scatter(xs, ys, c=cs, cmap="viridis", marker=markers[label], label=label, vmin=0, vmax=0.15,
+                            edgecolors="k", linewidths=0.3)  # fmt: skip
+        ax.set_xlabel(SHORT[m], fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel(f"SLF robust accuracy, l-inf {y.split('robust_acc.')[1]}", fontsize=8)
+    axes[0].legend(fontsize=6, loc="lower right")
+    fig.colorbar(sc, ax=axes, label="AT budget (l-inf)", shrink=0.9)
     for path in save_figure(fig, "docs/figures/fmnist_units"):
         print(f"figure: {path}")
-    plt.close(fig)
 
 
 def sources(key: str) -> None:

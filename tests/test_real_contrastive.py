@@ -85,3 +85,24 @@ def test_claims_7_selects_both_real_data_rows_and_reports_7c(tiny_fashion):
     assert len(row["details"]["extra"]["at_pretrain"]["representation_shift"]) == 2
     md = (tiny_fashion / "out" / "report.md").read_text()
     assert "| 7c | real data (contrastive) |" in md and "Real data, contrastive pre-training" in md
+
+
+def test_label_free_class_split_pretrains_on_every_image_and_heads_on_the_held_out_classes(tiny_fashion):
+    from robinherit.config import load_config
+    from robinherit.runs.experiment import run_experiment
+
+    sets = [*TINY_QUICK, "pretrain.method=contrastive", "pretrain.aug_strength=0.1", "pretrain.eps=0.1",
+            "data.protocol=class_split", "data.pretrain_classes=[0,1]", "downstream.heads=[clean]",
+            "eval.autoattack=none"]  # fmt: skip
+    every = load_config("fashion_mnist_two_layer", [*sets, "data.pretrain_all_images=true"])
+    seen = load_config("fashion_mnist_two_layer", sets)
+    rec_every, _ = run_experiment(every)
+    rec_seen, _ = run_experiment(seen)
+    ds = datasets.load_dataset("fashion_mnist")
+    held = int((ds.y_train >= 2).sum())
+    # every training image against the 2 seen classes' only
+    assert rec_every["dataset"]["n_pretrain"] == len(ds.y_train) > rec_seen["dataset"]["n_pretrain"]
+    assert rec_seen["dataset"]["n_pretrain"] == len(ds.y_train) - held
+    for rec in (rec_every, rec_seen):  # the head learns the held-out classes either way
+        assert rec["dataset"]["downstream_classes"] == 2 and rec["dataset"]["n_downstream_train"] == held
+    assert rec_every["run_id"] != rec_seen["run_id"]

@@ -20,6 +20,8 @@ from robinherit.config import ExperimentConfig, InertAt, PretrainConfig, field, 
 from robinherit.config.identity import declaration
 
 STORED = json.loads((Path(__file__).parent / "data" / "run_ids.json").read_text())
+# A shipped config that changed on purpose gets its old behaviour back in the case's `set`, so the case keeps
+# pinning the id it had: `fashion_mnist` now attacks the test set in chunks (eval.batch_size 500), the case sets null.
 # settings added after the file was written that are never part of a run
 # and settings added later whose id changes are deliberate, held out of the stored ids below (see the fixture)
 LATER_NEVER = ["eval.per_attack", "plugins"]

@@ -58,6 +58,10 @@ def test_shipped_atlases_expand():
     over = [c for c in small.cells() if c.knobs[0] == "data.n_features/d" and c.values == (2, "uniform")]
     cfg = over[0].configs["supervised"]["at"][0]
     assert (cfg.data.d, cfg.data.D, cfg.data.k, cfg.data.sparsity.value) == (64, 128, 4, "bernoulli")
+    # the overcomplete world at the shipped configs' lengths, against the atlases' 500 steps
+    long = load_atlas("atlas_overcomplete").cells()
+    cfg = next(c for c in long if c.values == (2, "uniform")).configs["supervised"]["at"][0]
+    assert (cfg.data.D, cfg.data.k, cfg.pretrain.steps) == (128, 4, 2000) and cfg.pretrain.steps > 500
 
 
 TINY = {

@@ -12,7 +12,9 @@ from robinherit.cli import app, fail, out, parse_seeds, progress_bar, user_error
 @app.command()
 @user_errors
 def atlas(
-    spec: str = typer.Argument(..., help="atlas spec YAML, or a shipped atlas's name: atlas_small, atlas_full"),
+    spec: str = typer.Argument(
+        ..., help="atlas spec YAML, or a shipped atlas's name: atlas_small, atlas_full, atlas_overcomplete"
+    ),
     out_dir: Path | None = typer.Option(None, "--out", help="output folder (default: results/atlas/<name>)"),
     store: Path | None = typer.Option(None, help="results store (default: the spec's, else <out>/runs.db)"),
     workers: int | None = typer.Option(None, help="runs in flight (1: in this process; default: all CPUs here)"),

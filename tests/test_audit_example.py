@@ -78,3 +78,21 @@ def test_the_example_gives_the_same_weights_at_every_call_and_leaves_the_global_
     assert not torch.equal(a.state_dict()["body.0.weight"], other.state_dict()["body.0.weight"])
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in a.modules())
     assert any(isinstance(m, torch.nn.Dropout) for m in a.modules())
+
+
+def test_the_training_example_saves_weights_the_example_encoder_loads(tmp_path: Path):
+    write_mnist28(tmp_path / "data")
+    spec = importlib.util.spec_from_file_location("train_bn_cnn_example", EXAMPLE.parent / "train_bn_cnn.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    out = tmp_path / "bn"
+    args = ["--out", str(out), "--steps", "3", "--batch-size", "8", "--root", str(tmp_path / "data")]
+    with torch.random.fork_rng(devices=[]):  # a script seeds the global generator; keep the test session's
+        assert train.main(args) == 0
+    enc, init = example().encoder(), example().encoder()
+    enc.load_state_dict(torch.load(out / "encoder.pt", weights_only=True))
+    moved = [k for k, v in enc.state_dict().items() if not torch.equal(v, init.state_dict()[k])]
+    assert moved  # three AT steps changed the weights and batch norm's statistics
+    clf = torch.nn.Sequential(example().encoder(), torch.nn.Linear(64, 4))
+    clf.load_state_dict(torch.load(out / "classifier.pt", weights_only=True))  # the 4 classes of the tiny files
+    assert torch.equal(clf[0].state_dict()["body.0.weight"], enc.state_dict()["body.0.weight"])

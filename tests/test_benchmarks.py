@@ -312,8 +312,8 @@ def test_interleaved_rounds_alternate_the_order_and_time_each_paths_own_steps():
     fresh = {"alloc": lambda n: [torch.ones(16_000_000) for _ in range(n)], "none": lambda n: None}
     interleaved(fresh, {"alloc": 2, "none": 2}, repeats=2, warmup=0, faults=faults)
     assert {k: len(v) for k, v in faults.items()} == {"alloc": 2, "none": 2}
-    # 64 MB is about 16,000 pages of 4 kB; the count is the process's, so other threads of a long test session may
-    # add a few hundred to either path
-    assert min(faults["alloc"]) > 8000 and max(faults["none"]) < min(faults["alloc"]) / 4
+    # 64 MB is about 16,000 pages of 4 kB. The count is the process's and the allocator may hand a round pages it
+    # already mapped, so only the rounds together are compared: the allocating path faults, the quiet one hardly
+    assert max(faults["alloc"]) > 4000 and sum(faults["none"]) < sum(faults["alloc"]) / 4
     interleaved(paths, {"a": 1, "b": 1, "c": 1}, repeats=1, warmup=0)
     assert calls == [("a", 1), ("b", 1), ("c", 1)]  # no warm-up asked for: none run (and no 0-step run)

@@ -138,12 +138,7 @@ def sweep(
         )
     db = ResultStore(db_path)
     if dry_run:
-        stored = db.run_ids()
-        for cfg in cfgs:
-            mark = "stored" if cfg.config_hash() in stored else "to run"
-            point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
-            out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
-        out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
+        _list_runs(sw, cfgs, db, db_path)
         return
     with progress_bar(quiet) as bar:
         task = bar.add_task(sw.spec.name, total=len(cfgs))
@@ -159,6 +154,16 @@ def sweep(
         for run_id, err in rep.failed:
             console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
         raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
+
+
+def _list_runs(sw: Any, cfgs: list[Any], db: Any, db_path: Path) -> None:
+    """``--dry-run``: every run of the sweep, its swept values and whether the store has it."""
+    stored = db.run_ids()
+    for cfg in cfgs:
+        mark = "stored" if cfg.config_hash() in stored else "to run"
+        point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
+        out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
+    out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
 
 
 def _audit_sweep(sw: Any, db_path: Path, *, dry_run: bool, quiet: bool) -> None:

@@ -42,14 +42,19 @@ NO_HEAD_NOTE = (
 Task = dict[str, dict[str, Any]]  # head kind -> that head's evaluation (robust_acc, clean_acc, degenerate, ...)
 
 
+def _undecidable(d: np.ndarray) -> dict[str, Any]:
+    """Fewer than two differences: no interval, so no test can pass."""
+    mean = float(d.mean()) if d.size else math.nan
+    return {"mean": mean, "ci": [-math.inf, math.inf], "p_value": math.nan, "passed": False}
+
+
 def tost(diffs: Sequence[float], margin: float, level: float = EQUIVALENCE_LEVEL) -> dict[str, Any]:
     """Two one-sided t tests of "|mean difference| < margin": the mean, the ``level`` t interval, the TOST p value
     (the larger of the two one-sided p values) and whether the interval lies inside [-margin, margin]. One value
     has no interval (it never passes); identical values an interval of one point."""
     d = np.asarray(diffs, dtype=float)
     if d.size < 2:
-        mean = float(d.mean()) if d.size else math.nan
-        return {"mean": mean, "ci": [-math.inf, math.inf], "p_value": math.nan, "passed": False}
+        return _undecidable(d)
     mean, lo, hi = t_interval(d, level=level)
     if float(d.std(ddof=1)) == 0.0:
         p = 0.0 if abs(mean) < margin else 1.0
@@ -64,8 +69,7 @@ def separation(diffs: Sequence[float], level: float = SEPARATION_LEVEL) -> dict[
     """Mean, ``level`` t interval and one-sided p of "mean difference > 0"; passes when the interval lies above 0."""
     d = np.asarray(diffs, dtype=float)
     if d.size < 2:
-        mean = float(d.mean()) if d.size else math.nan
-        return {"mean": mean, "ci": [-math.inf, math.inf], "p_value": math.nan, "passed": False}
+        return _undecidable(d)
     mean, lo, hi = t_interval(d, level=level)
     if float(d.std(ddof=1)) == 0.0:
         return {"mean": mean, "ci": [mean, mean], "p_value": 0.0 if mean > 0 else 1.0, "passed": mean > 0}

@@ -3,6 +3,8 @@ timing on a GPU needs. (The commit a result was measured at is ``robinherit.runs
 
 from __future__ import annotations
 
+import functools
+import mmap
 import resource
 import time
 from collections.abc import Callable
@@ -30,7 +32,9 @@ def interleaved(
     load fall on all paths alike and neither of a pair always runs first. CPU time (this process, all its threads)
     sits beside wall time: on a shared machine other processes stretch the wall clock but not the work done.
     ``faults``, where given, receives each round's minor page faults per step of every path (memory the
-    allocator took fresh from the kernel rather than reused)."""
+    allocator took fresh from the kernel rather than reused), or None per round where the kernel does not count
+    them (``page_faults_counted``)."""
+    counted = faults is not None and page_faults_counted()
     if warmup:
         for run in paths.values():
             run(warmup)
@@ -46,8 +50,21 @@ def interleaved(
             sync(device)
             times[name].append(((time.perf_counter() - w0) / n, (time.process_time() - c0) / n))
             if faults is not None:
-                faults.setdefault(name, []).append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n)
+                moved = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+                faults.setdefault(name, []).append(moved / n if counted else None)
     return times
+
+
+@functools.cache
+def page_faults_counted(pages: int = 64) -> bool:
+    """Whether this kernel counts a process's minor page faults: some sandboxes report zero for every process. Maps
+    ``pages`` fresh anonymous pages, touches each once and asks whether the count rose by at least half of them."""
+    size = pages * mmap.PAGESIZE
+    with mmap.mmap(-1, size) as region:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for offset in range(0, size, mmap.PAGESIZE):
+            region[offset] = 1
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0 >= pages // 2
 
 
 def best(rounds: list[tuple[float, float]]) -> tuple[float, float]:

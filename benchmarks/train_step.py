@@ -58,6 +58,11 @@ DEFAULT = {"data.d": 64, "model.width": 128, "pretrain.batch_size": 256, "pretra
 LARGE = {"data.d": 512, "model.width": 512, "pretrain.batch_size": 256, "pretrain.attack_steps": 5}
 
 
+def _fewest(rounds: list[float | None]) -> float | None:
+    """The fewest page faults per step over the rounds, None where the kernel did not count them."""
+    return None if None in rounds else min(rounds)
+
+
 def flops_per_sample(cfg: ExperimentConfig) -> float:
     """Matmul FLOPs of one adversarial training step, per example: each PGD step a forward (x W^T) and an
     input gradient (g W), the final loss evaluation of the best point, and the training step's forward and
@@ -205,7 +210,8 @@ def bench_config(
                 "gflops": 0.0 if path == "data only" else sps * flops / 1e9,
                 # fresh pages from the kernel per step (fewest of the rounds): large tensors above glibc's
                 # mmap threshold are handed back and faulted in again on every allocation
-                "minor_faults_per_step": min(faults[f"{path}/{size}"]),
+                # (None where the kernel does not count page faults)
+                "minor_faults_per_step": _fewest(faults[f"{path}/{size}"]),
             }
         )
     data, products = rows[-2], rows[-1]
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['config']:8} {r['path']:15} {r['S']:>3} {r['samples_per_s']:>10.0f} {r['ratio']:>6.2f} "
             f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.1f}% "
             f"{r['samples_per_cpu_s']:>14.0f} {r['ratio_cpu']:>6.2f} "
-            + (f"{r['minor_faults_per_step']:>11.0f}" if "minor_faults_per_step" in r else f"{'-':>11}")
+            + (f"{r['minor_faults_per_step']:>11.0f}" if r.get("minor_faults_per_step") is not None else f"{'-':>11}")
         )
 
 

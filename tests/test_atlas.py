@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from robinherit.cli import app
 from robinherit.config import load_config, with_updates
+from robinherit.errors import ConfigError
 from robinherit.reproduce.atlas import verdict
 from robinherit.reproduce.stats import paired_stats
-from robinherit.runs.atlas import load_atlas
+from robinherit.runs.atlas import atlas_from_dict, load_atlas
 from robinherit.runs.relative_budget import feature_scale, resolve_budget
 
 
@@ -105,6 +106,32 @@ def test_tiny_atlas_end_to_end_then_from_the_store(tmp_path):
     assert second.exit_code == 0, second.output
     assert "16 runs (0 computed, 16 from the store)" in second.output
     assert list(csv.DictReader((out / "atlas.csv").open())) == rows
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"panles": []}, ["unknown key 'panles'", "valid keys: name, description, families"]),
+        (
+            {"panels": [{"x": {"data.k": [1]}, "y": {"eps_rel": [0.25]}, "z": {}}]},
+            ["unknown key 'panels.0.z'", "valid keys: x, y, set"],
+        ),
+        ({"seeds": [0, 0]}, ["'seeds'", "duplicates"]),
+        ({"seeds": 0}, ["'seeds'", "positive count"]),
+        ({"families": ["supervised", "robust"]}, ["'families'", "unknown"]),
+        ({"panels": [{"x": {"data.k": [1], "data.d": [8]}, "y": {"eps_rel": [0.25]}}]}, ["one knob"]),
+    ],
+)
+def test_a_bad_atlas_spec_is_one_paragraph_naming_the_key_and_exit_2(tmp_path, change, needles):
+    with pytest.raises(ConfigError) as err:
+        atlas_from_dict({**TINY, **change})
+    assert str(err.value).startswith("invalid atlas spec: ")
+    assert all(n in str(err.value) for n in needles), str(err.value)
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump({**TINY, **change}))
+    out = CliRunner().invoke(app, ["atlas", str(spec), "--out", str(tmp_path / "out"), "--quiet"])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert f"invalid atlas spec '{spec}'" in " ".join(out.output.split()) and not (tmp_path / "out").exists()
 
 
 def test_a_sweep_or_a_run_over_eps_rel_is_the_absolute_budgets_run():

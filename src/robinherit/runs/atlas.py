@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from robinherit.config import ExperimentConfig, build_config, load_config, load_yaml, resolve_path
 from robinherit.errors import ConfigError
@@ -27,6 +27,7 @@ from robinherit.paths import merge_paths
 from robinherit.runs.backends import Backend
 from robinherit.runs.relative_budget import resolve_budget
 from robinherit.runs.schedule import run_many_or_load
+from robinherit.runs.spec import SpecModel, seed_tuple, validate_spec
 from robinherit.runs.store import ResultStore
 from robinherit.runs.sweep import run_sweep
 
@@ -36,11 +37,7 @@ RATIO = "data.n_features/d"  # the dictionary's overcompleteness D/d
 BUDGET = "eps_rel"  # the adversarial budget as a fraction of the feature scale
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Panel(_Spec):
+class Panel(SpecModel):
     """A grid over two knobs: ``x`` and ``y`` each map one knob (a config path, ``eps_rel`` or
     ``data.n_features/d``) to its values."""
 
@@ -65,7 +62,7 @@ class Panel(_Spec):
         return list(itertools.product(*self.x.values(), *self.y.values()))
 
 
-class AtlasSpec(_Spec):
+class AtlasSpec(SpecModel):
     name: str = "atlas"
     description: str = ""
     families: tuple[str, ...] = Field(FAMILIES, description="shipped base configs whose claims the cells check")
@@ -79,10 +76,7 @@ class AtlasSpec(_Spec):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: tuple[int, ...] | int) -> tuple[int, ...]:
-        seeds = tuple(range(v)) if isinstance(v, int) else tuple(v)
-        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-            raise ValueError(f"seeds: a count or distinct seeds >= 0 (got {v})")
-        return seeds
+        return seed_tuple(v)
 
     @field_validator("families")
     @classmethod
@@ -149,19 +143,13 @@ class Atlas:
 def load_atlas(path: str | Path) -> Atlas:
     """Read and validate an atlas spec: a file, or a shipped atlas's name (``atlas_small``)."""
     path = resolve_path(path, "atlases")
-    raw = load_yaml(path, "atlases")
-    try:
-        spec = AtlasSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid atlas spec '{path}': {err}") from None
+    spec = validate_spec(AtlasSpec, load_yaml(path, "atlases"), "atlas", path, {"panels": Panel})
     return Atlas(spec, {fam: load_config(fam) for fam in spec.families}, path)
 
 
 def atlas_from_dict(raw: dict[str, Any]) -> Atlas:
-    try:
-        spec = AtlasSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid atlas spec: {err}") from None
+    """An atlas from an in-memory spec (tests, notebooks)."""
+    spec = validate_spec(AtlasSpec, raw, "atlas", nested={"panels": Panel})
     return Atlas(spec, {fam: load_config(fam) for fam in spec.families})
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -39,11 +39,38 @@ class Scale(str, Enum):
     log = "log"
 
 
-class _Spec(BaseModel):
+class SpecModel(BaseModel):
+    """A section of a spec file: unknown keys are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Span(_Spec):
+_SpecT = TypeVar("_SpecT", bound=BaseModel)
+
+
+def seed_tuple(v: tuple[int, ...] | int) -> tuple[int, ...]:
+    """A spec's ``seeds``: a count n (seeds 0..n-1) or a list of distinct seeds >= 0 (sweeps and atlases)."""
+    seeds = tuple(range(v)) if isinstance(v, int) else tuple(v)
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a positive count or a non-empty list of seeds >= 0 (got {v})")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds has duplicates: {list(seeds)}")
+    return seeds
+
+
+def validate_spec(
+    model: type[_SpecT], raw: Any, what: str, path: Path | None = None, nested: dict[str, type[BaseModel]] | None = None
+) -> _SpecT:
+    """``raw`` validated as ``model`` (a sweep or atlas spec), or one ConfigError naming the file and every problem:
+    an unknown key with the valid keys beside it (``nested`` maps a key to the model of the section under it)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        where = f" '{path}'" if path is not None else ""
+        raise ConfigError(f"invalid {what} spec{where}: {_fmt(err, model, nested or {})}") from None
+
+
+class Span(SpecModel):
     """``num`` evenly spaced values from ``low`` to ``high`` (both included), on a linear or log scale."""
 
     low: float
@@ -66,7 +93,7 @@ class Span(_Spec):
         return _tidy(vals, self.integer)
 
 
-class RandomRange(_Spec):
+class RandomRange(SpecModel):
     """One random draw per sample: uniform on [low, high] (log-uniform with ``scale: log``) or from ``choices``."""
 
     low: float | None = None
@@ -109,7 +136,7 @@ def _tidy(vals: np.ndarray, integer: bool) -> list[Any]:
     return [float(f"{float(v):.6g}") for v in vals]
 
 
-class AuditTarget(_Spec):
+class AuditTarget(SpecModel):
     """The encoder an audit sweep audits, as ``robinherit audit`` takes it; paths relative to the spec file (or,
     where nothing is there, to the working directory)."""
 
@@ -137,7 +164,7 @@ def audit_path_problem(path: str, where: str) -> str | None:
     )
 
 
-class SweepSpec(_Spec):
+class SweepSpec(SpecModel):
     """What to run: a ``base`` config (or an encoder to ``audit``), fixed ``set`` overrides, a ``grid`` (Cartesian
     product), ``samples`` random draws from ``random`` ranges (crossed with the grid), and ``seeds``."""
 
@@ -156,12 +183,7 @@ class SweepSpec(_Spec):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: tuple[int, ...] | int) -> tuple[int, ...]:
-        seeds = tuple(range(v)) if isinstance(v, int) else tuple(v)
-        if not seeds or any(s < 0 for s in seeds):
-            raise ValueError(f"seeds must be a positive count or a non-empty list of seeds >= 0 (got {v})")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds has duplicates: {list(seeds)}")
-        return seeds
+        return seed_tuple(v)
 
     @model_validator(mode="after")
     def _check_axes(self) -> SweepSpec:
@@ -268,15 +290,14 @@ def _build(raw: dict[str, Any], point: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"sweep point {where}: {err}") from None
 
 
+_NESTED: dict[str, type[BaseModel]] = {"audit": AuditTarget, "random": RandomRange}
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a spec file; the base config path (an audit's data config) is taken relative to the spec's
     folder."""
     path = resolve_path(path, "sweeps")
-    raw = load_yaml(path, "sweeps")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"invalid sweep spec '{path}': {_fmt(err)}") from None
+    spec = validate_spec(SweepSpec, load_yaml(path, "sweeps"), "sweep", path, _NESTED)
     if spec.audit is not None:
         data = spec.audit.data
         base = None if data is None else _config_near(path, Path(data), "audit data")
@@ -303,20 +324,25 @@ def _config_near(spec_path: Path, config: Path, what: str) -> ExperimentConfig:
 def sweep_from_dict(raw: dict[str, Any], base: ExperimentConfig | None) -> Sweep:
     """A sweep over an in-memory base config (tests, notebooks); ``raw['base']`` (an audit's ``data``) is ignored:
     ``base`` is the config."""
-    try:
-        spec = SweepSpec.model_validate(raw if "audit" in raw else {"base": "<memory>", **raw})
-    except ValidationError as err:
-        raise ConfigError(f"invalid sweep spec: {_fmt(err)}") from None
+    raw = raw if "audit" in raw else {"base": "<memory>", **raw}
+    spec = validate_spec(SweepSpec, raw, "sweep", nested=_NESTED)
     return Sweep(spec=spec, base=base)
 
 
-def _fmt(err: ValidationError) -> str:
+def _fmt(err: ValidationError, model: type[BaseModel], nested: dict[str, type[BaseModel]]) -> str:
     parts = []
-    for e in err.errors():
+    errors = err.errors()
+    for e in errors:
         loc = ".".join(str(p) for p in e["loc"])
+        inner = [o["loc"] for o in errors if len(o["loc"]) > len(e["loc"]) and o["loc"][: len(e["loc"])] == e["loc"]]
+        if e["type"] == "too_short" and inner:
+            continue  # a list left short only because its entries failed: the entries' own problems say why
         if e["type"] == "extra_forbidden":
-            model = AuditTarget if loc.startswith("audit.") else SweepSpec
-            parts.append(f"unknown key '{loc}'; valid keys: {', '.join(model.model_fields)}")
+            # the section the key sits in: the spec itself, or the one section (or every entry of a list or map of
+            # sections) that ``nested`` names under its first key
+            section = model if len(e["loc"]) == 1 else nested.get(str(e["loc"][0]))
+            valid = f"; valid keys: {', '.join(section.model_fields)}" if section is not None else ""
+            parts.append(f"unknown key '{loc}'{valid}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"'{loc}': {msg}" if loc else msg)

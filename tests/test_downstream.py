@@ -54,6 +54,24 @@ def test_the_encoder_stays_frozen(kind, encoder):
     assert any(not torch.equal(p, torch.zeros_like(p)) for p in head.linear.parameters()), "the head trained"
 
 
+@pytest.mark.parametrize("over", [(), ("downstream.batch_size=16", "downstream.epochs=2")])
+@pytest.mark.parametrize("stack", [1, 3])
+def test_clean_features_are_computed_once_a_minibatch_at_a_time(over, stack):
+    """A deep encoder's activations of a whole training split would not fit in memory: the clean head reads the
+    frozen features once, in chunks of its minibatch (full batch: one pass)."""
+    enc = two_layer(16, 12, threshold=0.3)
+    seen: list[int] = []
+    real = enc.features
+    enc.features = lambda xb: seen.append(len(xb)) or real(xb)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 16, generator=g)
+    ys = [torch.randint(0, 2, (40,), generator=g) for _ in range(stack)]
+    cfg = downstream_cfg("downstream.steps=5", *over)
+    gens = [torch.Generator().manual_seed(s) for s in range(stack)]
+    train_heads(enc, 12, 2, x, ys, HeadKind.clean, cfg, norm=Norm.l2, gens=gens)
+    assert seen == ([16, 16, 8] if over else [40])  # every example once, no chunk above the minibatch
+
+
 # ---- a clean head learns ----
 
 

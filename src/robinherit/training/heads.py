@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robinherit.attacks.gradient import pgd
 from robinherit.config import DownstreamConfig, HeadKind, Norm
+from robinherit.evaluation.robust import forward
 from robinherit.models.encoder import CLOSED_FORM, supports
 from robinherit.models.two_layer import LinearHead
 from robinherit.models.units import uniform_threshold
@@ -67,8 +68,9 @@ def batches(n: int, cfg: DownstreamConfig, g: torch.Generator) -> Iterator[Tenso
 def _train_clean(
     head: LinearHead, x: Tensor, y: Tensor, cfg: DownstreamConfig, *, g: torch.Generator, **_: object
 ) -> None:
-    with torch.no_grad():
-        feats = head.encoder.features(x)  # encoder frozen: compute the features once
+    # the encoder is frozen: its features are computed once, a minibatch at a time (a deep encoder's activations of a
+    # whole training split at once would not fit in memory; each example's features are the same either way)
+    feats = forward(head.encoder.features, x, cfg.batch_size)
     step = make_stepper(head.linear.parameters(), cfg, head_steps(x.shape[0], cfg))
     for rows in batches(x.shape[0], cfg, g):
         step(cross_entropy(head.linear(feats[rows]), y[rows]).mean())
@@ -214,7 +216,8 @@ def _train_stack(
     def train_loss(xb: Tensor, yb: Tensor) -> Tensor:  # each head's own mean loss, summed
         return per_example(cross_entropy, logits(encoder.features(xb)), yb).mean(dim=1).sum()
 
-    feats = None if adversarial else encoder.features(x)  # the encoder is frozen: clean features once
+    # the encoder is frozen: clean features once, a minibatch at a time (as in ``_train_clean``)
+    feats = None if adversarial else forward(encoder.features, x, cfg.batch_size)
     for rows in zip(*orders, strict=True):
         yb = torch.stack([y[s][r] for s, r in enumerate(rows)])  # (S, B)
         if adversarial:

@@ -297,6 +297,8 @@ def test_train_step_takes_the_stack_sizes_and_refuses_a_missing_gpu(capsys, monk
 
 def _touch_fresh(size: int) -> None:
     with mmap.mmap(-1, size) as region:
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            region.madvise(mmap.MADV_NOHUGEPAGE)  # small pages even where huge pages are the kernel's default
         for offset in range(0, size, mmap.PAGESIZE):
             region[offset] = 1
 

@@ -106,6 +106,11 @@ def test_random_draws_are_fixed_by_random_seed_and_inside_their_ranges(base_yaml
         ({"grdi": {"pretrain.eps": [0]}}, "unknown key 'grdi'"),
         ({"grid": {"pretrain.eps": [0, -1]}}, "pretrain.eps=-1"),
         ({"random": {"pretrain.eps": {"low": 0, "high": 1}}}, "samples = 0"),
+        (
+            {"random": {"pretrain.eps": {"low": 0, "hi": 1}}, "samples": 2},
+            r"unknown key 'random\.pretrain\.eps\.hi'; valid keys: low, high",
+        ),
+        ({"seeds": [1, 1]}, "seeds has duplicates"),
         ({"grid": {"pretrain.eps": [0]}, "set": {"pretrain.eps": 0.1}}, "given twice"),
     ],
 )

@@ -346,7 +346,7 @@ def sources(key: str) -> None:
             print(f"| {held[0]}-{held[-1]} | {label} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] |")
 
 
-DIAL_DECAYS = (0.0, 0.01, 0.1, 1.0)
+DIAL_DECAYS = (0.0, 0.01, 0.1, 1.0, 3.0, 10.0)
 
 
 def head_dial(key: str) -> None:

@@ -153,3 +153,12 @@ def test_a_classifier_given_beside_the_encoder_is_evaluated_on_its_logits(setup:
     rec = robinherit.audit(enc, setup / "micro.yaml", classifier=Classifier(enc), store=None)
     assert set(rec.pretrain.robust_acc) == {"0", "0.5", "2"} and rec.pretrain.majority_share == 1.0
     assert rec.encoder.classifier_sha256 is not None
+
+
+def test_the_audit_function_stays_callable_after_its_module_is_imported():
+    """``robinherit.audit`` is the function; importing the module that holds it (as the command line does) must not
+    put a module in its place."""
+    import importlib
+
+    module = importlib.import_module("robinherit.auditing")
+    assert robinherit.audit is module.audit and callable(robinherit.audit)

@@ -60,7 +60,7 @@ def test_an_audit_sweep_stores_one_audit_per_point_and_answers_a_repeat_from_the
     heads = [r["downstream"]["clean_head"] for r in recs]
     assert heads[0]["clean_acc"] != heads[1]["clean_acc"]  # the setting reaches the head
     # nothing is computed again: not by the sweep, nor by the equivalent single audit
-    audit_module = importlib.import_module("robinherit.audit")  # the module, not the function of its name
+    audit_module = importlib.import_module("robinherit.auditing")
     monkeypatch.setattr(audit_module, "run_audit", lambda *a, **k: pytest.fail("an audit was computed again"))
     again = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(db), "--quiet"])
     assert again.exit_code == 0 and "0 ran, 2 were already stored" in again.output
@@ -75,6 +75,17 @@ def test_an_audit_sweep_stores_one_audit_per_point_and_answers_a_repeat_from_the
     exported = CliRunner().invoke(app, ["export", str(spec), "--store", str(db), "--out", str(out)])
     assert exported.exit_code == 0 and "2 runs" in exported.output
     assert "config.downstream.weight_decay" in out.read_text().splitlines()[0]
+
+
+def test_the_command_line_resolves_the_encoder_once_per_sweep(setup: Path, monkeypatch):
+    """The user's file is imported, its module built and its weights hashed once, not once to check the points
+    and again to run them."""
+    target = importlib.import_module("robinherit.runs.audit_target")
+    real, calls = target.resolve_encoder, []
+    monkeypatch.setattr(target, "resolve_encoder", lambda *a: calls.append(a[0]) or real(*a))
+    res = CliRunner().invoke(app, ["sweep", str(write_spec(setup)), "--store", str(setup / "s.db"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 1 and "0 were already stored" in res.output
 
 
 def test_a_dry_run_lists_the_audits_and_what_is_stored(setup: Path):

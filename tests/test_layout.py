@@ -98,7 +98,7 @@ LAYERS = [
     {"runs"},
     {"analysis"},
     {"reproduce"},
-    {"api", "audit", "cli", ""},  # "" is the package's own __init__
+    {"api", "auditing", "cli", ""},  # "" is the package's own __init__
 ]
 
 

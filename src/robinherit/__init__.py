@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 # the layers above it (data, models, training) through this package's __init__.
 _LAZY = {
     "ExperimentConfig": "robinherit.config",
-    "audit": "robinherit.audit",
-    "load": "robinherit.audit",
+    "audit": "robinherit.auditing",
+    "load": "robinherit.auditing",
     "Record": "robinherit.api",
     "atlas": "robinherit.reproduce.atlas",
     "Records": "robinherit.api",
@@ -23,7 +23,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from robinherit.api import Record, Records, run
-    from robinherit.audit import audit, load
+    from robinherit.auditing import audit, load
     from robinherit.config import ExperimentConfig, load_config
     from robinherit.plugins import load_plugins
     from robinherit.reproduce.atlas import atlas

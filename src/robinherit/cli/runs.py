@@ -225,7 +225,7 @@ def audit_cmd(
 ) -> None:
     """The inheritance audit of any encoder: clean (SLF) and adversarial (ALF) heads on its frozen features, their
     robust accuracy, and measures of the units they read; stored like a run."""
-    from robinherit.audit import audit
+    from robinherit.auditing import audit
     from robinherit.config import parse_overrides
     from robinherit.paths import flatten
     from robinherit.runs.store import ResultStore

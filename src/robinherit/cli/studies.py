@@ -138,7 +138,7 @@ def sweep(
         )
     db = ResultStore(db_path)
     if dry_run:
-        _list_runs(sw, cfgs, db, db_path)
+        _list_runs(sw, [(c, c.config_hash()) for c in cfgs], db, db_path)
         return
     with progress_bar(quiet) as bar:
         task = bar.add_task(sw.spec.name, total=len(cfgs))
@@ -149,52 +149,52 @@ def sweep(
         rep = run_sweep(
             cfgs, db, backend=backend_kind, workers=workers, address=address, on_progress=on_progress, batch=batch
         )
+    _summarise(sw, rep, db_path, "run")
+
+
+def _summarise(sw: Any, rep: Any, db_path: Path, what: str) -> None:
+    """The sweep's summary line, then each failed run (or audit) and exit 1 if any failed."""
     out.print(sweep_summary(sw.spec.name, rep, db_path), highlight=False, soft_wrap=True)
     if rep.failed:
         for run_id, err in rep.failed:
-            console.print(f"[red]run {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
-        raise fail(f"{len(rep.failed)} of {rep.total} runs failed (nothing stored for them); fix and rerun to resume")
+            console.print(f"[red]{what} {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
+        raise fail(
+            f"{len(rep.failed)} of {rep.total} {what}s failed (nothing stored for them); fix and rerun to resume"
+        )
 
 
-def _list_runs(sw: Any, cfgs: list[Any], db: Any, db_path: Path) -> None:
-    """``--dry-run``: every run of the sweep, its swept values and whether the store has it."""
+def _list_runs(sw: Any, points: list[tuple[Any, str]], db: Any, db_path: Path, what: str = "run") -> None:
+    """``--dry-run``: every run (or audit) of the sweep, as (config, id), its swept values and whether the store
+    has it."""
     stored = db.run_ids()
-    for cfg in cfgs:
-        mark = "stored" if cfg.config_hash() in stored else "to run"
+    for cfg, run_id in points:
+        mark = "stored" if run_id in stored else f"to {what}"
         point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
-        out.print(f"{cfg.config_hash()}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
-    out.print(f"{len(cfgs)} runs, {sum(c.config_hash() in stored for c in cfgs)} stored, in {db_path}")
+        out.print(f"{run_id}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
+    out.print(f"{len(points)} {what}s, {sum(i in stored for _, i in points)} stored, in {db_path}")
 
 
 def _audit_sweep(sw: Any, db_path: Path, *, dry_run: bool, quiet: bool) -> None:
-    """An audit sweep: one audit of the spec's encoder per point, in this process (``robinherit.audit.audit_sweep``)."""
-    from robinherit.audit import audit_sweep
+    """An audit sweep: one audit of the spec's encoder per point, in this process
+    (``robinherit.auditing.audit_sweep``)."""
+    from robinherit.auditing import audit_sweep
     from robinherit.runs.audit_target import audit_points
     from robinherit.runs.store import ResultStore
 
     db = ResultStore(db_path)
-    _, _, points = audit_points(sw, db)  # the encoder and every point checked before anything runs
+    resolved = audit_points(sw, db)  # the encoder and every point checked before anything runs, resolved once
     if dry_run:
-        stored = db.run_ids()
-        for cfg, run_id in points:
-            point = {p: get_path(cfg.resolved(), p) for p in [*sw.spec.grid, *sw.spec.random]}
-            mark = "stored" if run_id in stored else "to audit"
-            out.print(f"{run_id}  seed {cfg.seed}  {point}  {mark}", highlight=False, soft_wrap=True)
-        out.print(f"{len(points)} audits, {sum(i in stored for _, i in points)} stored, in {db_path}")
+        _list_runs(sw, resolved[2], db, db_path, "audit")
         return
-    require_devices(cfg.device for cfg, _ in points)
+    require_devices(cfg.device for cfg, _ in resolved[2])
     with progress_bar(quiet) as bar:
-        task = bar.add_task(sw.spec.name, total=len(points))
+        task = bar.add_task(sw.spec.name, total=len(resolved[2]))
 
         def on_progress(rep: Any) -> None:
             bar.update(task, completed=rep.skipped + rep.ran + len(rep.failed))
 
-        rep = audit_sweep(sw, db, on_progress=on_progress)
-    out.print(sweep_summary(sw.spec.name, rep, db_path), highlight=False, soft_wrap=True)
-    if rep.failed:
-        for run_id, err in rep.failed:
-            console.print(f"[red]audit {run_id} failed:[/] {err}", highlight=False, soft_wrap=True)
-        raise fail(f"{len(rep.failed)} of {rep.total} audits failed (nothing stored for them); fix and rerun to resume")
+        rep = audit_sweep(sw, db, on_progress=on_progress, resolved=resolved)
+    _summarise(sw, rep, db_path, "audit")
 
 
 @app.command()

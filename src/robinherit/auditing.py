@@ -19,9 +19,7 @@ the weights (sha256 of the state dict) and the resolved settings, so a repeat is
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -239,13 +237,15 @@ def audit_sweep(
     *,
     force: bool = False,
     on_progress: Callable[[SweepReport], None] | None = None,
+    resolved: tuple[nn.Module, bool, list[tuple[ExperimentConfig, str]]] | None = None,
 ) -> SweepReport:
     """Every audit of an audit sweep (a spec with ``audit:`` instead of ``base:``) that ``store`` lacks, one after
     another in this process: no pool, since every point audits the one module resolved here and an audit's heads
     and attacks are small next to a pre-training. Each record is stored as soon as it is made, under the id of the
     equivalent ``robinherit audit`` call, so a repeat or an interrupted sweep is answered from the store. An audit
-    that fails is reported and the others go on; a bad setting (ConfigError) stops the sweep."""
-    module, wrap, points = audit_points(sweep, store)
+    that fails is reported and the others go on; a bad setting (ConfigError) stops the sweep. ``resolved``: what
+    ``audit_points`` gave for this sweep, where the caller has it (the encoder is then not loaded again)."""
+    module, wrap, points = resolved if resolved is not None else audit_points(sweep, store)
     stored = set() if force else store.run_ids()
     report = SweepReport(total=len(points), skipped=sum(run_id in stored for _, run_id in points))
     if on_progress:
@@ -266,17 +266,6 @@ def audit_sweep(
             on_progress(report)
     return report
 
-
-class _CallableModule(types.ModuleType):
-    """``robinherit.audit`` names this module and its ``audit`` function both, and importing the module (``from
-    robinherit.audit import audit_sweep``) leaves the module on the package: calling it audits, so
-    ``robinherit.audit(...)`` works whichever of the two the package holds."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return audit(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "AUDIT_VERSION",

@@ -136,7 +136,7 @@ def evaluate_heads(
     feats = forward(encoder.features, split.x.to(dev), cfg.eval.batch_size) if linear else None
     return {
         f"{k.value}_head": evaluate_model(
-            cfg, h, split, source, k.value, clean_logits=h.linear(feats) if h in linear else None
+            cfg, h, split, source, k.value, clean_logits=forward(h.linear, feats, None) if h in linear else None
         )
         for k, h in heads.items()
     }

@@ -21,17 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robinherit.analysis.correlate import correlate
 from robinherit.analysis.plots import _hashable, axis_value
 from robinherit.analysis.stats import t_interval
-from robinherit.config import build_config
+from robinherit.config import HeadKind, build_config, with_updates
 from robinherit.data.sources import build_source
 from robinherit.evaluation.units import unit_measures
 from robinherit.records import eps_key
-from robinherit.runs.experiment import frozen_encoder
+from robinherit.runs.experiment import evaluate_model, fit_head, frozen_encoder
 from robinherit.runs.store import ResultStore
 from robinherit.runs.sweep import records_of
 
@@ -174,26 +175,39 @@ def purity(key: str) -> None:
     print(f"AT runs only (eps > 0): rho = {c.rho:+.3f} [{c.ci95[0]:+.3f}, {c.ci95[1]:+.3f}], {c.n} runs")
 
 
+class RunCache:
+    """Values measured once per run and kept as JSON beside the store (``<store>.<name>.json``), written after each
+    new value so an interrupted study keeps what it measured."""
+
+    def __init__(self, store: Path, name: str):
+        self.path = Path(f"{store}.{name}.json")
+        self.values = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+        if not isinstance(self.values.get(key), dict):
+            self.values[key] = measure()
+            self.path.write_text(json.dumps(self.values, indent=1, sort_keys=True))
+        return self.values[key]
+
+
 def with_units(spec: str, eps: float) -> list[dict[str, Any]]:
     """The sweep's records, each with ``units``: the unit measures of its frozen encoder on the first 100 test
     images at l-inf ``eps`` (``robinherit.evaluation.units.unit_measures``, as ``robinherit audit`` reports them).
     Measured once per run and kept beside the store (``<store>.units.json``), keyed by run id and budget."""
     records, store = records_of(spec)
-    cache_path = Path(f"{store}.units.json")
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    db = ResultStore(store, read_only=True)
+    cache, db = RunCache(store, "units"), ResultStore(store, read_only=True)
+
+    def measure(r: dict[str, Any]) -> dict[str, float]:
+        cfg = build_config(r["config"])
+        encoder = frozen_encoder(cfg, db.artifact(r["run_id"], "encoder"))
+        source = build_source(cfg)
+        _, test = source.test_splits(cfg)
+        return unit_measures(
+            encoder.features, test.x, test.y, eps=eps, norm=cfg.eval.norm, seed=cfg.seed, clip=source.clip
+        )
+
     for r in records:
-        key = f"{r['run_id']}@{eps:g}"
-        if key not in cache:
-            cfg = build_config(r["config"])
-            encoder = frozen_encoder(cfg, db.artifact(r["run_id"], "encoder"))
-            source = build_source(cfg)
-            _, test = source.test_splits(cfg)
-            cache[key] = unit_measures(
-                encoder.features, test.x, test.y, eps=eps, norm=cfg.eval.norm, seed=cfg.seed, clip=source.clip
-            )
-            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        r["units"] = cache[key]
+        r["units"] = cache.get(f"{r['run_id']}@{eps:g}", lambda r=r: measure(r))
     return records
 
 
@@ -245,10 +259,10 @@ def units(key: str) -> None:
         records = with_units(spec, float(key))
         pooled[f"{enc} purity sweep"] = records
         _unit_rows(f"{enc}, AT budgets 0-0.15", records, y)
-    contrastive_runs = [r for spec in CONTRASTIVE_SWEEPS.values() for r in with_units(spec, float(key))]
-    _unit_rows("contrastive (both encoders)", contrastive_runs, y)
-    for enc, spec in CONTRASTIVE_SWEEPS.items():
-        _unit_rows(f"contrastive, {enc}", with_units(spec, float(key)), y)
+    contrastive_by_encoder = {enc: with_units(spec, float(key)) for enc, spec in CONTRASTIVE_SWEEPS.items()}
+    _unit_rows("contrastive (both encoders)", [r for rs in contrastive_by_encoder.values() for r in rs], y)
+    for enc, records in contrastive_by_encoder.items():
+        _unit_rows(f"contrastive, {enc}", records, y)
     print()
     for label, records in pooled.items():
         groups = by(records, "pretrain.eps")
@@ -260,8 +274,8 @@ def units(key: str) -> None:
             print(f"| {eps:g} | {interval([head(r, 'clean', key)[1] for r in rs])} | " + " | ".join(cells) + " |")
         print()
     figure_runs = dict(pooled)
-    for enc, spec in CONTRASTIVE_SWEEPS.items():  # each run once (the clean arm is stored under both views)
-        figure_runs[f"{enc} contrastive"] = list({r["run_id"]: r for r in with_units(spec, float(key))}.values())
+    for enc, records in contrastive_by_encoder.items():  # each run once (the clean arm is stored under both views)
+        figure_runs[f"{enc} contrastive"] = list({r["run_id"]: r for r in records}.values())
     _units_figure(figure_runs, y)
 
 
@@ -360,25 +374,17 @@ def head_dial(key: str) -> None:
         records, store = records_of(spec)
         at = {r["run_id"]: r for r in records if r["config"]["pretrain"]["eps"] > 0}
         at = [r for r in at.values() if r["config"]["pretrain"]["adversarial_view"] == "one"]
-        cache_path = Path(f"{store}.dial.json")
-        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-        db = ResultStore(store, read_only=True)
+        cache, db = RunCache(store, "dial"), ResultStore(store, read_only=True)
         for r in sorted(at, key=lambda r: r["seed"]):
             row = []
             for decay in DIAL_DECAYS:
-                cache_key = f"{r['run_id']}@{decay:g}"
-                if not isinstance(cache.get(cache_key), dict):
-                    cache[cache_key] = _slf_at(r, db, decay, key)
-                    cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-                row.append(f"{cache[cache_key]['clean']:.3f} / {cache[cache_key]['robust']:.3f}")
+                slf = cache.get(f"{r['run_id']}@{decay:g}", lambda r=r, d=decay, db=db: _slf_at(r, db, d, key))
+                row.append(f"{slf['clean']:.3f} / {slf['robust']:.3f}")
             alf = head(r, "adversarial", key)
             print(f"| {enc} | {r['seed']} | {alf[0]:.3f} / {alf[1]:.3f} | " + " | ".join(row) + " |")
 
 
 def _slf_at(record: dict[str, Any], db: ResultStore, decay: float, key: str) -> dict[str, float]:
-    from robinherit.config import HeadKind, with_updates
-    from robinherit.runs.experiment import evaluate_model, fit_head
-
     cfg = with_updates(build_config(record["config"]), **{"downstream.weight_decay": decay})
     encoder = frozen_encoder(cfg, db.artifact(record["run_id"], "encoder"))
     source = build_source(cfg)

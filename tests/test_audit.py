@@ -155,10 +155,16 @@ def test_a_classifier_given_beside_the_encoder_is_evaluated_on_its_logits(setup:
     assert rec.encoder.classifier_sha256 is not None
 
 
-def test_the_audit_function_stays_callable_after_its_module_is_imported():
-    """``robinherit.audit`` is the function; importing the module that holds it (as the command line does) must not
-    put a module in its place."""
+def test_no_top_level_module_shadows_a_name_the_package_exports():
+    """``robinherit.audit`` is a function; a module of the same name, once imported (as the command line imports
+    what it runs), would take its place on the package. Every top-level module is imported and every exported name
+    must still be what the package says it is, not a module."""
     import importlib
+    import pkgutil
+    import types
 
-    module = importlib.import_module("robinherit.auditing")
-    assert robinherit.audit is module.audit and callable(robinherit.audit)
+    for info in pkgutil.iter_modules(robinherit.__path__):
+        importlib.import_module(f"robinherit.{info.name}")
+    for name in robinherit.__all__:
+        assert not isinstance(getattr(robinherit, name), types.ModuleType), name
+    assert robinherit.audit is importlib.import_module("robinherit.auditing").audit
